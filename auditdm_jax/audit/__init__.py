@@ -1,0 +1,1 @@
+"""The AuditDM loop: prompts, answerers, divergence reward, GRPO, rollouts, trainer, generation, rectification, report."""

@@ -1,0 +1,1 @@
+"""One module per `auditdm` subcommand; see auditdm_jax/main.py for the protocol."""

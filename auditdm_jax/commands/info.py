@@ -1,0 +1,29 @@
+"""`auditdm info`: what this process sees (JAX backend, devices, processes, library versions)."""
+import importlib.metadata
+import json
+
+from auditdm_jax import distributed
+
+HELP = "print the JAX backend, devices, process layout and library versions as JSON"
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "ml-collections", "tensorflow-cpu",
+            "tensorflow-datasets", "torch", "transformers", "diffusers")
+
+
+def _version(name):
+  try:
+    return importlib.metadata.version(name)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def run(args):
+  import jax  # pylint: disable=g-import-not-at-top
+  process_index, process_count = distributed.initialize()
+  print(json.dumps({
+      "backend": jax.default_backend(),
+      "devices": [str(d) for d in jax.devices()],
+      "local_device_count": jax.local_device_count(),
+      "process_index": process_index,
+      "process_count": process_count,
+      "versions": {p: _version(p) for p in PACKAGES},
+  }, indent=2))

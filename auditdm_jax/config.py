@@ -1,0 +1,142 @@
+"""big_vision-style Python configs: `path/to/config.py:arg`, `--config.key=value` overrides, JSON dumps.
+
+A config file defines `get_config(arg=None) -> ml_collections.ConfigDict`. `arg` is a free string that the file
+usually parses with `parse_arg(arg, res=448, ...)` into typed keyword arguments.
+"""
+import ast
+import importlib.util
+import json
+import os
+
+import ml_collections
+
+from auditdm_jax import io as io_lib
+
+CONFIG_NAME = "config.json"
+
+
+class ConfigError(ValueError):
+  """A config spec, argument string or override is invalid."""
+
+
+def _convert(key, raw, default):
+  """Converts the string `raw` to the type of `default` (or guesses it when there is none)."""
+  if isinstance(default, bool):
+    low = raw.lower()
+    if low in ("true", "1", "yes"):
+      return True
+    if low in ("false", "0", "no"):
+      return False
+    raise ConfigError(f"{key}: expected a bool, got {raw!r}")
+  if default is None or isinstance(default, (tuple, list, dict)):
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    if isinstance(default, (tuple, list)) and not isinstance(value, (tuple, list)):
+      raise ConfigError(f"{key}: expected a {type(default).__name__}, got {raw!r}")
+    if isinstance(default, dict) and not isinstance(value, dict):
+      raise ConfigError(f"{key}: expected a dict, got {raw!r}")
+    return type(default)(value) if isinstance(default, (tuple, list)) else value
+  if isinstance(default, (int, float, str)):
+    try:
+      return type(default)(ast.literal_eval(raw) if isinstance(default, int) else raw)
+    except (ValueError, SyntaxError, TypeError):
+      raise ConfigError(f"{key}: expected {type(default).__name__}, got {raw!r}") from None
+  raise ConfigError(f"{key}: cannot override a value of type {type(default).__name__} from the command line")
+
+
+def parse_arg(arg, lazy=False, **spec):
+  """Parses `"a=1,b=x"` into a ConfigDict typed after the defaults in `spec` (as big_vision's `parse_arg`).
+
+  Unknown keys are an error unless `lazy`, in which case they are kept with a guessed type.
+  """
+  out = ml_collections.ConfigDict(dict(spec))
+  if not arg:
+    return out
+  for item in _split_top_level(arg):
+    if "=" not in item:
+      # A bare word is a bool flag set to True (big_vision convention).
+      key, raw = item, "True"
+    else:
+      key, raw = item.split("=", 1)
+    key = key.strip()
+    if key not in spec and not lazy:
+      raise ConfigError(f"unknown config argument {key!r}; known: {sorted(spec)}")
+    out[key] = _convert(key, raw.strip(), spec.get(key))
+  return out
+
+
+def _split_top_level(arg):
+  """Splits on commas that are not inside brackets or quotes (so `sizes=(1,2)` stays whole)."""
+  parts, depth, quote, cur = [], 0, None, []
+  for ch in arg:
+    if quote:
+      quote = None if ch == quote else quote
+    elif ch in "\"'":
+      quote = ch
+    elif ch in "([{":
+      depth += 1
+    elif ch in ")]}":
+      depth -= 1
+    elif ch == "," and depth == 0:
+      parts.append("".join(cur))
+      cur = []
+      continue
+    cur.append(ch)
+  if cur:
+    parts.append("".join(cur))
+  return [p for p in parts if p.strip()]
+
+
+def load(spec):
+  """Loads `path/to/file.py[:arg]` and returns its `get_config(arg)`."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file not found: {path!r}")
+  module_name = "auditdm_config_" + os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(module_name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{path} defines no get_config(arg=None)")
+  config = module.get_config(arg or None)
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict, got {type(config).__name__}")
+  return config
+
+
+def override(config, items):
+  """Applies `["a.b=1", "lr=1e-5"]` in place, typed after the current values; returns `config`."""
+  for item in items:
+    if "=" not in item:
+      raise ConfigError(f"override {item!r} is not of the form key=value")
+    dotted, raw = item.split("=", 1)
+    node, keys = config, dotted.split(".")
+    for i, key in enumerate(keys):
+      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+        raise ConfigError(f"unknown config key {'.'.join(keys[:i + 1])!r} in override {item!r}")
+      if i < len(keys) - 1:
+        node = node[key]
+    current = node[keys[-1]]
+    if isinstance(current, ml_collections.ConfigDict):
+      raise ConfigError(f"{dotted!r} is a config block; override its fields, e.g. {dotted}.<field>=...")
+    node[keys[-1]] = _convert(dotted, raw, current)
+  return config
+
+
+def resolve(spec, overrides=()):
+  """`load(spec)` then `override(...)`."""
+  return override(load(spec), overrides)
+
+
+def to_dict(config):
+  """A JSON-serialisable plain dict of the config."""
+  return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def dump(config, workdir, name=CONFIG_NAME):
+  """Writes the resolved config as JSON into `workdir` (atomically); returns the path."""
+  path = os.path.join(workdir, name)
+  io_lib.write_json(path, to_dict(config))
+  return path

@@ -1,0 +1,34 @@
+"""Atomic file writes: a crash never leaves a half-written output behind."""
+import json
+import os
+import tempfile
+
+
+def write_bytes(path, data):
+  """Writes `data` to `path` via a temporary file in the same directory and an atomic rename."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def write_text(path, text):
+  write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path, obj, indent=2):
+  write_text(path, json.dumps(obj, indent=indent, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path):
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)

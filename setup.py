@@ -1,0 +1,38 @@
+"""auditdm-jax: AuditDM (arXiv 2512.16921) in JAX/Flax."""
+import setuptools
+
+CORE = [
+    "jax>=0.5",
+    "flax>=0.10",
+    "optax>=0.2",
+    "orbax-checkpoint>=0.11",
+    "ml-collections>=1.0",
+    "tensorflow-cpu>=2.16",
+    "tensorflow-datasets>=4.9",
+    "sentencepiece>=0.2",
+    "safetensors>=0.4",
+    "numpy",
+    "pillow",
+    "tqdm",
+    "httpx",
+]
+# torch is pinned: a CPU build of exactly this version is provided; an unpinned torch pulls GBs of CUDA wheels.
+TORCH = ["torch==2.13.0"]
+SERVICE = TORCH + ["diffusers>=0.32", "transformers>=4.50", "fastapi", "uvicorn"]
+TEST = TORCH + ["pytest", "pytest-xdist", "transformers>=4.50", "tokenizers", "pycocoevalcap"]
+
+setuptools.setup(
+    name="auditdm_jax",
+    version="0.1.0",
+    description="AuditDM: auditing MLLMs for capability gaps, in JAX/Flax",
+    packages=setuptools.find_packages(include=["auditdm_jax", "auditdm_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=CORE,
+    extras_require={
+        "test": TEST,
+        "service": SERVICE,
+        "ray": ["ray[serve]"],
+        "plots": ["matplotlib", "scikit-learn"],
+    },
+    entry_points={"console_scripts": ["auditdm=auditdm_jax.main:main"]},
+)

@@ -1,0 +1,52 @@
+"""Atomic writes, the metric writer and the multi-host detection."""
+import os
+
+import pytest
+
+from auditdm_jax import distributed, io as io_lib, metrics
+
+
+def test_write_json_is_atomic_and_round_trips(tmp_path):
+  path = tmp_path / "sub" / "x.json"
+  io_lib.write_json(str(path), {"a": [1, 2]})
+  assert io_lib.read_json(str(path)) == {"a": [1, 2]}
+  assert os.listdir(path.parent) == ["x.json"]  # no temporary left behind
+
+
+def test_failed_write_keeps_old_file(tmp_path):
+  path = tmp_path / "x.json"
+  io_lib.write_json(str(path), {"v": 1})
+  with pytest.raises(TypeError):
+    io_lib.write_bytes(str(path), "not bytes")
+  assert io_lib.read_json(str(path)) == {"v": 1}
+  assert os.listdir(tmp_path) == ["x.json"]
+
+
+def test_metric_writer_jsonl_and_tensorboard(tmp_path):
+  import numpy as np
+  with metrics.MetricWriter(str(tmp_path)) as w:
+    w.write(1, loss=np.float32(2.5), lr=1e-3)
+    w.write(2, loss=1.5)
+    with pytest.raises(ValueError, match="scalars"):
+      w.write(3, loss=np.zeros(3))
+  rows = metrics.read(str(tmp_path / "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [1, 2]
+  assert rows[0]["loss"] == 2.5 and rows[0]["lr"] == 1e-3
+  assert os.listdir(tmp_path / "tensorboard")
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, False),
+    ({"SLURM_NTASKS": "1"}, False),
+    ({"SLURM_NTASKS": "16"}, True),
+    ({"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3"}, True),
+    ({"TPU_WORKER_HOSTNAMES": "w0"}, False),
+    ({"JAX_COORDINATOR_ADDRESS": "h:1234", "JAX_NUM_PROCESSES": "2"}, True),
+    ({"AUDITDM_MULTIHOST": "1"}, True),
+])
+def test_is_multiprocess(env, expected):
+  assert distributed.is_multiprocess(env) is expected
+
+
+def test_initialize_is_a_noop_locally():
+  assert distributed.initialize() == (0, 1)
