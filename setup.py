@@ -15,6 +15,7 @@ CORE = [
     "pillow",
     "tqdm",
     "httpx",
+    "importlib_resources",  # tfds download_and_prepare imports it
 ]
 # torch is pinned: a CPU build of exactly this version is provided; an unpinned torch pulls GBs of CUDA wheels.
 TORCH = ["torch==2.13.0"]
@@ -31,7 +32,7 @@ setuptools.setup(
     extras_require={
         "test": TEST,
         "service": SERVICE,
-        "ray": ["ray[serve]"],
+        "ray": ["ray[serve]>=2.10"],
         "plots": ["matplotlib", "scikit-learn"],
     },
     entry_points={"console_scripts": ["auditdm=auditdm_jax.main:main"]},
