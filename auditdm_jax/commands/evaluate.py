@@ -1,0 +1,47 @@
+"""`auditdm evaluate`: run a config's evaluators on a checkpoint; writes predictions JSONL + metrics JSON."""
+import json
+import os
+
+from auditdm_jax import distributed
+
+HELP = "evaluate a VLM checkpoint with a config's evaluators (writes <eval>.predictions.jsonl/.metrics.json)"
+DEFAULT_CONFIG = "configs/paligemma2/transfers/tiny.py"
+
+
+def add_arguments(parser):
+  parser.add_argument("--checkpoint", required=True,
+                      help="a finetune workdir (latest checkpoint), a .npz or a HF PaliGemma2 directory")
+  parser.add_argument("--step", type=int, default=None, help="checkpoint step in a finetune workdir (default latest)")
+
+
+def load_checkpoint_params(config, path, step=None):
+  """Params from a finetune workdir (orbax), a big_vision .npz or a HF directory, placed on the config's mesh."""
+  from auditdm_jax import sharding  # pylint: disable=g-import-not-at-top
+  from auditdm_jax.models import vlm  # pylint: disable=g-import-not-at-top
+  from auditdm_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from auditdm_jax.train import sft  # pylint: disable=g-import-not-at-top
+  cfg = sft.model_config(config)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    abstract = vlm.abstract_params(cfg)
+    shardings = sharding.param_shardings(abstract, sharding.make_mesh(config.get("mesh")))
+    ckpt = checkpoint_lib.Checkpointer(path, handle_sigterm=False)
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+      raise SystemExit(f"auditdm evaluate: no checkpoint in {path}/checkpoints")
+    params = ckpt.restore(step, params=checkpoint_lib.abstract(abstract, shardings))["params"]
+    ckpt.close()
+    return cfg, params, step
+  config = config.copy_and_resolve_references()
+  config.model_init = path
+  params, _ = sft.load_params(config, cfg, vlm.get_model(cfg), sharding.make_mesh(config.get("mesh")), None)
+  return cfg, params, None
+
+
+def run(args):
+  from auditdm_jax.train import sft  # pylint: disable=g-import-not-at-top
+  if not args.workdir:
+    raise SystemExit("auditdm evaluate: --workdir is required (predictions and metrics go there)")
+  distributed.initialize()
+  cfg, params, step = load_checkpoint_params(args.config, args.checkpoint, args.step)
+  results = sft.evaluate(args.config, params, args.workdir, cfg=cfg, step=step)
+  print(json.dumps(results, indent=2, sort_keys=True))

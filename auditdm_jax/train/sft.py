@@ -1,0 +1,244 @@
+"""Supervised fine-tuning of a PaliGemma VLM on a task (big_vision transfer style), with periodic evals.
+
+Reads top to bottom: config -> mesh -> data -> init/load (or resume) -> update_fn -> loop with checkpoints and
+evals. The loss is the prefix-LM loss: next-token cross-entropy on the suffix only (`mask_loss`), optionally label
+smoothed, averaged per example. Used by `auditdm finetune` (per-task transfers) and by rectification (the same loop
+over the original split mixed with generated JSONL data, `config.input.data` with weights).
+
+Config (see configs/paligemma2/transfers/*.py):
+  model = dict(variant, res, llm={...}, img={...})     models.vlm.get_config arguments
+  model_init: None (random init), a .npz (big_vision names) or a HF PaliGemma2 directory
+  tokenizer: sentencepiece .model path (its vocab must fit the model's)
+  input = dict(data=[{name|jsonl|folder, split, weight, pp?}], pp, batch_size, shuffle_buffer)
+  total_epochs or total_steps; lr, wd, schedule, optimizer, grad_clip_norm, grad_accum_steps, trainable
+  label_smoothing, llm_dropout, seed, mesh, log_every_steps, ckpt_every_steps, keep_ckpts
+  evals = {name: dict(type, data, pp_fn, batch_size, every_steps, max_decode_len, ...evaluator kwargs)}
+"""
+import functools
+import logging
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+
+from auditdm_jax import evaluators
+from auditdm_jax import metrics as metrics_lib
+from auditdm_jax import sharding
+from auditdm_jax import sampling
+from auditdm_jax.data import tfds_input
+from auditdm_jax.models import checkpoints
+from auditdm_jax.models import gemma
+from auditdm_jax.models import tokenizer as tokenizer_lib
+from auditdm_jax.models import vlm
+from auditdm_jax.train import checkpoint as checkpoint_lib
+from auditdm_jax.train import optim
+from auditdm_jax.train import step as step_lib
+
+log = logging.getLogger(__name__)
+
+MODEL_KEYS = ("image", "text", "mask_ar", "mask_loss", "mask_input")
+
+
+def prefix_lm_loss(logits, targets, weights, label_smoothing=0.0):
+  """Per-example mean cross-entropy [B] of logits [B, T, V] for targets [B, T] where weights [B, T] > 0.
+
+  With label smoothing ls the target distribution is (1 - ls) * onehot + ls / V.
+  """
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  token_loss = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  if label_smoothing:
+    token_loss = (1.0 - label_smoothing) * token_loss - label_smoothing * jnp.mean(logp, axis=-1)
+  weights = weights.astype(jnp.float32)
+  return jnp.sum(token_loss * weights, axis=-1) / jnp.maximum(jnp.sum(weights, axis=-1), 1.0)
+
+
+def model_config(config):
+  """The VLM ConfigDict of `config.model` (with `llm_dropout` passed to the decoder when it has the field)."""
+  m = config.model
+  llm = dict(m.get("llm") or {})
+  dropout = float(config.get("llm_dropout") or 0.0)
+  if dropout:
+    if "dropout" not in gemma.get_config(vlm.VARIANTS[m.variant][1]):
+      raise ValueError(f"llm_dropout={dropout} but models/gemma.py has no `dropout` field; set "
+                       "--config.llm_dropout=0 to train without it")
+    llm["dropout"] = dropout
+  return vlm.get_config(m.variant, res=m.get("res"), llm=llm, img=dict(m.get("img") or {}))
+
+
+def load_params(config, cfg, model, mesh, rng):
+  """Params placed on `mesh`: random init, or loaded from `config.model_init` (.npz or HF directory)."""
+  abstract = vlm.abstract_params(cfg)
+  shardings = sharding.param_shardings(abstract, mesh)
+  init_path = config.get("model_init")
+  if not init_path:
+    images = jnp.zeros((1, cfg.res, cfg.res, 3), jnp.float32)
+    tokens = jnp.zeros((1, 4), jnp.int32)
+    init = jax.jit(lambda r: model.init(r, images, tokens, tokens)["params"], out_shardings=shardings)
+    return init(rng), shardings
+  if os.path.isdir(init_path):
+    _, params = checkpoints.load_vlm_hf(init_path, cfg, shardings)
+  else:
+    params = checkpoints.load_npz(init_path, abstract, shardings)
+  return params, shardings
+
+
+def make_loss_fn(model, label_smoothing):
+  def loss_fn(params, batch, rng):
+    text, mask_input = batch["text"], batch["mask_input"]
+    logits = model.apply({"params": params}, batch["image"], text[:, :-1], batch["mask_ar"][:, :-1],
+                         mask_input[:, :-1], rngs={"dropout": rng})
+    weights = batch["mask_loss"][:, 1:] * mask_input[:, 1:]
+    per_example = prefix_lm_loss(logits, text[:, 1:], weights, label_smoothing)
+    correct = (jnp.argmax(logits, -1) == text[:, 1:]) * weights
+    return jnp.mean(per_example), {"token_acc": jnp.sum(correct) / jnp.maximum(jnp.sum(weights), 1.0)}
+  return loss_fn
+
+
+class Predictor:
+  """Greedy decoding of the answer for eval batches (`image`, prompt `text`, `mask_input`) -> list[str]."""
+
+  def __init__(self, model, cfg, tokenizer):
+    self.model = model
+    # The sampler runs the PaliGemma decoder (params["llm"]) on the prompt embeddings of the whole VLM.
+    self.sampler = sampling.Sampler(gemma.Model(cfg.llm), None, pad_id=tokenizer.pad_id)
+    self.tokenizer = tokenizer
+    self._embed = jax.jit(lambda p, im, tok, m: model.apply({"params": p}, im, tok, m,
+                                                            method=model.embed_prompt))
+
+  def __call__(self, params, batch, max_decode_len=32):
+    x, attn_mask, positions = self._embed(params, jnp.asarray(batch["image"], jnp.float32),
+                                          jnp.asarray(batch["text"], jnp.int32),
+                                          jnp.asarray(batch["mask_input"], bool))
+    self.sampler.params = params["llm"]
+    out = self.sampler.sample(x, attn_mask, positions, max_new_tokens=max_decode_len, temperature=0.0,
+                              stop_tokens=(self.tokenizer.eos_id,))
+    texts = []
+    for tokens, length in zip(out.tokens[:, 0], out.lengths[:, 0]):
+      # Ids beyond the tokenizer (a model table padded past it) carry no text.
+      ids = [t for t in tokens[:length].tolist() if t < self.tokenizer.vocab_size]
+      texts.append(self.tokenizer.decode(ids))
+    return texts
+
+
+_PREDICTORS = {}
+
+
+def get_predictor(cfg, tokenizer_path):
+  """A Predictor per (model config, tokenizer), reused so its compiled sampler survives across runs in a process."""
+  key = (cfg.to_json_best_effort(sort_keys=True), tokenizer_path)
+  if key not in _PREDICTORS:
+    _PREDICTORS[key] = Predictor(vlm.get_model(cfg), cfg, tokenizer_lib.Tokenizer(tokenizer_path))
+  return _PREDICTORS[key]
+
+
+def make_evaluators(config, predictor, outdir):
+  """{name: Evaluator} from `config.evals` (each entry: type, data, pp_fn, batch_size, every_steps, ...)."""
+  evals = {}
+  for name, ev in (config.get("evals") or {}).items():
+    ev = dict(ev)
+    kind = ev.pop("type")
+    ev.pop("every_steps", None)
+    predict_fn = functools.partial(predictor, max_decode_len=ev.pop("max_decode_len", 32))
+    evals[name] = evaluators.get(kind)(predict_fn, name=name, outdir=outdir, **ev)
+  return evals
+
+
+def num_train_examples(sources):
+  """Examples over all training sources (one epoch of the mixture)."""
+  return sum(tfds_input.raw_dataset(s)[1] for s in sources)
+
+
+def total_steps(config, sources):
+  """`config.total_steps`, or total_epochs x (examples over all sources) / batch size."""
+  if config.get("total_steps"):
+    return int(config.total_steps)
+  n = num_train_examples(sources)
+  return max(1, math.ceil(config.total_epochs * n / config.input.batch_size))
+
+
+def evaluate(config, params, outdir, cfg=None, step=None):
+  """Runs every eval of `config.evals` with `params`; writes per-eval predictions + metrics under `outdir`."""
+  cfg = cfg or model_config(config)
+  predictor = get_predictor(cfg, config.tokenizer)
+  results = {}
+  for name, ev in make_evaluators(config, predictor, outdir).items():
+    results.update(ev.run(params))
+    log.info("step %s eval %s done", step, name)
+  return results
+
+
+def train(config, workdir):
+  """Fine-tunes per `config` in `workdir` (resuming from its latest checkpoint); returns the final eval metrics."""
+  # Config -> mesh.
+  cfg = model_config(config)
+  model = vlm.get_model(cfg)
+  tok = tokenizer_lib.Tokenizer(config.tokenizer)
+  if tok.vocab_size > cfg.llm.vocab_size:
+    raise ValueError(f"tokenizer has {tok.vocab_size} pieces but the model's vocab is {cfg.llm.vocab_size}")
+  mesh = sharding.make_mesh(config.get("mesh"))
+  rng = jax.random.key(config.get("seed", 0))
+
+  # Data.
+  sources = [dict(s) for s in config.input.data]
+  steps = total_steps(config, sources)
+  log.info("training %d steps (batch %d)", steps, config.input.batch_size)
+
+  # Init / load (or resume: then the checkpoint is restored straight onto the mesh, nothing else is loaded).
+  tx, schedule_fn = optim.make_optimizer(config, total_steps=steps)
+  ckpt = checkpoint_lib.Checkpointer(workdir, save_every_steps=config.get("ckpt_every_steps"),
+                                     keep=config.get("keep_ckpts") or 2)
+  start, data_state = 0, None
+  if ckpt.latest_step() is None:
+    params, shardings = load_params(config, cfg, model, mesh, jax.random.fold_in(rng, 0))
+    opt_state = step_lib.init_opt_state(tx, params, mesh, shardings)
+  else:
+    abstract = vlm.abstract_params(cfg)
+    shardings = sharding.param_shardings(abstract, mesh)
+    opt_abstract = checkpoint_lib.abstract(jax.eval_shape(tx.init, abstract),
+                                           step_lib.opt_state_shardings(tx, abstract, mesh, shardings))
+    restored = ckpt.restore_latest(params=checkpoint_lib.abstract(abstract, shardings), opt_state=opt_abstract)
+    params, opt_state, start, data_state = (restored["params"], restored["opt_state"], restored["step"],
+                                            restored["data_state"])
+    log.info("resumed at step %d", start)
+
+  # update_fn.
+  update_fn = step_lib.make_train_step(
+      make_loss_fn(model, float(config.get("label_smoothing") or 0.0)), tx, mesh=mesh, param_shardings=shardings,
+      schedule_fn=schedule_fn, grad_accum_steps=config.get("grad_accum_steps") or 1,
+      trainable=optim.trainable_mask(params, config))
+  train_input = tfds_input.TrainInput(sources, config.input.pp, config.input.batch_size, seed=config.get("seed", 0),
+                                      shuffle_buffer=config.input.get("shuffle_buffer") or 10_000, state=data_state)
+
+  predictor = get_predictor(cfg, config.tokenizer)
+  writer = metrics_lib.MetricWriter(workdir)
+  evals_cfg = dict(config.get("evals") or {})
+  results = {}
+  log_every = config.get("log_every_steps") or 10
+  t0 = time.time()
+  for step in range(start + 1, steps + 1):
+    batch = {k: v for k, v in next(train_input).items() if k in MODEL_KEYS}
+    params, opt_state, m = update_fn(params, opt_state, sharding.shard_batch(batch, mesh),
+                                     jax.random.fold_in(rng, step))
+    if step % log_every == 0 or step == steps:
+      m = jax.device_get(m)
+      writer.write(step, **m, steps_per_sec=log_every / max(time.time() - t0, 1e-9))
+      log.info("step %d/%d loss %.4f", step, steps, float(m["loss"]))
+      t0 = time.time()
+    ckpt.maybe_save(step, params=params, opt_state=opt_state, rng=rng, data_state=train_input.state(),
+                    force=step == steps)
+    if ckpt.preempted:
+      break
+    due = [n for n, e in evals_cfg.items() if step == steps or (e.get("every_steps") and
+                                                                 step % e["every_steps"] == 0)]
+    if due:
+      outdir = os.path.join(workdir, "evals", f"step_{step:07d}")
+      evs = make_evaluators(config, predictor, outdir)
+      for name in due:
+        metrics = evs[name].run(params)
+        writer.write(step, **metrics)
+        results.update(metrics)
+  ckpt.close()
+  writer.close()
+  return results

@@ -1,0 +1,98 @@
+"""End to end on CPU: tiny PaliGemma2 fine-tuned on a tiny VQAv2 builder dataset (+ mixed JSONL), evaluated,
+resumed, and re-evaluated from its checkpoint with `auditdm evaluate`."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from PIL import Image
+
+import data_fixtures
+from auditdm_jax import main as main_lib
+from auditdm_jax import metrics as metrics_lib
+from auditdm_jax.models import tokenizer as tokenizer_lib
+from auditdm_jax.train import sft
+
+CONFIG = "configs/paligemma2/transfers/tiny.py"
+
+
+def test_prefix_lm_loss_hand_computed():
+  logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [1 / 3, 1 / 3, 1 / 3]]]))
+  targets = jnp.array([[0, 1, 2]])
+  weights = jnp.array([[0, 1, 1]])  # the first position is prefix: no loss
+  want = (-np.log(0.8) - np.log(1 / 3)) / 2
+  np.testing.assert_allclose(sft.prefix_lm_loss(logits, targets, weights), [want], rtol=1e-6)
+  # Label smoothing = cross-entropy against (1 - ls) * onehot + ls / V.
+  ls = 0.3
+  soft = optax.smooth_labels(jax.nn.one_hot(targets, 3), ls)
+  per_token = optax.softmax_cross_entropy(logits, soft)
+  want = float(jnp.sum(per_token * weights) / 2)
+  np.testing.assert_allclose(sft.prefix_lm_loss(logits, targets, weights, ls), [want], rtol=1e-6)
+  assert float(sft.prefix_lm_loss(logits, targets, jnp.zeros_like(weights))[0]) == 0.0
+
+
+def test_transfer_configs_have_table1_values():
+  from auditdm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  want = {"vqav2": (14, 1e-5, 1e-7, 0.0, 0.0), "gqa": (4, 1e-5, 1e-7, 0.0, 0.0), "okvqa": (10, 5e-6, 0.0, 0.0, 0.0),
+          "ai2d": (16, 1e-5, 1e-6, 0.0, 0.0), "docvqa": (10, 1e-5, 1e-6, 0.0, 0.0),
+          "chartqa": (40, 1e-5, 1e-6, 0.1, 0.2), "refcoco": (120, 1e-5, 0.0, 0.0, 0.3),
+          "cococap": (8, 1e-5, 1e-6, 0.0, 0.0)}
+  for task, (epochs, lr, wd, dropout, ls) in want.items():
+    c = config_lib.load(f"configs/paligemma2/transfers/{task}.py:res=224,tokenizer=/t.model")
+    assert (c.total_epochs, c.lr, c.wd, c.llm_dropout, c.label_smoothing) == (epochs, lr, wd, dropout, ls), task
+    assert c.input.batch_size == 256 and c.model.res == 224 and c.evals
+    assert config_lib.load(f"configs/paligemma2/transfers/{task}.py").model.res == 448
+  c = config_lib.load("configs/paligemma2/transfers/vqav2.py:extra_jsonl=/g.jsonl,extra_weight=0.5")
+  assert [d.get("weight") for d in c.input.data] == [1.0, 0.5] and c.input.data[1]["jsonl"] == "/g.jsonl"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("finetune")
+  data_fixtures.build("vqav2", str(root / "manual"), str(root / "tfds"))
+  texts = [f"answer en what is shown {i}?" for i in range(3)] + ["2", "two", "3", "yes", "red", "blue", "cat"]
+  tokenizer_lib.train(str(root / "tok.model"), texts * 10, vocab_size=200, special=("\n",))
+  (root / "gen").mkdir()
+  rows = []
+  for i in range(4):
+    Image.fromarray(np.full((10, 10, 3), 60 * i, np.uint8)).save(root / "gen" / f"{i}.png")
+    rows.append({"image": f"{i}.png", "question": f"what is shown {i}?", "answer": "cat"})
+  (root / "gen" / "gen.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  arg = f"tokenizer={root}/tok.model,data_dir={root}/tfds,vocab=256,extra_jsonl={root}/gen/gen.jsonl,extra_weight=0.5"
+  return root, f"{CONFIG}:{arg}"
+
+
+def test_finetune_evaluate_resume(setup):
+  root, spec = setup
+  workdir = str(root / "run")
+  assert main_lib.main(["finetune", "--workdir", workdir, "--config", spec, "--config.total_steps=4"]) == 0
+  rows = metrics_lib.read(os.path.join(workdir, "metrics.jsonl"))
+  train_rows = [r for r in rows if "loss" in r]
+  assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+  assert all(np.isfinite(r["loss"]) for r in train_rows) and train_rows[-1]["loss"] < train_rows[0]["loss"]
+  evals = [r for r in rows if "vqav2_val/acc" in r]
+  assert [r["step"] for r in evals] == [2, 4] and all(r["vqav2_val/num_examples"] == 3 for r in evals)
+  step4 = os.path.join(workdir, "evals", "step_0000004")
+  preds = [json.loads(l) for l in open(os.path.join(step4, "vqav2_val.predictions.jsonl"))]
+  assert sorted(p["question_id"] for p in preds) == [1000, 2000, 3000]
+  assert json.load(open(os.path.join(step4, "vqav2_val.metrics.json")))["vqav2_val/num_examples"] == 3
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+
+  # Resume: continues at step 5 with the data iterator where it stopped.
+  assert main_lib.main(["finetune", "--workdir", workdir, "--config", spec, "--config.total_steps=6"]) == 0
+  rows = metrics_lib.read(os.path.join(workdir, "metrics.jsonl"))
+  assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+  meta = json.load(open(os.path.join(workdir, "checkpoints", "6", "meta", "metadata")))
+  assert meta["data_state"] == {"consumed": 48}
+
+  # `auditdm evaluate` on the finetune workdir reproduces the step-6 eval.
+  out = str(root / "eval")
+  assert main_lib.main(["evaluate", "--workdir", out, "--config", spec, "--checkpoint", workdir]) == 0
+  got = json.load(open(os.path.join(out, "vqav2_val.metrics.json")))
+  want = json.load(open(os.path.join(workdir, "evals", "step_0000006", "vqav2_val.metrics.json")))
+  assert got == want
+  read = lambda d: sorted(open(os.path.join(d, "vqav2_val.predictions.jsonl")).read().splitlines())
+  assert read(out) == read(os.path.join(workdir, "evals", "step_0000006"))
