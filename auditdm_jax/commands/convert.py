@@ -1,0 +1,70 @@
+"""`auditdm convert`: VLM checkpoints between HF safetensors directories and our big_vision-style .npz.
+
+  auditdm convert --src ~/ckpt/paligemma2-3b-pt-224 --dst pg2_3b_224.npz [--dtype bfloat16]
+  auditdm convert --src pg2_3b_224.npz --dst ~/out/pg2-hf            # config from pg2_3b_224.npz.json
+  auditdm convert --src params.npz --variant paligemma2_3b --res 448 --dst ~/out/pg2-448-hf
+
+A HF source is a directory with config.json and *.safetensors (PaliGemma2 or Gemma3 multimodal, any of the key
+layouts transformers has used). Writing .npz also writes `<dst>.json`: our VLM config, so the file converts back.
+"""
+import json
+import logging
+import os
+
+HELP = "convert PaliGemma2 / Gemma3 checkpoints: HF safetensors dir <-> our .npz (big_vision names)"
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser):
+  parser.add_argument("--src", required=True, help="HF model directory or .npz file")
+  parser.add_argument("--dst", required=True, help="output .npz file or HF directory")
+  parser.add_argument("--variant", help="VLM variant of a .npz source (default: read <src>.json)")
+  parser.add_argument("--res", type=int, help="image resolution of a .npz source given by --variant")
+  parser.add_argument("--dtype", help="dtype of the written params, e.g. bfloat16 (default: keep)")
+
+
+def _kind(path):
+  return "npz" if path.endswith(".npz") else "hf"
+
+
+def _npz_config(args):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from auditdm_jax.models import vlm  # pylint: disable=g-import-not-at-top
+  if args.variant:
+    return vlm.get_config(args.variant, res=args.res)
+  sidecar = args.src + ".json"
+  if not os.path.exists(sidecar):
+    raise SystemExit(f"auditdm convert: {args.src} needs --variant (no {sidecar})")
+  with open(sidecar, encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def run(args):
+  import jax  # pylint: disable=g-import-not-at-top
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from auditdm_jax import io  # pylint: disable=g-import-not-at-top
+  from auditdm_jax.models import checkpoints, vlm  # pylint: disable=g-import-not-at-top
+
+  src, dst = os.path.expanduser(args.src), os.path.expanduser(args.dst)
+  args.src = src
+  dtype = {"bfloat16": ml_dtypes.bfloat16}.get(args.dtype, args.dtype and np.dtype(args.dtype))
+  # Conversion is host work: keep the params in host memory, not on an accelerator.
+  on_host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  if _kind(src) == "hf":
+    cfg = checkpoints.config_from_hf(src)
+    abstract = vlm.abstract_params(cfg)
+    _, params = checkpoints.load_vlm_hf(src, cfg, shardings=jax.tree.map(lambda _: on_host, abstract))
+  else:
+    cfg = _npz_config(args)
+    abstract = vlm.abstract_params(cfg)
+    params = checkpoints.load_npz(src, abstract, shardings=jax.tree.map(lambda _: on_host, abstract))
+  log.info("loaded %s (%s, %d params)", src, cfg.variant, sum(x.size for x in jax.tree.leaves(params)))
+  if _kind(dst) == "npz":
+    if dtype is not None:
+      params = jax.tree.map(lambda x: np.asarray(x).astype(dtype), params)
+    checkpoints.save_npz(dst, params)
+    io.write_text(dst + ".json", cfg.to_json(indent=2))
+  else:
+    checkpoints.export_vlm_hf(dst, cfg, params, dtype=dtype)
+  log.info("wrote %s", dst)

@@ -1,0 +1,1 @@
+"""Model code: SigLIP, Gemma decoders, VLM compositions, tokenizer and checkpoint I/O."""
