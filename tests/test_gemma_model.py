@@ -1,0 +1,149 @@
+"""Gemma decoder: variant table, parameter counts, scan/remat/cache consistency."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from auditdm_jax import sampling
+from auditdm_jax.models import gemma
+
+
+def _shape_params(cfg):
+  model = gemma.Model(cfg)
+  return jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, 1, cfg.width)), jnp.zeros((1, 1), jnp.int32),
+      jnp.ones((1, 1, 1), bool)))["params"]
+
+
+@pytest.mark.parametrize("variant,expected", [
+    # By hand: V*D + L*(2*N*D*H + 2*K*D*H + 3*D*F + 4*D [+ 2*H qk-norm]) + D.
+    ("gemma2_2b", 256_128 * 2304 + 26 * (2 * 8 * 2304 * 256 + 2 * 4 * 2304 * 256
+                                         + 3 * 2304 * 9216 + 4 * 2304) + 2304),  # 2.61B
+    ("gemma3_1b", 999_885_952),  # The published Gemma 3 1B count.
+    ("gemma3_4b", 262_144 * 2560 + 34 * (2 * 8 * 2560 * 256 + 2 * 4 * 2560 * 256
+                                         + 3 * 2560 * 10_240 + 4 * 2560 + 2 * 256) + 2560),  # 3.88B
+])
+def test_param_count_real_variants(variant, expected):
+  cfg = gemma.get_config(variant, scan_layers=True)
+  assert gemma.count_params(_shape_params(cfg)) == expected
+
+
+def test_param_layout_and_shapes():
+  cfg = gemma.get_config("gemma3_4b")
+  p = _shape_params(cfg)
+  assert p["embedder"]["input_embedding"].shape == (262_144, 2560)
+  assert p["layers"]["attn"]["q_einsum"]["w"].shape == (34, 8, 2560, 256)
+  assert p["layers"]["attn"]["kv_einsum"]["w"].shape == (34, 2, 4, 2560, 256)
+  assert p["layers"]["attn"]["_query_norm"]["scale"].shape == (34, 256)
+  assert p["layers"]["mlp"]["gating_einsum"].shape == (34, 2, 2560, 10_240)
+  assert "_query_norm" not in _shape_params(gemma.get_config("gemma2_2b"))["layers"]["attn"]
+
+
+def test_variant_table():
+  assert gemma.get_config("gemma2_27b").query_pre_attn_scalar == 144
+  assert gemma.get_config("gemma3_27b").query_pre_attn_scalar == 168
+  assert gemma.get_config("gemma3_12b").query_pre_attn_scalar == 256
+  kinds = gemma.attn_kinds(gemma.get_config("gemma3_4b"))
+  assert kinds[:6] == ("local",) * 5 + ("global",) and kinds.count("global") == 5
+  assert gemma.attn_kinds(gemma.get_config("gemma2_9b"))[:2] == ("local", "global")
+  assert gemma.get_config("gemma3_1b").sliding_window == 512
+  assert gemma.get_config("gemma3_1b").rope_global_scale == 1.0
+  assert gemma.get_config("gemma3_4b").rope_global_scale == 8.0
+  assert gemma.attn_kinds(gemma.get_config("gemma2_2b", sliding_window=None)) == ("global",) * 26
+  with pytest.raises(ValueError, match="Unknown Gemma variant"):
+    gemma.get_config("gemma9_1b")
+  with pytest.raises(ValueError, match="Unknown Gemma config fields"):
+    gemma.get_config("gemma2_2b", widht=3)
+
+
+def test_embed_scale_rounded_through_bf16():
+  cfg = gemma.get_config("gemma2_tiny", width=72)  # sqrt(72) = 8.485..., bf16 -> 8.5
+  params = gemma.random_params(cfg)
+  model = gemma.Model(cfg)
+  x = model.apply({"params": params}, jnp.array([[5]]), method=model.embed_tokens)
+  np.testing.assert_allclose(x[0, 0], params["embedder"]["input_embedding"][5] * 8.5, rtol=1e-6)
+
+
+def _inputs(cfg, b=2, t=20, seed=0):
+  rng = np.random.default_rng(seed)
+  tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (b, t)))
+  input_mask = np.ones((b, t), bool)
+  input_mask[1, 13:] = False  # Right padding.
+  attn_mask, positions = sampling.causal_prompt(input_mask)
+  return tokens, attn_mask, positions, input_mask
+
+
+@pytest.mark.parametrize("variant", ["gemma3_tiny"])  # Mixed local/global layers under scan.
+def test_scan_remat_bf16_match_unrolled(variant):
+  cfg = gemma.get_config(variant)
+  params = gemma.random_params(cfg)
+  tokens, attn_mask, positions, valid = _inputs(cfg)
+
+  def logits(**overrides):
+    c = gemma.get_config(variant, **overrides)
+    m = gemma.Model(c)
+    fwd = jax.jit(lambda p: m.apply(
+        {"params": p}, m.apply({"params": p}, tokens, method=m.embed_tokens), positions, attn_mask)[0])
+    return np.asarray(fwd(params))[valid]
+
+  ref = logits()
+  np.testing.assert_allclose(logits(scan_layers=True), ref, atol=1e-5)
+  np.testing.assert_allclose(logits(scan_layers=True, remat_policy="nothing_saveable"), ref,
+                             atol=1e-5)
+  low = logits(dtype="bfloat16")
+  assert np.isfinite(low).all() and np.abs(low - ref).max() < 0.25 * np.abs(ref).max()
+
+
+def test_scan_remat_gradients_match():
+  cfg = gemma.get_config("gemma2_tiny")
+  params = gemma.random_params(cfg)
+  tokens, attn_mask, positions, _ = _inputs(cfg)
+
+  def grads(**overrides):
+    m = gemma.Model(gemma.get_config("gemma2_tiny", **overrides))
+    def loss(p):
+      x = m.apply({"params": p}, tokens, method=m.embed_tokens)
+      return jnp.mean(m.apply({"params": p}, x, positions, attn_mask)[0] ** 2)
+    return jax.jit(jax.grad(loss))(params)
+
+  ref, got = grads(), grads(scan_layers=True, remat_policy="dots_saveable")
+  for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["gemma2_tiny", "gemma3_tiny"])
+def test_cache_chunks_and_steps_match_full_forward(variant):
+  """Prefill chunks longer than the ring buffer, then single steps, equal the cache-free pass."""
+  cfg = gemma.get_config(variant)  # sliding_window 8
+  params = gemma.random_params(cfg)
+  model = gemma.Model(cfg)
+  tokens, attn_mask, positions, valid = _inputs(cfg, t=24)
+  x = model.apply({"params": params}, tokens, method=model.embed_tokens)
+  apply = jax.jit(model.apply)
+  full = np.asarray(apply({"params": params}, x, positions, attn_mask)[0])
+  cache = gemma.init_cache(cfg, 2, 32)
+  assert cache["layers"][0]["k"].shape == (2, 8, cfg.num_kv_heads, cfg.head_dim)  # Ring.
+  assert cache["layers"][1]["k"].shape == (2, 32, cfg.num_kv_heads, cfg.head_dim) or (
+      cfg.family == "gemma3")
+  outs = []
+  for start, end in [(0, 11), (11, 20)] + [(t, t + 1) for t in range(20, 24)]:
+    out, cache = apply({"params": params}, x[:, start:end], positions[:, start:end],
+                             attn_mask[:, start:end, start:end], cache)
+    outs.append(np.asarray(out))
+  np.testing.assert_allclose(np.concatenate(outs, 1)[valid], full[valid], atol=2e-5)
+
+
+def test_hidden_and_unembed():
+  cfg = gemma.get_config("gemma2_tiny")
+  params = gemma.random_params(cfg)
+  model = gemma.Model(cfg)
+  tokens, attn_mask, positions, _ = _inputs(cfg)
+  x = model.apply({"params": params}, tokens, method=model.embed_tokens)
+  apply = jax.jit(model.apply, static_argnames="return_hidden")
+  logits, _ = apply({"params": params}, x, positions, attn_mask)
+  hidden, _ = apply({"params": params}, x, positions, attn_mask, return_hidden=True)
+  assert hidden.shape == (2, 20, cfg.width)
+  np.testing.assert_allclose(model.apply({"params": params}, hidden, method=model.unembed), logits,
+                             atol=1e-6)
+  assert np.abs(logits).max() <= cfg.final_softcap
