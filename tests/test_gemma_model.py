@@ -147,3 +147,12 @@ def test_hidden_and_unembed():
   np.testing.assert_allclose(model.apply({"params": params}, hidden, method=model.unembed), logits,
                              atol=1e-6)
   assert np.abs(logits).max() <= cfg.final_softcap
+
+
+def test_window_mask_is_a_symmetric_band():
+  pos = jnp.arange(6)[None]
+  band = np.asarray(gemma.window_mask(pos, pos, 3))[0]
+  expected = np.abs(np.arange(6)[:, None] - np.arange(6)[None, :]) < 3
+  np.testing.assert_array_equal(band, expected)
+  # A bidirectional prefix longer than the window sees at most window-1 tokens ahead, as in big_vision.
+  assert band[0, 2] and not band[0, 3]

@@ -153,8 +153,12 @@ def attend(q, k, v, mask, attn_softcap=None):
 
 
 def window_mask(q_pos, k_pos, window):
-  """[B, T, S] True where the key is within the sliding window behind the query."""
-  return q_pos[:, :, None] - k_pos[:, None, :] < window
+  """[B, T, S] True where |q_pos - k_pos| < window.
+
+  Symmetric as in big_vision's Gemma2 (PaliGemma2 was trained with it): causal attention only ever looks back, but
+  a bidirectional prefix longer than the window (PaliGemma2 at 896px) must not see further than it ahead either.
+  """
+  return jnp.abs(q_pos[:, :, None] - k_pos[:, None, :]) < window
 
 
 def cache_slots(positions, valid, size):
