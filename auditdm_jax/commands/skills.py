@@ -1,0 +1,15 @@
+"""`auditdm skills`: per-skill accuracy of the pretrained demo models on held-out shapes-world scenes."""
+from auditdm_jax.demo import skills
+
+HELP = "per-skill accuracy of the demo target and references (the planted weakness must show as a gap)"
+DEFAULT_CONFIG = "configs/demo/shapes.py"
+DEFAULT_WORKDIR = "workdirs/demo"
+
+
+def run(args):
+  result = skills.evaluate(args.config, args.workdir)
+  print(f"weakness: {result['weakness']}")
+  print(skills.format_table(result))
+  if result.get("auditor_well_formed"):
+    print("auditor outputs that parse in the world's language:",
+          ", ".join(f"{k} {100 * v:.0f}%" for k, v in result["auditor_well_formed"].items()))

@@ -1,0 +1,228 @@
+"""Sampled training and test material of the shapes world: questions by skill, planted weaknesses, auditor SFT.
+
+- `sample_question(scene, rng, skill)` -> (question text, answer): paraphrased templates, answers balanced where
+  it matters (existence and spatial yes/no), always checked by parsing the text back (`shapes_language`).
+- A weakness spec names a slice of questions: `"skill"` or `"skill:key=value[+key=value]"` with keys shape,
+  color, size (any referring expression of the question has it) or relation / comparison (the question's
+  relation "left|right|above|below" or comparison "more|fewer|same"). E.g. `"spatial:relation=left"`,
+  `"counting:shape=star"`, `"counting:color=red+shape=circle"`. The target never sees that slice in training.
+- `auditor_example(scene, rng, kind)` -> (instruction prompt, target text) for the auditor's SFT on p_c / p_e /
+  p_q and their baselines.
+"""
+import numpy as np
+
+from auditdm_jax.data import shapes
+from auditdm_jax.data import shapes_language as lang
+
+_ATTRS = ("shape", "color", "size")
+
+
+def _article(phrase):
+  return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _pick(rng, seq):
+  return seq[int(rng.integers(len(seq)))]
+
+
+def _random_ref(rng, scene, keysets, present_prob=0.6):
+  """A Ref over one of `keysets`, with values taken from an object of the scene (with `present_prob`)."""
+  keys = _pick(rng, keysets)
+  if scene.objects and rng.random() < present_prob:
+    o = _pick(rng, scene.objects)
+    return lang.Ref(**{k: getattr(o, k) for k in keys})
+  pools = {"shape": shapes.SHAPES, "color": shapes.COLORS, "size": shapes.SIZES}
+  return lang.Ref(**{k: _pick(rng, pools[k]) for k in keys})
+
+
+def _unique_ref(rng, scene, o, exclude=()):
+  """A Ref naming `o` alone in `scene` that does not use the attributes in `exclude`, or None."""
+  keysets = [ks for ks in (("shape",), ("color",), ("color", "shape"), ("size", "shape"), ("size", "color"),
+                           ("size", "color", "shape")) if not set(ks) & set(exclude)]
+  order = rng.permutation(len(keysets))
+  for k in order:
+    ref = lang.Ref(**{a: getattr(o, a) for a in keysets[k]})
+    if len(ref.select(scene)) == 1:
+      return ref
+  if rng.random() < 0.5 or not keysets:  # Fall back to naming the cell.
+    keys = [a for a in ("shape",) if a not in exclude]
+    return lang.Ref(row=o.row, col=o.col, **{a: getattr(o, a) for a in keys})
+  return None
+
+
+def _counting(rng, scene):
+  ref = _random_ref(rng, scene, [("shape",), ("color",), ("color", "shape"), ("size", "shape"), ()])
+  p = ref.phrase(plural=True, det=None)
+  return _pick(rng, [f"How many {p} are there?", f"How many {p} are in the image?", f"How many {p} can you see?",
+                     f"Count the {p}."])
+
+
+def _existence(rng, scene):
+  keysets = [("shape",), ("color",), ("color", "shape"), ("size", "shape"), ("size", "color", "shape")]
+  want = rng.random() < 0.5
+  for _ in range(20):
+    ref = _random_ref(rng, scene, keysets, present_prob=1.0 if want else 0.0)
+    if bool(ref.select(scene)) == want:
+      break
+  p = ref.phrase(det=None)
+  return _pick(rng, [f"Is there {_article(p)}?", f"Is there {_article(p)} in the image?",
+                     f"Are there any {ref.phrase(plural=True, det=None)}?", f"Does the image contain {_article(p)}?"])
+
+
+def _color(rng, scene):
+  o = _pick(rng, scene.objects)
+  ref = _unique_ref(rng, scene, o, exclude=("color",))
+  if ref is None:
+    return None
+  p = ref.phrase()
+  return _pick(rng, [f"What color is {p}?", f"What is the color of {p}?", f"Which color is {p}?"])
+
+
+def _binding(rng, scene):
+  o = _pick(rng, scene.objects)
+  if rng.random() < 0.7:
+    ref = _unique_ref(rng, scene, o, exclude=("shape",))
+    if ref is None:
+      return None
+    p = ref.phrase()
+    return _pick(rng, [f"What shape is {p}?", f"What is the shape of {p}?"] +
+                 ([f"What is in the {o.position}?"] if ref.row is not None else []))
+  ref = _unique_ref(rng, scene, o, exclude=("size",))
+  if ref is None:
+    return None
+  p = ref.phrase()
+  return _pick(rng, [f"What size is {p}?", f"What is the size of {p}?", f"Is {p} small or large?"])
+
+
+def _spatial(rng, scene):
+  if len(scene) < 2:
+    return None
+  ia, ib = rng.choice(len(scene), size=2, replace=False)
+  a, b = scene.objects[ia], scene.objects[ib]
+  ra, rb = _unique_ref(rng, scene, a), _unique_ref(rng, scene, b)
+  if ra is None or rb is None:
+    return None
+  truth = {"left": a.col < b.col, "right": a.col > b.col, "above": a.row < b.row, "below": a.row > b.row}
+  want = rng.random() < 0.5
+  rels = [r for r in lang.RELATIONS if truth[r] == want] or list(lang.RELATIONS)
+  rel = _pick(rng, rels)
+  word = _pick(rng, {"left": ["left of", "to the left of"], "right": ["right of", "to the right of"],
+                     "above": ["above"], "below": ["below", "under"]}[rel])
+  return f"Is {ra.phrase()} {word} {rb.phrase()}?"
+
+
+def _comparison(rng, scene):
+  key = _pick(rng, ["shape", "color"])
+  pool = shapes.SHAPES if key == "shape" else shapes.COLORS
+  present = sorted({getattr(o, key) for o in scene.objects})
+  a = _pick(rng, present) if present and rng.random() < 0.8 else _pick(rng, pool)
+  b = _pick(rng, [v for v in pool if v != a])
+  pa = lang.Ref(**{key: a}).phrase(plural=True, det=None)
+  pb = lang.Ref(**{key: b}).phrase(plural=True, det=None)
+  return _pick(rng, [f"Are there more {pa} than {pb}?", f"Are there fewer {pa} than {pb}?",
+                     f"Are there as many {pa} as {pb}?", f"Is the number of {pa} greater than the number of {pb}?"])
+
+
+SAMPLERS = {"counting": _counting, "color": _color, "existence": _existence, "spatial": _spatial,
+            "comparison": _comparison, "binding": _binding}
+
+
+def sample_question(scene, rng, skill=None):
+  """(question text, canonical answer, skill) for `scene`; `skill` None picks one uniformly among those that apply."""
+  rng = np.random.default_rng(rng)
+  for _ in range(50):
+    s = skill or _pick(rng, lang.SKILLS)
+    text = SAMPLERS[s](rng, scene) if scene.objects or s in ("counting", "existence", "comparison") else None
+    if text is None:
+      continue
+    try:
+      q = lang.parse_question(text)
+      return text, q.answer(scene), q.skill
+    except lang.ReferenceError_:
+      continue
+  raise ValueError(f"could not sample a {skill or 'any'} question for {scene}")
+
+
+def parse_weakness(spec):
+  """ "counting:shape=star" -> ("counting", {"shape": "star"}); validates the skill and keys."""
+  skill, _, rest = spec.partition(":")
+  if skill not in lang.SKILLS:
+    raise ValueError(f"weakness {spec!r}: unknown skill {skill!r}; known: {lang.SKILLS}")
+  conds = {}
+  for item in filter(None, rest.split("+")):
+    key, eq, value = item.partition("=")
+    allowed = {"shape": shapes.SHAPES, "color": shapes.COLORS, "size": shapes.SIZES, "relation": lang.RELATIONS,
+               "comparison": lang.COMPARISONS}
+    if not eq or key not in allowed or value not in allowed[key]:
+      raise ValueError(f"weakness {spec!r}: bad condition {item!r} (keys: {sorted(allowed)})")
+    conds[key] = value
+  return skill, conds
+
+
+def in_weakness(question, spec):
+  """Whether a question (text or lang.Question) lies in the weakness slice `spec` (None: no weakness)."""
+  if not spec:
+    return False
+  q = lang.parse_question(question) if isinstance(question, str) else question
+  skill, conds = parse_weakness(spec)
+  if q.skill != skill:
+    return False
+  for key, value in conds.items():
+    if key in ("relation", "comparison"):
+      if q.arg != value:
+        return False
+    elif not any(getattr(r, key) == value for r in q.refs):
+      return False
+  return True
+
+
+def sample_weakness_question(scene, rng, spec, tries=200):
+  """A question of `scene` inside the weakness slice, or None when the scene offers none within `tries`."""
+  skill, _ = parse_weakness(spec)
+  rng = np.random.default_rng(rng)
+  for _ in range(tries):
+    try:
+      text, ans, s = sample_question(scene, rng, skill)
+    except ValueError:  # The skill does not apply to this scene (e.g. spatial with one object).
+      return None
+    if in_weakness(text, spec):
+      return text, ans, s
+  return None
+
+
+AUDITOR_KINDS = ("caption", "edit", "question")
+
+
+def auditor_example(scene, rng, kind):
+  """Target text the auditor should emit for `scene` given the `kind` instruction (p_c, p_e or p_q):
+  a caption of a slightly altered scene, an applicable edit command, or an answerable question."""
+  rng = np.random.default_rng(rng)
+  if kind == "caption":
+    _, altered = lang.sample_edit(scene, rng, ops=("recolor", "resize", "replace", "add", "move"))
+    return lang.caption(altered, rng)
+  if kind == "edit":
+    return lang.sample_edit(scene, rng)[0]
+  if kind == "question":
+    return sample_question(scene, rng)[0]
+  raise ValueError(f"unknown auditor kind {kind!r}; known: {AUDITOR_KINDS}")
+
+
+def balanced_test(rng, per_skill, weakness=None, min_objects=1, max_objects=4):
+  """Held-out questions, `per_skill` of every skill (+ `per_skill` inside the weakness slice when given), one
+  fresh scene each: list of (scene, question, answer, skill, in_weakness)."""
+  rng = np.random.default_rng(rng)
+  out = []
+  for skill in lang.SKILLS:
+    while sum(r[3] == skill for r in out) < per_skill:
+      scene = shapes.sample_scene(rng, max(min_objects, 2 if skill == "spatial" else 1), max_objects)
+      q, a, s = sample_question(scene, rng, skill)
+      out.append((scene, q, a, s, in_weakness(q, weakness)))
+  if weakness:
+    n = 0
+    while n < per_skill:
+      scene = shapes.sample_scene(rng, max(min_objects, 2), max_objects)
+      hit = sample_weakness_question(scene, rng, weakness)
+      if hit:
+        out.append((scene,) + hit + (True,))
+        n += 1
+  return out

@@ -1,0 +1,341 @@
+"""Pretraining of the demo's tiny VLMs on the shapes world (CPU, minutes).
+
+Roles (AuditDM names): the TARGET answers questions but never saw the planted weakness slice during training
+(`shapes_tasks` weakness spec, e.g. "spatial:relation=left"); REFERENCES answer questions and saw everything
+(different seeds / sizes); the AUDITOR is SFT-initialised to emit captions, edit commands and questions in the
+world's language from the instruction prompts p_c, p_e, p_q (and the baselines p^b).
+
+All models are PaliGemma-style (`models.vlm.PaliGemma`, tiny SigLIP + tiny Gemma2) over 64 px images; text is
+`<bos> prefix "\n"` + `suffix <eos>` with the loss on the suffix. VQA prefix: `answer en {question}`.
+Params are cached as `<workdir>/pretrain/<name>/params.npz` next to `meta.json`; a rerun with the same config
+loads them instead of training.
+"""
+import hashlib
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from auditdm_jax import io
+from auditdm_jax import sampling
+from auditdm_jax.audit import prompts
+from auditdm_jax.data import shapes
+from auditdm_jax.data import shapes_tasks as tasks
+from auditdm_jax.models import checkpoints
+from auditdm_jax.models import gemma
+from auditdm_jax.models import tokenizer as tokenizer_lib
+from auditdm_jax.models import vlm
+from auditdm_jax.train import optim
+from auditdm_jax.train import step as step_lib
+
+log = logging.getLogger(__name__)
+
+
+def model_config(vocab_size, res=96, width=128, depth=2, img_width=128, img_depth=2, patch=None):
+  """Tiny PaliGemma config: ViT -> Gemma2 decoder with all-global attention.
+
+  The default patch is a third of the image: one image token per grid cell, so the tiny models learn in minutes.
+  """
+  patch = patch or res // shapes.GRID
+  if res % patch:
+    raise ValueError(f"image size {res} is not a multiple of the patch size {patch}")
+  cfg = vlm.get_config(
+      "paligemma2_tiny", res=64,
+      img=dict(variant=f"mu/{patch}", width=img_width, depth=img_depth, mlp_dim=2 * img_width, num_heads=4),
+      llm=dict(width=width, depth=depth, mlp_dim=2 * width, num_heads=4, num_kv_heads=1, head_dim=width // 4,
+               vocab_size=vocab_size, sliding_window=None, query_pre_attn_scalar=width // 4,
+               embed_scale_bf16=False))
+  cfg.res = res  # The ViT's position embedding follows the image size; the tiny variant lists only 32 and 64.
+  return cfg
+
+
+def vqa_prefix(question):
+  return tokenizer_lib.paligemma_prompt("answer", question)
+
+
+# ------------------------------------------------------------------------------------------------------- data
+def _pad(seqs, length):
+  out = np.zeros((len(seqs), length), np.int32)
+  for i, s in enumerate(seqs):
+    if len(s) > length:
+      raise ValueError(f"sequence of {len(s)} tokens exceeds max length {length}")
+    out[i, :len(s)] = s
+  return out
+
+
+def encode_examples(tok, prefixes, suffixes, max_len):
+  """-> dict tokens, mask_ar, mask_loss, input_mask: int32/bool [N, max_len] (right-padded)."""
+  enc = [tokenizer_lib.encode_paligemma(tok, p, s) for p, s in zip(prefixes, suffixes)]
+  return {"tokens": _pad([e[0] for e in enc], max_len), "mask_ar": _pad([e[1] for e in enc], max_len),
+          "mask_loss": _pad([e[2] for e in enc], max_len),
+          "input_mask": _pad([np.ones_like(e[0]) for e in enc], max_len).astype(bool)}
+
+
+def sample_scenes(num, seed, min_objects=1, max_objects=4):
+  rng = np.random.default_rng(seed)
+  return [shapes.sample_scene(rng, min_objects, max_objects) for _ in range(num)]
+
+
+def vqa_data(scenes, per_scene, seed, weakness=None, exclude_weakness=False, image_size=64):
+  """Questions about `scenes`: dict images uint8 [S, H, W, 3], image_index [N], question/answer/skill lists and
+  in_weakness bool [N]. With `exclude_weakness`, questions inside the weakness slice are re-drawn (the target's
+  training set)."""
+  rng = np.random.default_rng(seed)
+  rows = {"image_index": [], "question": [], "answer": [], "skill": [], "in_weakness": []}
+  for i, scene in enumerate(scenes):
+    for _ in range(per_scene):
+      for _ in range(100):
+        q, a, skill = tasks.sample_question(scene, rng)
+        w = tasks.in_weakness(q, weakness)
+        if not (exclude_weakness and w):
+          break
+      else:
+        continue
+      for k, v in zip(rows, (i, q, a, skill, w)):
+        rows[k].append(v)
+  rows["images"] = np.stack([shapes.render(s, image_size) for s in scenes])
+  rows["image_index"] = np.asarray(rows["image_index"], np.int32)
+  rows["in_weakness"] = np.asarray(rows["in_weakness"], bool)
+  return rows
+
+
+def auditor_data(scenes, per_scene, seed, image_size=64):
+  """(instruction prompt, target text) pairs over the three kinds and both prompt variants (p and p^b)."""
+  rng = np.random.default_rng(seed)
+  rows = {"image_index": [], "prefix": [], "suffix": []}
+  for i, scene in enumerate(scenes):
+    for _ in range(per_scene):
+      kind = tasks.AUDITOR_KINDS[int(rng.integers(3))]
+      rows["image_index"].append(i)
+      rows["prefix"].append(prompts.get(kind, baseline=bool(rng.integers(2))))
+      rows["suffix"].append(tasks.auditor_example(scene, rng, kind))
+  rows["images"] = np.stack([shapes.render(s, image_size) for s in scenes])
+  rows["image_index"] = np.asarray(rows["image_index"], np.int32)
+  return rows
+
+
+def to_model_images(images):
+  """uint8 [B, H, W, 3] -> float32 in [-1, 1] (the pp `value_range(-1, 1)` convention)."""
+  return jnp.asarray(images, jnp.float32) / 127.5 - 1.0
+
+
+# ------------------------------------------------------------------------------------------------ training
+CELL_HEADS = (("shape", len(shapes.SHAPES) + 1), ("color", len(shapes.COLORS)), ("size", len(shapes.SIZES)))
+
+
+def cell_labels(scene):
+  """int32 [9, 3]: per grid cell (reading order) shape index + 1 (0 = empty), colour, size."""
+  out = np.zeros((shapes.GRID * shapes.GRID, len(CELL_HEADS)), np.int32)
+  for o in scene.objects:
+    out[o.row * shapes.GRID + o.col, :3] = (shapes.SHAPES.index(o.shape) + 1, shapes.COLORS.index(o.color),
+                                            shapes.SIZES.index(o.size))
+  return out
+
+
+def suffix_loss(model, params, batch):
+  """Mean next-token cross-entropy over suffix tokens. batch: images [B,H,W,3] float, tokens/mask_* [B, T]."""
+  logits = model.apply({"params": params}, batch["images"], batch["tokens"], batch["mask_ar"],
+                       batch["input_mask"])
+  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32))
+  nll = -jnp.take_along_axis(logp, batch["tokens"][:, 1:, None], axis=-1)[..., 0]
+  w = batch["mask_loss"][:, 1:].astype(jnp.float32)
+  return jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def cell_loss(model, params, head, images, labels):
+  """Auxiliary loss that speeds up pretraining: each image token [B, 9, D] predicts its cell's shape (or empty),
+  colour and size through linear heads `head` {name: kernel [D, K]} (`CELL_HEADS`); labels [B, 9, 3] from
+  `cell_labels`. Colour and size count only on occupied cells."""
+  z = model.apply({"params": params}, images, method=model.embed_image).astype(jnp.float32)
+  total = 0.0
+  for k, (name, _) in enumerate(CELL_HEADS):
+    logp = jax.nn.log_softmax(z @ head[name])
+    nll = -jnp.take_along_axis(logp, labels[..., k:k + 1], axis=-1)[..., 0]
+    w = (labels[..., 0] > 0).astype(jnp.float32) if name in ("color", "size") else jnp.ones_like(nll)
+    total = total + jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
+  return total
+
+
+def train(cfg, encoded, images, image_index, steps, batch_size, lr, seed, labels=None, aux_weight=1.0):
+  """Trains a fresh model on (images[image_index], encoded text); returns params (host numpy tree).
+
+  labels: optional int32 [S, 9, 3] per image (`cell_labels`) for the auxiliary cell loss (heads are discarded).
+  """
+  model = vlm.get_model(cfg)
+  rng = jax.random.PRNGKey(seed)
+  params = model.init(rng, to_model_images(images[:1]), jnp.asarray(encoded["tokens"][:1]),
+                      jnp.asarray(encoded["mask_ar"][:1]), jnp.asarray(encoded["input_mask"][:1]))["params"]
+  d = cfg.llm.width
+  head_rng = np.random.default_rng(seed)
+  state = {"vlm": params, "cell_head": {
+      name: jnp.asarray(head_rng.normal(0, d ** -0.5, (d, k)), jnp.float32) for name, k in CELL_HEADS}}
+  ocfg = ml_collections.ConfigDict(dict(optimizer="adamw", lr=lr, wd=1e-4, grad_clip_norm=1.0, total_steps=steps,
+                                        schedule=dict(decay_type="cosine", warmup_percent=0.05, min_lr=lr * 0.05)))
+  tx, schedule_fn = optim.make_optimizer(ocfg)
+  opt_state = tx.init(state)
+
+  def loss_fn(p, batch, _):
+    loss = suffix_loss(model, p["vlm"], batch)
+    if "cells" not in batch:
+      return loss, {}
+    aux = cell_loss(model, p["vlm"], p["cell_head"], batch["images"], batch["cells"])
+    return loss + aux_weight * aux, {"text_loss": loss, "cell_loss": aux}
+
+  train_step = step_lib.make_train_step(loss_fn, tx, schedule_fn=schedule_fn)
+  np_rng = np.random.default_rng(seed)
+  n = len(image_index)
+  t0, hist = time.time(), []
+  for i in range(steps):
+    idx = np_rng.integers(n, size=batch_size)
+    batch = {k: jnp.asarray(v[idx]) for k, v in encoded.items()}
+    batch["images"] = to_model_images(images[image_index[idx]])
+    if labels is not None and aux_weight:
+      batch["cells"] = jnp.asarray(labels[image_index[idx]])
+    state, opt_state, metrics = train_step(state, opt_state, batch, jax.random.fold_in(rng, i))
+    hist.append(metrics)
+    if (i + 1) % max(1, steps // 10) == 0 or i + 1 == steps:
+      recent = jax.device_get(hist[-20:])
+      log.info("step %d/%d %s (%.1f steps/s)", i + 1, steps, " ".join(
+          f"{k} {np.mean([m[k] for m in recent]):.4f}" for k in recent[0] if k.endswith("loss")),
+               (i + 1) / (time.time() - t0))
+  return jax.device_get(state["vlm"])
+
+
+# ------------------------------------------------------------------------------------------------ inference
+class DemoVLM:
+  """A trained demo model: `generate(images, prefixes)` with the project's KV-cache sampler."""
+
+  def __init__(self, cfg, params, tok):
+    self.cfg, self.params, self.tok = cfg, params, tok
+    self.model = vlm.get_model(cfg)
+    self.sampler = sampling.Sampler(gemma.Model(cfg.llm), params["llm"], tokenizer=tok)
+    self._embed = jax.jit(lambda p, im, t, m: self.model.apply({"params": p}, im, t, m,
+                                                               method=self.model.embed_prompt))
+
+  def generate(self, images, prefixes, max_new_tokens=8, batch_size=128, **kw):
+    """images uint8 [B, H, W, 3], prefixes list[str] -> list[str] (greedy unless kw set temperature)."""
+    out = []
+    for s in range(0, len(prefixes), batch_size):
+      pre = [tokenizer_lib.encode_paligemma(self.tok, p)[0] for p in prefixes[s:s + batch_size]]
+      length = sampling.bucket(max(len(p) for p in pre), 8)
+      tokens = _pad(pre, length)
+      mask = _pad([np.ones_like(p) for p in pre], length).astype(bool)
+      x, attn, pos = self._embed(self.params, to_model_images(images[s:s + batch_size]), jnp.asarray(tokens),
+                                 jnp.asarray(mask))
+      res = self.sampler.sample(x, attn, pos, max_new_tokens=max_new_tokens, **kw)
+      out.extend(t[0] for t in res.text)
+    return out
+
+  def answer(self, images, questions, **kw):
+    return [a.strip() for a in self.generate(images, [vqa_prefix(q) for q in questions], max_new_tokens=4, **kw)]
+
+
+# ----------------------------------------------------------------------------------------------------- cache
+def _digest(obj):
+  return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_model(directory, cfg, params, meta):
+  os.makedirs(directory, exist_ok=True)
+  checkpoints.save_npz(os.path.join(directory, "params.npz"), params)
+  io.write_json(os.path.join(directory, "model_config.json"), cfg.to_dict())
+  io.write_json(os.path.join(directory, "meta.json"), meta)  # Written last: its presence marks completion.
+
+
+def load_model(directory, digest=None):
+  """(cfg, params, meta) of a cached model, or None when absent or trained from another config."""
+  meta_path = os.path.join(directory, "meta.json")
+  if not os.path.exists(meta_path):
+    return None
+  meta = io.read_json(meta_path)
+  if digest is not None and meta.get("digest") != digest:
+    return None
+  cfg = ml_collections.ConfigDict(io.read_json(os.path.join(directory, "model_config.json")))
+  params = checkpoints.load_npz(os.path.join(directory, "params.npz"), vlm.abstract_params(cfg))
+  return cfg, jax.device_get(params), meta
+
+
+# ------------------------------------------------------------------------------------------------ the demo set
+ROLES = ("target", "reference", "auditor")
+
+
+def _model_cfg(cfg, spec, tok):
+  return model_config(tok.vocab_size, res=cfg.image_size, width=spec.width, depth=spec.depth,
+                      img_width=spec.img_width, img_depth=spec.img_depth)
+
+
+def pretrain_all(cfg, workdir):
+  """Trains (or loads from `<workdir>/pretrain/`) the tokenizer, the target, the references and the auditor.
+
+  cfg: a `configs/demo/shapes.py` config. Writes `<workdir>/pretrain/manifest.json`
+  {"tokenizer": path, "image_size", "weakness", "models": [{"name", "role", "dir"}]}; returns it.
+  """
+  root = os.path.join(workdir, "pretrain")
+  tok_path = os.path.join(root, "tokenizer.model")
+  tok_digest = _digest(cfg.tokenizer.to_dict())
+  tok_meta = os.path.join(root, "tokenizer.json")
+  if os.path.exists(tok_meta) and io.read_json(tok_meta).get("digest") == tok_digest:
+    tok = tokenizer_lib.Tokenizer(tok_path)
+  else:
+    from auditdm_jax.demo import tokenizer_train  # pylint: disable=g-import-not-at-top
+    tok = tokenizer_train.train_tokenizer(tok_path, cfg.tokenizer.vocab_size, cfg.tokenizer.num_scenes, cfg.seed)
+    io.write_json(tok_meta, {"digest": tok_digest})
+  shared = dict(image_size=cfg.image_size, world=cfg.world.to_dict(), tokenizer=tok_digest)
+  scenes = None
+  entries = []
+  for spec in [cfg.target] + list(cfg.references) + [cfg.auditor]:
+    spec = ml_collections.ConfigDict(spec.to_dict() if hasattr(spec, "to_dict") else dict(spec))
+    role = spec.role
+    weakness = cfg.weakness if role == "target" else None
+    digest = _digest(dict(shared, spec=spec.to_dict(), weakness=weakness,
+                          data=(cfg.auditor_data if role == "auditor" else cfg.vqa).to_dict()))
+    directory = os.path.join(root, spec.name)
+    entries.append({"name": spec.name, "role": role, "dir": directory})
+    if load_model(directory, digest) is not None:
+      log.info("%s: cached in %s", spec.name, directory)
+      continue
+    log.info("%s (%s): training %d steps", spec.name, role, spec.steps)
+    t0 = time.time()
+    mcfg = _model_cfg(cfg, spec, tok)
+    if role == "auditor":
+      data_cfg = cfg.auditor_data
+      sc = sample_scenes(data_cfg.num_scenes, [cfg.seed, 2], 0, cfg.world.max_objects)
+      rows = auditor_data(sc, data_cfg.per_scene, [cfg.seed, 3], cfg.image_size)
+      enc = encode_examples(tok, rows["prefix"], rows["suffix"], data_cfg.max_len)
+      labels = np.stack([cell_labels(s) for s in sc])
+    else:
+      if scenes is None:
+        scenes = sample_scenes(cfg.vqa.num_scenes, [cfg.seed, 0], cfg.world.min_objects, cfg.world.max_objects)
+        labels = np.stack([cell_labels(s) for s in scenes])
+      rows = vqa_data(scenes, cfg.vqa.per_scene, [cfg.seed, 1, spec.seed], weakness=weakness,
+                      exclude_weakness=weakness is not None, image_size=cfg.image_size)
+      enc = encode_examples(tok, [vqa_prefix(q) for q in rows["question"]], rows["answer"], cfg.vqa.max_len)
+    params = train(mcfg, enc, rows["images"], rows["image_index"], spec.steps, spec.batch_size, spec.lr, spec.seed,
+                   labels=labels, aux_weight=spec.aux_weight)
+    save_model(directory, mcfg, params, {"digest": digest, "name": spec.name, "role": role, "weakness": weakness,
+                                         "train_seconds": time.time() - t0, "steps": spec.steps})
+  manifest = {"tokenizer": tok_path, "image_size": cfg.image_size, "weakness": cfg.weakness, "models": entries}
+  io.write_json(os.path.join(root, "manifest.json"), manifest)
+  return manifest
+
+
+def load_demo_models(workdir, roles=ROLES):
+  """{name: (role, DemoVLM)} of the pretrained demo models under `<workdir>/pretrain/` (see `pretrain_all`)."""
+  path = os.path.join(workdir, "pretrain", "manifest.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no pretrained demo models under {workdir!r}: run `auditdm demo-pretrain` first")
+  manifest = io.read_json(path)
+  tok = tokenizer_lib.Tokenizer(manifest["tokenizer"])
+  out = {}
+  for entry in manifest["models"]:
+    if entry["role"] in roles:
+      loaded = load_model(entry["dir"])
+      if loaded is None:
+        raise FileNotFoundError(f"model {entry['name']} missing in {entry['dir']}")
+      out[entry["name"]] = (entry["role"], DemoVLM(loaded[0], loaded[1], tok))
+  return out

@@ -1,0 +1,91 @@
+"""Per-skill accuracy of the demo models on held-out scenes (the planted weakness shows as a gap)."""
+import collections
+import os
+
+import numpy as np
+
+from auditdm_jax import io
+from auditdm_jax.data import shapes
+from auditdm_jax.data import shapes_language as lang
+from auditdm_jax.data import shapes_tasks as tasks
+from auditdm_jax.demo import pretrain
+
+WEAKNESS_ROW = "weakness"
+
+
+def test_set(cfg):
+  """Held-out balanced questions (scenes from a seed disjoint from training): list of tuples (scene, question,
+  answer, skill, in_weakness)."""
+  return tasks.balanced_test([cfg.seed, cfg.eval.seed], cfg.eval.per_skill, cfg.weakness, cfg.world.min_objects,
+                             cfg.world.max_objects)
+
+
+def accuracy_table(answers, test):
+  """{skill: accuracy} over the test rows (+ "weakness": the slice, "overall": all rows outside the slice)."""
+  groups = collections.defaultdict(list)
+  for pred, (_, _, gold, skill, weak) in zip(answers, test):
+    ok = pred == gold
+    groups[WEAKNESS_ROW if weak else skill].append(ok)
+    if weak:
+      groups[skill + "@weak"].append(ok)
+    else:
+      groups["overall"].append(ok)
+  return {k: float(np.mean(v)) for k, v in sorted(groups.items())}, {k: len(v) for k, v in groups.items()}
+
+
+def evaluate(cfg, workdir):
+  """Answers the held-out test with every VQA model (target, references); writes `<workdir>/skills.json`."""
+  test = test_set(cfg)
+  images = np.stack([shapes.render(t[0], cfg.image_size) for t in test])
+  questions = [t[1] for t in test]
+  result = {"weakness": cfg.weakness, "models": {}, "counts": None}
+  for name, (role, model) in pretrain.load_demo_models(workdir, roles=("target", "reference")).items():
+    acc, counts = accuracy_table(model.answer(images, questions), test)
+    result["models"][name] = {"role": role, "accuracy": acc}
+    result["counts"] = counts
+  result["auditor_well_formed"] = auditor_validity(cfg, workdir, num=cfg.eval.auditor_samples)
+  io.write_json(os.path.join(workdir, "skills.json"), result)
+  return result
+
+
+def auditor_validity(cfg, workdir, num=32, max_new_tokens=64, temperature=1.0):
+  """Fraction of the auditor's sampled outputs that parse in the world's language, per prompt (p_c, p_e, p_q and
+  the baselines): {"caption": f, "caption_baseline": f, ...}."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from auditdm_jax.audit import prompts  # pylint: disable=g-import-not-at-top
+  models = pretrain.load_demo_models(workdir, roles=("auditor",))
+  if not models:
+    return {}
+  _, auditor = next(iter(models.values()))
+  rng = np.random.default_rng([cfg.seed, cfg.eval.seed, 1])
+  scenes = [shapes.sample_scene(rng, cfg.world.min_objects, cfg.world.max_objects) for _ in range(num)]
+  images = np.stack([shapes.render(s, cfg.image_size) for s in scenes])
+  parse = {"caption": lang.parse_caption, "edit": lang.parse_edit, "question": lang.parse_question}
+  out = {}
+  for kind, fn in parse.items():
+    for baseline in (False, True):
+      texts = auditor.generate(images, [prompts.get(kind, baseline)] * num, max_new_tokens=max_new_tokens,
+                               temperature=temperature, rng=jax.random.PRNGKey(cfg.seed))
+      ok = 0
+      for t in texts:
+        try:
+          fn(t)
+          ok += 1
+        except lang.LanguageError:
+          pass
+      out[kind + ("_baseline" if baseline else "")] = ok / num
+  return out
+
+
+def format_table(result):
+  """Markdown table: one row per skill (+ weakness slice, overall), one column per model."""
+  names = list(result["models"])
+  rows = list(lang.SKILLS) + [WEAKNESS_ROW, "overall"]
+  lines = ["| skill | n | " + " | ".join(f"{n} ({result['models'][n]['role']})" for n in names) + " |",
+           "|---|---|" + "---|" * len(names)]
+  for r in rows:
+    if r not in result["counts"]:
+      continue
+    cells = [f"{100 * result['models'][n]['accuracy'].get(r, float('nan')):.1f}" for n in names]
+    lines.append(f"| {r} | {result['counts'][r]} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)

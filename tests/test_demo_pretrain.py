@@ -1,0 +1,60 @@
+"""`auditdm demo-pretrain` / `auditdm skills` with tiny budgets: roles, planted weakness data, cache, report."""
+import os
+
+import numpy as np
+import pytest
+
+from auditdm_jax import config as config_lib
+from auditdm_jax.data import shapes_language as lang
+from auditdm_jax.data import shapes_tasks as tasks
+from auditdm_jax.demo import pretrain
+from auditdm_jax.demo import skills
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "demo", "shapes.py")
+
+
+def _tiny(weakness):
+  cfg = config_lib.load(f"{CONFIG}:fast,weakness={weakness}")
+  cfg.vqa.num_scenes = 40
+  cfg.auditor_data.num_scenes = 12
+  cfg.tokenizer.num_scenes = 150
+  cfg.eval.per_skill = 4
+  cfg.references = cfg.references[:1]
+  for spec in [cfg.target, cfg.auditor] + list(cfg.references):
+    spec["steps"] = 3
+  return cfg
+
+
+@pytest.mark.parametrize("weakness", ["spatial:relation=left", "counting:shape=star"])
+def test_target_never_sees_weakness(weakness):
+  scenes = pretrain.sample_scenes(150, 0)
+  target = pretrain.vqa_data(scenes, 4, 1, weakness=weakness, exclude_weakness=True, image_size=48)
+  reference = pretrain.vqa_data(scenes, 4, 1, weakness=weakness, image_size=48)
+  assert not any(tasks.in_weakness(q, weakness) for q in target["question"])
+  assert sum(tasks.in_weakness(q, weakness) for q in reference["question"]) >= 5
+  skill = weakness.split(":")[0]
+  assert sum(s == skill for s in target["skill"]) > 20  # The rest of the skill is still trained.
+  assert target["images"].shape == (150, 48, 48, 3)
+
+
+def test_pretrain_cache_and_skills(tmp_path):
+  cfg = _tiny("counting:shape=star")
+  manifest = pretrain.pretrain_all(cfg, str(tmp_path))
+  assert [m["role"] for m in manifest["models"]] == ["target", "reference", "auditor"]
+  meta_path = os.path.join(manifest["models"][0]["dir"], "meta.json")
+  mtime = os.path.getmtime(meta_path)
+  pretrain.pretrain_all(cfg, str(tmp_path))  # Cached: nothing retrained.
+  assert os.path.getmtime(meta_path) == mtime
+  models = pretrain.load_demo_models(str(tmp_path))
+  assert sorted(models) == ["auditor", "ref0", "target"]
+  role, auditor = models["auditor"]
+  out = auditor.generate(np.zeros((2, cfg.image_size, cfg.image_size, 3), np.uint8), ["a", "b"], max_new_tokens=5)
+  assert role == "auditor" and len(out) == 2 and all(isinstance(t, str) for t in out)
+  result = skills.evaluate(cfg, str(tmp_path))
+  assert set(result["models"]) == {"target", "ref0"}
+  acc = result["models"]["target"]["accuracy"]
+  assert set(lang.SKILLS) <= set(acc) and "weakness" in acc and 0.0 <= acc["overall"] <= 1.0
+  assert result["counts"]["weakness"] >= 4
+  table = skills.format_table(result)
+  assert "| weakness |" in table and "target (target)" in table
+  assert os.path.exists(tmp_path / "skills.json")

@@ -1,0 +1,154 @@
+"""Shapes world language: captions, edit commands, questions (generation and parsing)."""
+import numpy as np
+import pytest
+
+from auditdm_jax.data import shapes
+from auditdm_jax.data import shapes_language as lang
+from auditdm_jax.data import shapes_tasks as tasks
+
+O = shapes.Obj
+SCENE = shapes.Scene((O("circle", "red", "small", 0, 0), O("circle", "blue", "large", 0, 2),
+                      O("star", "green", "large", 1, 1), O("triangle", "red", "small", 2, 0, "striped")))
+
+
+def test_caption_roundtrip_canonical_and_paraphrased():
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    s = shapes.sample_scene(rng, 0, 9, texture_prob=0.3)
+    assert lang.parse_caption(lang.caption(s)) == s
+    assert lang.parse_caption(lang.caption(s, rng)) == s
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("An image of a large red circle in the top-left corner.", [("circle", "red", "large", 0, 0)]),
+    ("There are two small green squares in the top left and the bottom right on a white background",
+     [("square", "green", "small", 0, 0), ("square", "green", "small", 2, 2)]),
+    ("one big violet star at the center, and a tiny yellow disk on the right",
+     [("star", "purple", "large", 1, 1), ("circle", "yellow", "small", 1, 2)]),
+    ("A picture with a red large triangle in the upper right", [("triangle", "red", "large", 0, 2)]),
+])
+def test_parse_caption_paraphrases(text, expected):
+  s = lang.parse_caption(text)
+  assert [(o.shape, o.color, o.size, o.row, o.col) for o in s.objects] == expected
+
+
+def test_parse_caption_fills_missing_from_seed():
+  a, b = lang.parse_caption("a blue star", seed=3), lang.parse_caption("a blue star", seed=3)
+  assert a == b and len(a) == 1 and a.objects[0].color == "blue" and a.objects[0].shape == "star"
+  assert lang.parse_caption("an empty image") == shapes.Scene(())
+
+
+@pytest.mark.parametrize("text,error", [
+    ("a cat on a mat", lang.ParseError), ("", lang.ParseError), ("three circles in the top left", lang.ParseError),
+    ("a red circle in the center and a star in the middle", lang.ConflictError),
+    ("nine circles and a star", lang.ConflictError),
+])
+def test_parse_caption_errors(text, error):
+  with pytest.raises(error):
+    lang.parse_caption(text)
+
+
+@pytest.mark.parametrize("text,skill,answer", [
+    ("How many circles are there?", "counting", "2"),
+    ("how many red objects are in the image", "counting", "2"),
+    ("Count the striped triangles.", "counting", "1"),
+    ("How many purple things can you see?", "counting", "0"),
+    ("Is there a green star?", "existence", "yes"),
+    ("Are there any orange squares?", "existence", "no"),
+    ("Does the image contain a large blue circle?", "existence", "yes"),
+    ("What color is the star?", "color", "green"),
+    ("What is the colour of the object in the top right?", "color", "blue"),
+    ("Which color is the small circle?", "color", "red"),
+    ("What shape is the green object?", "binding", "star"),
+    ("What is the shape of the striped object?", "binding", "triangle"),
+    ("What is in the bottom left?", "binding", "triangle"),
+    ("What size is the blue circle?", "binding", "large"),
+    ("Is the star small or large?", "binding", "large"),
+    ("Is the small red circle left of the blue circle?", "spatial", "yes"),
+    ("Is the star to the right of the triangle?", "spatial", "yes"),
+    ("Is the triangle above the star?", "spatial", "no"),
+    ("Is the triangle below the blue circle?", "spatial", "yes"),
+    ("Are there more circles than stars?", "comparison", "yes"),
+    ("Are there fewer red objects than green objects?", "comparison", "no"),
+    ("Are there as many stars as triangles?", "comparison", "yes"),
+    ("Is the number of squares greater than the number of stars?", "comparison", "no"),
+])
+def test_questions_ground_truth(text, skill, answer):
+  q = lang.parse_question(text)
+  assert q.skill == skill
+  assert q.answer(SCENE) == answer
+
+
+@pytest.mark.parametrize("text,error", [
+    ("What is love?", lang.ParseError), ("How many dogs are there?", lang.ParseError), (None, lang.ParseError),
+])
+def test_question_parse_errors(text, error):
+  with pytest.raises(error):
+    lang.parse_question(text)
+
+
+def test_unanswerable_questions_are_typed():
+  with pytest.raises(lang.ReferenceError_):
+    lang.answer("What color is the circle?", SCENE)  # Two circles.
+  with pytest.raises(lang.ReferenceError_):
+    lang.answer("What color is the square?", SCENE)  # None.
+
+
+@pytest.mark.parametrize("text,check", [
+    ("Make the star blue.", lambda s: s.at(1, 1).color == "blue"),
+    ("change the colour of the blue circle to orange", lambda s: s.at(0, 2).color == "orange"),
+    ("Remove the green star", lambda s: s.at(1, 1) is None and len(s) == 3),
+    ("Add a small yellow square in the bottom right.", lambda s: s.at(2, 2) == O("square", "yellow", "small", 2, 2)),
+    ("move the star to the bottom center", lambda s: s.at(1, 1) is None and s.at(2, 1).shape == "star"),
+    ("Enlarge the triangle", lambda s: s.at(2, 0).size == "large"),
+    ("make the blue circle small", lambda s: s.at(0, 2).size == "small"),
+    ("Replace the star with a square", lambda s: s.at(1, 1) == O("square", "green", "large", 1, 1)),
+    ("make all circles purple", lambda s: s.at(0, 0).color == s.at(0, 2).color == "purple"),
+    ("remove the stripes from the triangle", lambda s: s.at(2, 0).texture == "plain"),
+])
+def test_edits(text, check):
+  assert check(lang.parse_edit(text).apply(SCENE))
+
+
+@pytest.mark.parametrize("text,error", [
+    ("make the circle blue", lang.ReferenceError_),  # Ambiguous.
+    ("remove the square", lang.ReferenceError_),
+    ("add a red star in the center", lang.ConflictError),
+    ("move the star to the top left", lang.ConflictError),
+    ("paint the sky blue", lang.ParseError),
+    ("do something", lang.ParseError),
+])
+def test_edit_errors(text, error):
+  with pytest.raises(error):
+    lang.parse_edit(text).apply(SCENE)
+
+
+def test_sampled_material_parses():
+  rng = np.random.default_rng(1)
+  skills = set()
+  for _ in range(300):
+    s = shapes.sample_scene(rng, 1, 4)
+    q, a, skill = tasks.sample_question(s, rng)
+    assert lang.answer(q, s) == a
+    skills.add(skill)
+    text, edited = lang.sample_edit(s, rng)
+    assert lang.parse_edit(text).apply(s) == edited != s
+    for kind in tasks.AUDITOR_KINDS:
+      out = tasks.auditor_example(s, rng, kind)
+      {"caption": lang.parse_caption, "edit": lang.parse_edit, "question": lang.parse_question}[kind](out)
+  assert skills == set(lang.SKILLS)
+
+
+def test_weakness_specs():
+  assert tasks.parse_weakness("counting:color=red+shape=circle") == ("counting", {"color": "red", "shape": "circle"})
+  for bad in ("flying", "counting:shape=hexagon", "spatial:relation"):
+    with pytest.raises(ValueError):
+      tasks.parse_weakness(bad)
+  assert tasks.in_weakness("Is the star left of the circle?", "spatial:relation=left")
+  assert not tasks.in_weakness("Is the star right of the circle?", "spatial:relation=left")
+  assert tasks.in_weakness("How many red circles are there?", "counting:color=red+shape=circle")
+  assert not tasks.in_weakness("How many circles are there?", "counting:color=red+shape=circle")
+  assert not tasks.in_weakness("How many stars are there?", None)
+  rng = np.random.default_rng(0)
+  test = tasks.balanced_test(rng, 10, "counting:shape=star")
+  assert sum(t[4] for t in test) >= 10 and all(tasks.in_weakness(t[1], "counting:shape=star") == t[4] for t in test)
