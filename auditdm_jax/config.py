@@ -54,7 +54,7 @@ def parse_arg(arg, lazy=False, **spec):
   out = ml_collections.ConfigDict(dict(spec))
   if not arg:
     return out
-  for item in _split_top_level(arg):
+  for item in split_top_level(arg):
     if "=" not in item:
       # A bare word is a bool flag set to True (big_vision convention).
       key, raw = item, "True"
@@ -67,10 +67,10 @@ def parse_arg(arg, lazy=False, **spec):
   return out
 
 
-def _split_top_level(arg):
-  """Splits on commas that are not inside brackets or quotes (so `sizes=(1,2)` stays whole)."""
+def split_top_level(text, sep=","):
+  """Splits on `sep` outside brackets and quotes (so `sizes=(1,2)` stays whole); strips and drops empty parts."""
   parts, depth, quote, cur = [], 0, None, []
-  for ch in arg:
+  for ch in text:
     if quote:
       quote = None if ch == quote else quote
     elif ch in "\"'":
@@ -79,14 +79,13 @@ def _split_top_level(arg):
       depth += 1
     elif ch in ")]}":
       depth -= 1
-    elif ch == "," and depth == 0:
+    elif ch == sep and depth == 0:
       parts.append("".join(cur))
       cur = []
       continue
     cur.append(ch)
-  if cur:
-    parts.append("".join(cur))
-  return [p for p in parts if p.strip()]
+  parts.append("".join(cur))
+  return [p.strip() for p in parts if p.strip()]
 
 
 def load(spec):

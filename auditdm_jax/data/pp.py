@@ -18,6 +18,8 @@ import string
 import numpy as np
 import tensorflow as tf
 
+from auditdm_jax import config as config_lib
+
 _REGISTRY = {}
 
 
@@ -38,27 +40,6 @@ def register(name):
 def registered():
   """Sorted names of all registered ops."""
   return sorted(_REGISTRY)
-
-
-def _split_ops(spec):
-  """Splits on `|` outside quotes and brackets."""
-  parts, depth, quote, cur = [], 0, None, []
-  for ch in spec:
-    if quote:
-      quote = None if ch == quote else quote
-    elif ch in "\"'":
-      quote = ch
-    elif ch in "([{":
-      depth += 1
-    elif ch in ")]}":
-      depth -= 1
-    elif ch == "|" and depth == 0:
-      parts.append("".join(cur))
-      cur = []
-      continue
-    cur.append(ch)
-  parts.append("".join(cur))
-  return [p.strip() for p in parts if p.strip()]
 
 
 def parse_op(text):
@@ -90,7 +71,7 @@ def get_op(text):
 
 def get_preprocess_fn(spec, drop_private=True):
   """Composes the ops of `spec` into `fn(data: dict) -> dict` (an empty spec is the identity)."""
-  ops = [get_op(t) for t in _split_ops(spec or "")]
+  ops = [get_op(t) for t in config_lib.split_top_level(spec or "", "|")]
 
   def preprocess(data):
     data = dict(data)

@@ -12,6 +12,7 @@ its place; nothing raises for one bad item.
 """
 import numpy as np
 
+from auditdm_jax import imagegen
 from auditdm_jax.data import shapes
 from auditdm_jax.data import shapes_language as lang
 from auditdm_jax.imagegen import errors
@@ -31,17 +32,6 @@ class SceneTextError(errors.GenerationError):
 
 class UnknownSourceImage(errors.GenerationError):
   """An edit's source image is not a (lossless) shapes-world rendering at this generator's settings."""
-
-
-def _seeds(seeds, n):
-  if seeds is None:
-    return [0] * n
-  if np.isscalar(seeds):
-    return [int(seeds) + i for i in range(n)]
-  seeds = [int(s) for s in seeds]
-  if len(seeds) != n:
-    raise ValueError(f"got {len(seeds)} seeds for {n} items")
-  return seeds
 
 
 class ProceduralGenerator:
@@ -80,7 +70,7 @@ class ProceduralGenerator:
   def generate(self, prompts, seeds=None):
     """Captions -> list of uint8 [H, W, 3] images or GenerationError items."""
     out = []
-    for prompt, seed in zip(prompts, _seeds(seeds, len(prompts))):
+    for prompt, seed in zip(prompts, imagegen.normalize_seeds(seeds, len(prompts))):
       try:
         out.append(self.render(self.generate_scene(prompt, seed)))
       except errors.GenerationError as e:
@@ -92,7 +82,7 @@ class ProceduralGenerator:
     if len(images) != len(instructions):
       raise ValueError(f"got {len(images)} images for {len(instructions)} instructions")
     out = []
-    for image, instruction, seed in zip(images, instructions, _seeds(seeds, len(images))):
+    for image, instruction, seed in zip(images, instructions, imagegen.normalize_seeds(seeds, len(images))):
       try:
         out.append(self.render(self.edit_scene(self.scene_of(image), instruction, seed)))
       except errors.GenerationError as e:
