@@ -3,6 +3,9 @@ import json
 import os
 import tempfile
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def write_bytes(path, data):
   """Writes `data` to `path` via a temporary file in the same directory and an atomic rename."""
@@ -10,6 +13,7 @@ def write_bytes(path, data):
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
   try:
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()

@@ -82,7 +82,8 @@ def main(argv=None):
     argv, overrides = _split_overrides(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname).1s %(name)s] %(message)s", datefmt="%H:%M:%S")
+                        format="%(asctime)s %(levelname).1s %(name)s] %(message)s", datefmt="%H:%M:%S",
+                        force=True)  # absl (imported by jax/tf) installs a WARNING handler first
     args.config_spec = args.config
     if args.config:
       args.config = config_lib.resolve(_resolve_spec(args.config), overrides)

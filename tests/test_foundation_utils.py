@@ -50,3 +50,19 @@ def test_is_multiprocess(env, expected):
 
 def test_initialize_is_a_noop_locally():
   assert distributed.initialize() == (0, 1)
+
+
+def test_written_files_get_umask_permissions(tmp_path):
+  path = tmp_path / "x.bin"
+  io_lib.write_bytes(str(path), b"1")
+  assert os.stat(path).st_mode & 0o777 == 0o666 & ~io_lib._UMASK
+
+
+def test_cli_logs_info_lines(tmp_path):
+  import subprocess
+  import sys
+  proc = subprocess.run([sys.executable, "-m", "auditdm_jax.main", "show-config", "--config",
+                         "configs/examples/toy.py", "--workdir", str(tmp_path)], capture_output=True, text=True,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert proc.returncode == 0
+  assert "I auditdm] resolved config written to" in proc.stderr
