@@ -1,1 +1,2 @@
-"""The AuditDM loop: prompts, answerers, divergence reward, GRPO, rollouts, trainer, generation, rectification, report."""
+"""The AuditDM loop: prompts, answerers, divergence reward, GRPO, rollouts, trainer, generation, rectification,
+report."""

@@ -1,0 +1,192 @@
+"""Answerers: the target and reference MLLMs, seen by the audit loop as `answer(images, questions) -> answers`.
+
+An answerer returns one string per (image, question), or None where that item failed (an HTTP reference that keeps
+erroring); the rollout drops such pairs and counts them, it never crashes. Implementations:
+  - `HttpAnswerer`: any OpenAI-compatible chat-completions server (vLLM-served Qwen2.5-VL, ...), images sent inline
+    as base64 PNG data URLs.
+  - `VLMAnswerer`: an in-process JAX VLM (PaliGemma2 / Gemma3 families) batched through the KV-cache sampler.
+  - `FunctionAnswerer`: wraps a Python function (oracles, tests).
+`Ensemble` bundles the references: one model in model-comparison mode, several (target excluded) in single-model
+mode.
+"""
+import base64
+import concurrent.futures
+import io
+import logging
+import time
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+# Asking for a short answer makes free-form chat models comparable with VQA-style exact match.
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+
+
+def to_uint8(image):
+  """PIL image or array ([H, W, 3] uint8, or float in [-1, 1] / [0, 1]) -> [H, W, 3] uint8."""
+  if isinstance(image, Image.Image):
+    return np.asarray(image.convert("RGB"))
+  image = np.asarray(image)
+  if image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f"expected an [H, W, 3] image, got shape {image.shape}")
+  if image.dtype == np.uint8:
+    return image
+  lo = float(image.min()) if image.size else 0.0
+  scaled = (image + 1.0) * 127.5 if lo < 0 else image * 255.0
+  return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+
+def png_bytes(image):
+  """PNG encoding of an image (see `to_uint8`)."""
+  buf = io.BytesIO()
+  Image.fromarray(to_uint8(image)).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def data_url(image):
+  return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+
+
+class FunctionAnswerer:
+  """Wraps `fn(images, questions) -> answers` (e.g. a ground-truth oracle) as an answerer."""
+
+  def __init__(self, name, fn):
+    self.name, self._fn = name, fn
+
+  def answer(self, images, questions):
+    _check_batch(images, questions)
+    return list(self._fn(images, questions))
+
+
+class HttpAnswerer:
+  """An OpenAI-compatible `/chat/completions` endpoint (e.g. `vllm serve Qwen/Qwen2.5-VL-7B-Instruct`).
+
+  Items are sent concurrently (`concurrency` requests in flight); 429/5xx/timeouts are retried with exponential
+  backoff; an item that still fails after `retries` comes back as None.
+  """
+
+  def __init__(self, name, base_url, model, api_key=None, max_tokens=16, temperature=0.0, instruction=SHORT_ANSWER,
+               concurrency=8, timeout=60.0, retries=3, backoff=0.5, client=None):
+    import httpx  # pylint: disable=g-import-not-at-top
+    self.name, self.model = name, model
+    self.url = base_url.rstrip("/") + "/chat/completions"
+    self.max_tokens, self.temperature, self.instruction = max_tokens, temperature, instruction
+    self.concurrency, self.retries, self.backoff = concurrency, retries, backoff
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    self._client = client or httpx.Client(timeout=timeout, headers=headers)
+    self._retryable = (httpx.TimeoutException, httpx.TransportError)
+    self.failures = 0
+
+  def request_body(self, image, question):
+    text = f"{question}\n{self.instruction}" if self.instruction else question
+    return {
+        "model": self.model,
+        "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_url(image)}},
+            {"type": "text", "text": text},
+        ]}],
+        "max_tokens": self.max_tokens,
+        "temperature": self.temperature,
+    }
+
+  def _one(self, image, question):
+    body = self.request_body(image, question)
+    for attempt in range(self.retries + 1):
+      try:
+        resp = self._client.post(self.url, json=body)
+        if resp.status_code == 200:
+          return resp.json()["choices"][0]["message"]["content"].strip()
+        if resp.status_code != 429 and resp.status_code < 500:
+          log.warning("%s: HTTP %d (not retried): %s", self.name, resp.status_code, resp.text[:200])
+          return None
+        reason = f"HTTP {resp.status_code}"
+      except self._retryable as e:
+        reason = repr(e)
+      except (KeyError, IndexError, ValueError) as e:
+        log.warning("%s: malformed response: %r", self.name, e)
+        return None
+      if attempt < self.retries:
+        time.sleep(self.backoff * 2 ** attempt)
+    log.warning("%s: giving up after %d attempts (%s)", self.name, self.retries + 1, reason)
+    return None
+
+  def answer(self, images, questions):
+    _check_batch(images, questions)
+    with concurrent.futures.ThreadPoolExecutor(max(1, self.concurrency)) as pool:
+      out = list(pool.map(self._one, images, questions))
+    self.failures += sum(a is None for a in out)
+    return out
+
+
+class VLMAnswerer:
+  """An in-process JAX VLM (PaliGemma family) answering greedily through the KV-cache sampler.
+
+  `prompt_fn(question) -> prefix text` formats the question as the model was trained (PaliGemma: "answer en {q}").
+  """
+
+  def __init__(self, name, cfg, params, tokenizer, prompt_fn=None, max_new_tokens=8, batch_size=64, prompt_len=48):
+    from auditdm_jax.models import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+    self.name, self.params, self.batch_size, self.res = name, params, batch_size, cfg.res
+    self.prompt_fn = prompt_fn or (lambda q: tokenizer_lib.paligemma_prompt("answer", q))
+    self._policy = _greedy_policy(cfg, tokenizer, prompt_len, max_new_tokens)
+
+  def answer(self, images, questions):
+    _check_batch(images, questions)
+    out = []
+    for i in range(0, len(questions), self.batch_size):
+      imgs = [_resize(to_uint8(im), self.res) for im in images[i:i + self.batch_size]]
+      prefixes = [self.prompt_fn(q) for q in questions[i:i + self.batch_size]]
+      n = len(prefixes)
+      # Every chunk is padded to batch_size (repeating its last item): one compiled shape, whatever N is.
+      imgs += imgs[-1:] * (self.batch_size - n)
+      prefixes += prefixes[-1:] * (self.batch_size - n)
+      texts = self._policy.sample(self.params, np.stack(imgs), prefixes, 1, None).texts
+      out.extend(t.strip() for t in texts[:n])
+    return out
+
+
+_GREEDY = {}
+
+
+def _resize(image, res):
+  """[H, W, 3] uint8 -> [res, res, 3] (e.g. a Gemma3 auditor's 896px images for a 448px PaliGemma target)."""
+  if image.shape[:2] == (res, res):
+    return image
+  return np.asarray(Image.fromarray(image).resize((res, res), Image.BICUBIC))
+
+
+def _greedy_policy(cfg, tokenizer, prompt_len, max_new_tokens):
+  """One greedy decoder per (architecture, tokenizer, lengths): answerers of the same architecture (a target and
+  its same-size references) share its compiled prefill/decode, since params are call arguments."""
+  from auditdm_jax.audit import policy  # pylint: disable=g-import-not-at-top
+  key = (cfg.to_json(), id(tokenizer), prompt_len, max_new_tokens)
+  if key not in _GREEDY:
+    _GREEDY[key] = policy.VLMPolicy(cfg, tokenizer, prompt_len=prompt_len, max_new_tokens=max_new_tokens,
+                                    temperature=0.0)
+  return _GREEDY[key]
+
+
+class Ensemble:
+  """The reference models. `answer` returns R lists of N answers (one list per reference)."""
+
+  def __init__(self, references):
+    if not references:
+      raise ValueError("need at least one reference answerer")
+    names = [r.name for r in references]
+    if len(set(names)) != len(names):
+      raise ValueError(f"reference names must be unique, got {names}")
+    self.references = list(references)
+
+  @property
+  def names(self):
+    return [r.name for r in self.references]
+
+  def answer(self, images, questions):
+    return [r.answer(images, questions) for r in self.references]
+
+
+def _check_batch(images, questions):
+  if len(images) != len(questions):
+    raise ValueError(f"got {len(images)} images but {len(questions)} questions")

@@ -1,0 +1,131 @@
+"""`auditdm rectify` / `auditdm iterate`: fine-tune the target on its original data mixed with the auditor's pairs.
+
+Rectification = the SFT loop (`train/sft.py`, the PaliGemma transfer recipe) over
+`[original split (weight 1 - mix), generated data.jsonl (weight mix)]`, starting from the target's weights, then an
+evaluation of the fine-tuned target. The system provides what is model/world specific:
+  system.target_spec     dict(model=dict(variant, res, llm, img), model_init=.npz path, tokenizer=.model path)
+  system.original_data   list of sft sources (dicts with jsonl/name, weight, pp) of the target's training set
+  system.evaluate_target(params) -> dict of accuracies (e.g. per skill)
+  system.with_target(npz_path) -> System   (the next refinement iteration audits the new target)
+`iterate` runs N refinement iterations (train auditor -> generate -> rectify), each stage in its own directory with
+a `done.json` marker: a rerun skips finished stages and resumes the unfinished one from its checkpoints.
+"""
+import json
+import logging
+import os
+
+import jax
+import ml_collections
+
+from auditdm_jax import io as io_lib
+from auditdm_jax.audit import generate as generate_lib
+from auditdm_jax.audit import trainer
+from auditdm_jax.data import transfers
+from auditdm_jax.models import checkpoints
+from auditdm_jax.models import vlm
+from auditdm_jax.train import checkpoint as checkpoint_lib
+
+log = logging.getLogger(__name__)
+
+PREFIX_PP = 'strfmt("answer en {question}", outkey="prefix")'
+
+
+def write_training_jsonl(dataset_jsonl, out_path):
+  """data.jsonl records -> rows {image (path relative to out_path's dir), question, answer} for the SFT input."""
+  src_dir, out_dir = os.path.dirname(os.path.abspath(dataset_jsonl)), os.path.dirname(os.path.abspath(out_path))
+  rows = []
+  with open(dataset_jsonl, encoding="utf-8") as f:
+    for line in f:
+      r = json.loads(line)
+      image = os.path.relpath(os.path.join(src_dir, r["image"]), out_dir)
+      rows.append(json.dumps(dict(image=image, question=r["question"], answer=r["answer"], id=r["id"])) + "\n")
+  if not rows:
+    raise ValueError(f"{dataset_jsonl} has no generated pairs to rectify with")
+  io_lib.write_text(out_path, "".join(rows))
+  return len(rows)
+
+
+def sft_config(target_spec, original_data, generated_jsonl, rc):
+  """The SFT config of a rectification run. rc: config.rectify (mix, steps, lr, wd, batch_size, text_len, ...)."""
+  res = target_spec["model"]["res"]
+  c = ml_collections.ConfigDict()
+  c.model = target_spec["model"]
+  c.model_init = target_spec["model_init"]
+  c.tokenizer = target_spec["tokenizer"]
+  train_pp = "|".join([transfers.image_pp(res), PREFIX_PP, 'copy("answer", "suffix")',
+                       transfers.train_text_pp(c.tokenizer, rc.text_len)])
+  original = [dict(s, weight=(1.0 - rc.mix) * s.get("weight", 1.0), pp=s.get("pp") or train_pp)
+              for s in original_data]
+  c.input = dict(data=original + [dict(jsonl=generated_jsonl, weight=rc.mix, pp=train_pp)], pp=train_pp,
+                 batch_size=rc.batch_size, shuffle_buffer=rc.get("shuffle_buffer", 10_000))
+  c.total_steps = rc.steps
+  c.optimizer, c.lr, c.wd, c.grad_clip_norm = "adamw", rc.lr, rc.wd, 1.0
+  c.schedule = dict(decay_type="cosine", warmup_percent=rc.get("warmup_percent", 0.05))
+  c.grad_accum_steps, c.mesh, c.seed = 1, rc.get("mesh", dict(data=-1)), rc.get("seed", 0)
+  c.log_every_steps, c.ckpt_every_steps, c.keep_ckpts = rc.get("log_every", 50), rc.steps, 1
+  c.evals = {}
+  return c
+
+
+def finetune(target_spec, original_data, generated_jsonl, rc, workdir):
+  """Runs the SFT loop (resumable) and returns (host params of the rectified target, its .npz path)."""
+  from auditdm_jax.train import sft  # pylint: disable=g-import-not-at-top
+  c = sft_config(target_spec, original_data, generated_jsonl, rc)
+  sft.train(c, workdir)
+  cfg = sft.model_config(c)
+  ckpt = checkpoint_lib.Checkpointer(workdir, handle_sigterm=False)
+  params = ckpt.restore_latest(params=vlm.abstract_params(cfg))["params"]
+  ckpt.close()
+  npz = os.path.join(workdir, "target.npz")
+  checkpoints.save_npz(npz, params)
+  return jax.device_get(params), npz
+
+
+def rectify(config, workdir, system=None, dataset_jsonl=None):
+  """Fine-tunes the system's target on original + generated data; returns before/after evaluations."""
+  system = system or trainer.build_system(config, workdir)
+  dataset_jsonl = dataset_jsonl or config.rectify.dataset
+  if not dataset_jsonl or not os.path.exists(dataset_jsonl):
+    raise FileNotFoundError(f"generated dataset not found: {dataset_jsonl!r} (run `auditdm generate` first)")
+  train_jsonl = os.path.join(workdir, "rectify_data", "generated.jsonl")
+  n = write_training_jsonl(dataset_jsonl, train_jsonl)
+  log.info("rectifying with %d generated pairs (mix %.2f)", n, config.rectify.mix)
+  before = system.evaluate_target(None)
+  params, npz = finetune(system.target_spec, system.original_data, train_jsonl, config.rectify,
+                         os.path.join(workdir, "rectify"))
+  after = system.evaluate_target(params)
+  out = dict(generated_pairs=n, before=before, after=after, target_npz=npz)
+  io_lib.write_json(os.path.join(workdir, "rectify_results.json"), out)
+  return out
+
+
+def _stage(path, fn):
+  """Runs `fn()` unless `path/done.json` exists; returns its (recorded) result."""
+  marker = os.path.join(path, "done.json")
+  if os.path.exists(marker):
+    log.info("stage %s already done", path)
+    return io_lib.read_json(marker)
+  os.makedirs(path, exist_ok=True)
+  result = fn()
+  io_lib.write_json(marker, result)
+  return result
+
+
+def iterate(config, workdir, system=None):
+  """`config.iterations` refinement iterations: train auditor on the latest target -> generate -> rectify."""
+  system = system or trainer.build_system(config, workdir)
+  history = []
+  for it in range(config.iterations):
+    base = os.path.join(workdir, f"iter{it}")
+    aud_dir = os.path.join(base, "auditor")
+    _stage(aud_dir, lambda: trainer.train(config, aud_dir, system)[1])
+    gen_cfg = ml_collections.ConfigDict(config.to_dict())
+    gen_cfg.generate.auditor_workdir = aud_dir
+    gen = _stage(os.path.join(base, "generate"),
+                 lambda: generate_lib.generate(gen_cfg, os.path.join(base, "generate"), system))
+    rect = _stage(os.path.join(base, "rectify"),
+                  lambda: rectify(config, os.path.join(base, "rectify"), system, gen["dataset"]))
+    history.append(dict(iteration=it, generated=gen["records"], before=rect["before"], after=rect["after"]))
+    system = system.with_target(rect["target_npz"])
+  io_lib.write_json(os.path.join(workdir, "iterate_results.json"), history)
+  return history

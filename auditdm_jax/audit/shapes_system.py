@@ -1,0 +1,208 @@
+"""The audit system of the embedded shapes world (`config.system.module = "auditdm_jax.audit.shapes_system"`).
+
+Roles: the SFT-initialised tiny auditor (a `VLMPolicy`), the target with a planted weakness, 2-3 references
+without it (greedy `VLMAnswerer`s), the procedural renderer as image generator, seeded scene pools, and ground
+truth from the world's own parser: `shapes.parse_image` recovers the scene of any rendered image and
+`shapes_language.answer` answers any question of the language (None when the question is outside the language
+or refers to no/several objects: unanswerable).
+
+Models come from `auditdm demo-pretrain` as `<models_dir>/<name>/{params.npz,
+model_config.json,meta.json}` plus `<models_dir>/tokenizer.model`.
+"""
+import json
+import os
+
+import numpy as np
+
+from auditdm_jax import io as io_lib
+from auditdm_jax.audit import answerers
+from auditdm_jax.audit import divergence
+from auditdm_jax.audit import policy as policy_lib
+from auditdm_jax.audit import trainer
+from auditdm_jax.data import shapes
+from auditdm_jax.data import shapes_language as lang
+from auditdm_jax.data import shapes_tasks as tasks
+from auditdm_jax.models import checkpoints
+from auditdm_jax.models import tokenizer as tokenizer_lib
+from auditdm_jax.models import vlm
+
+
+def load_model(models_dir, name, npz=None):
+  """(cfg, host params, params.npz path) of a pretrained demo model."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  directory = os.path.join(models_dir, name)
+  cfg_path = os.path.join(directory, "model_config.json")
+  if not os.path.exists(cfg_path):
+    raise FileNotFoundError(f"no pretrained demo model {name!r} in {models_dir} (run `auditdm demo-pretrain`)")
+  cfg = ml_collections.ConfigDict(io_lib.read_json(cfg_path))
+  npz = npz or os.path.join(directory, "params.npz")
+  return cfg, checkpoints.load_npz(npz, vlm.abstract_params(cfg)), npz
+
+
+def truth(image, question):
+  """Ground-truth answer of `question` about a rendered shapes image; None when unanswerable."""
+  try:
+    return lang.answer(question, shapes.parse_image(np.asarray(image)))
+  except ValueError:  # LanguageError (parse/reference), or an image that is not a rendered scene.
+    return None
+
+
+_PARSERS = {"question": lang.parse_question, "edit": lang.parse_edit, "caption": lang.parse_caption}
+
+
+def well_formed(text, kind):
+  """Whether an auditor output is a sentence of the world's language (its grammar only: no image, no answer)."""
+  try:
+    _PARSERS[kind](text)
+  except ValueError:
+    return False
+  return True
+
+
+def render_batch(scenes, image_size):
+  return np.stack([shapes.render(s, image_size) for s in scenes])
+
+
+class SceneSource:
+  """Seeded source batches: images of random scenes, ids and one sampled dataset question per image (the fixed
+  question of the (Q, I*) modes). `batch(k)` is deterministic in (seed, k)."""
+
+  def __init__(self, seed, batch_size, image_size, num=None):
+    self.seed, self.batch_size, self.image_size, self.num = seed, batch_size, image_size, num
+
+  def __len__(self):
+    if self.num is None:
+      raise TypeError("an unbounded scene source has no length")
+    return self.num
+
+  def __getitem__(self, k):
+    return self.batch(k)
+
+  def __call__(self, k):
+    return self.batch(k)
+
+  def batch(self, k):
+    rng = np.random.default_rng([self.seed, k])
+    scenes = [shapes.sample_scene(rng, 1, 4) for _ in range(self.batch_size)]
+    questions = [tasks.sample_question(s, rng)[0] for s in scenes]
+    return {"image": render_batch(scenes, self.image_size), "question": np.array(questions),
+            "id": np.array([f"s{self.seed}-{k}-{i}" for i in range(self.batch_size)])}
+
+
+def test_set(seed, num, weakness, image_size):
+  """Fixed evaluation questions: `num` general ones (all skills) and up to `num` in the weakness slice."""
+  rng = np.random.default_rng(seed)
+  general, weak = [], []
+  while len(general) < num or (weakness and len(weak) < num):
+    scene = shapes.sample_scene(rng, 2, 4)
+    image = shapes.render(scene, image_size)
+    if len(general) < num:
+      q, a, skill = tasks.sample_question(scene, rng)
+      general.append((image, q, a, skill, tasks.in_weakness(q, weakness)))
+    if weakness and len(weak) < num:
+      got = tasks.sample_weakness_question(scene, rng, weakness)
+      if got:
+        weak.append((image, got[0], got[1], got[2], True))
+  return general, weak
+
+
+def accuracy(answerer, items):
+  if not items:
+    return float("nan")
+  preds = answerer.answer([it[0] for it in items], [it[1] for it in items])
+  return float(np.mean([divergence.normalize_answer(p) == divergence.normalize_answer(it[2])
+                        for p, it in zip(preds, items)]))
+
+
+def skill_accuracies(answerer, general, weak):
+  """overall, per skill, weakness slice and everything outside it."""
+  preds = answerer.answer([it[0] for it in general], [it[1] for it in general])
+  ok = np.array([divergence.normalize_answer(p) == divergence.normalize_answer(it[2]) for p, it in zip(preds, general)])
+  skills = np.array([it[3] for it in general])
+  inside = np.array([it[4] for it in general])
+  out = {"overall": float(ok.mean()), "outside_weakness": float(ok[~inside].mean()) if (~inside).any() else None,
+         "weakness": accuracy(answerer, weak)}
+  out.update({f"skill/{s}": float(ok[skills == s].mean()) for s in sorted(set(skills))})
+  return out
+
+
+def write_original_jsonl(path, seed, num_scenes, per_scene, weakness, image_size):
+  """A sample of the target's training distribution (weakness slice excluded) as JSONL + PNGs, for rectification."""
+  from auditdm_jax.demo import pretrain  # pylint: disable=g-import-not-at-top
+  if os.path.exists(path):
+    return path
+  root = os.path.dirname(path)
+  d = pretrain.vqa_data(pretrain.sample_scenes(num_scenes, seed), per_scene, seed, weakness=weakness,
+                        exclude_weakness=True, image_size=image_size)
+  for i, image in enumerate(d["images"]):
+    io_lib.write_bytes(os.path.join(root, "images", f"{i:06d}.png"), answerers.png_bytes(image))
+  rows = [json.dumps(dict(image=f"images/{j:06d}.png", question=q, answer=a, id=f"o{k}")) + "\n"
+          for k, (j, q, a) in enumerate(zip(d["image_index"], d["question"], d["answer"]))]
+  io_lib.write_text(path, "".join(rows))
+  return path
+
+
+def _model_spec(cfg):
+  """sft `config.model` reproducing `cfg` (the decoder/ViT fields as overrides of the variant)."""
+  llm = {k: v for k, v in cfg.llm.to_dict().items() if k != "variant"}
+  img = cfg.img.to_dict()
+  return dict(variant=cfg.variant, res=cfg.res, llm=llm, img=img)
+
+
+def build(sc, workdir, target_npz=None):
+  """The System for `config.system` (sc); `target_npz` replaces the target's weights (refinement iterations)."""
+  tok_path = os.path.join(sc.models_dir, "tokenizer.model")
+  tok = tokenizer_lib.Tokenizer(tok_path)
+  aud_cfg, aud_params, _ = load_model(sc.models_dir, sc.auditor)
+  image_size = aud_cfg.res  # Scenes are rendered at the models' resolution.
+  policy = policy_lib.VLMPolicy(aud_cfg, tok, prompt_len=sc.prompt_len, max_new_tokens=sc.max_new_tokens,
+                                temperature=sc.temperature, top_p=sc.top_p)
+  tgt_cfg, tgt_params, tgt_npz = load_model(sc.models_dir, sc.target, target_npz)
+  answer = lambda name, cfg, params: answerers.VLMAnswerer(name, cfg, params, tok, max_new_tokens=4,
+                                                           batch_size=sc.answer_batch_size)
+  target = answer("target", tgt_cfg, tgt_params)
+  references = answerers.Ensemble([answer(n, *load_model(sc.models_dir, n)[:2]) for n in sc.references])
+  if tgt_cfg.res != image_size:
+    raise ValueError(f"target resolution {tgt_cfg.res} differs from the auditor's {image_size}")
+  from auditdm_jax.imagegen import procedural  # pylint: disable=g-import-not-at-top
+  generator = procedural.ProceduralGenerator(image_size=image_size)
+  eval_source = SceneSource(sc.seed + 1, sc.batch_size, image_size)
+  general, weak = test_set(sc.seed + 2, sc.test_questions, sc.weakness, image_size)
+
+  def evaluate_target(params=None):
+    return skill_accuracies(target if params is None else answer("rectified", tgt_cfg, params), general, weak)
+
+  def skill_fn(question):
+    try:
+      q = lang.parse_question(question)
+    except ValueError:
+      return "unparsed"
+    return q.skill + (" (planted weakness)" if tasks.in_weakness(q, sc.weakness) else "")
+
+  original = os.path.join(workdir, "original", "train.jsonl")
+  if sc.get("rectify_scenes"):
+    write_original_jsonl(original, sc.seed + 3, sc.rectify_scenes, 4, sc.weakness, image_size)
+  system = trainer.System(
+      policy=policy, params=aud_params, target=target, references=references, generator=generator,
+      data=SceneSource(sc.seed, sc.batch_size, image_size),
+      eval_data=[eval_source(k) for k in range(sc.eval_batches)],
+      pool=SceneSource(sc.seed + 4, sc.batch_size, image_size, num=sc.pool_batches),
+      truth_fn=truth, format_fn=well_formed, skill_fn=skill_fn,
+      target_spec=dict(model=_model_spec(tgt_cfg), model_init=tgt_npz, tokenizer=tok_path),
+      original_data=[dict(jsonl=original, weight=1.0)], evaluate_target=evaluate_target)
+  system.test_sets = (general, weak)
+  system.with_target = lambda npz: build(sc, workdir, npz)
+  return system
+
+
+def models_config(models_dir, weakness, **kw):
+  """Default `config.system` block for a models directory."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  c = dict(module=__name__, models_dir=models_dir, weakness=weakness, auditor="auditor", target="target",
+           references=["ref0", "ref1"], prompt_len=64, max_new_tokens=24, temperature=1.0,
+           top_p=1.0, batch_size=8, answer_batch_size=64, eval_batches=4, pool_batches=16, test_questions=300,
+           rectify_scenes=1500, seed=0)
+  c.update(kw)
+  return ml_collections.ConfigDict(c)
+
+

@@ -1,0 +1,177 @@
+"""`auditdm train-auditor`: GRPO training of the auditor against a target and its references.
+
+Reads top to bottom: config -> mesh -> models (the "system") -> data -> [rollout -> reward -> advantages ->
+update -> log / checkpoint] -> final audit of the trained auditor vs the prompt-only baseline.
+
+A *system* bundles the roles of one audit (Tunix-style, named explicitly): the auditor `policy` and its initial
+params, the `target` answerer, the `references` ensemble, the image `generator`, a source-data iterator and an
+optional ground-truth `truth_fn`. `config.system.module` names a module with `build(system_config, workdir) ->
+System` (e.g. `auditdm_jax.audit.shapes_system` for the embedded shapes world).
+"""
+import dataclasses
+import importlib
+import logging
+import time
+
+import jax
+import numpy as np
+
+from auditdm_jax import metrics as metrics_lib
+from auditdm_jax import sharding
+from auditdm_jax.audit import divergence
+from auditdm_jax.audit import grpo
+from auditdm_jax.audit import rollout
+from auditdm_jax.train import checkpoint as checkpoint_lib
+from auditdm_jax.train import optim
+from auditdm_jax.train import step as step_lib
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class System:
+  """The roles of one audit. `data(step) -> source batch` is deterministic in the step (exact resume);
+  `eval_data` is a fixed list of source batches for success-rate evaluation; `pool` (len / [k]) the source
+  batches that `generate` turns into new pairs, one shard each."""
+  policy: object
+  params: object
+  target: object
+  references: object
+  generator: object
+  data: object
+  eval_data: list
+  pool: object = None
+  truth_fn: object = None
+  format_fn: object = None  # (text, kind) -> bool: world-specific well-formedness of auditor outputs
+  skill_fn: object = None  # question -> skill name (report / dataset), when the world can parse questions
+  # Rectification hooks (see audit/rectify.py).
+  target_spec: dict = None
+  original_data: list = None
+  evaluate_target: object = None
+  with_target: object = None
+  test_sets: object = None  # world-specific fixed evaluation sets (the shapes world: general and weakness)
+
+
+def build_system(config, workdir):
+  module = importlib.import_module(config.system.module)
+  return module.build(config.system, workdir)
+
+
+def reward_config(config):
+  return divergence.RewardConfig(**config.reward.to_dict())
+
+
+def loss_config(config):
+  loss = config.loss.to_dict()
+  return grpo.loss_config(loss.pop("algorithm"), **loss)
+
+
+def make_loss_fn(policy, cfg):
+  """GRPO loss over the auditor actions of a rollout. batch: tuple of per-action dicts (each N rows) with the
+  policy's inputs plus old_logp [N, L], mask [N, L], adv [N] and (beta > 0) ref_logp [N, L]."""
+  def loss_fn(params, batch, rng):
+    del rng
+    total, metrics = 0.0, {}
+    for i, action in enumerate(batch):
+      logp = policy.logprobs(params, action)
+      loss, m = grpo.policy_loss(logp, action["old_logp"], action["adv"], action["mask"],
+                                 action.get("ref_logp"), cfg)
+      total += loss / len(batch)
+      metrics.update({f"{k}/action{i}" if i else k: v for k, v in m.items()})
+    return total, metrics
+  return loss_fn
+
+
+def training_batch(result, advs, ref_logp_fn=None, ref_params=None):
+  """Per-action numpy batches with advantages (and reference logprobs) attached."""
+  out = []
+  for comp in result.actions:
+    action = dict(comp.batch)
+    action["adv"] = np.asarray(advs, np.float32)
+    if ref_logp_fn is not None:
+      action["ref_logp"] = np.asarray(ref_logp_fn(ref_params, action))
+    out.append(action)
+  return tuple(out)
+
+
+def evaluate(system, params, config, baseline=False, seed=0):
+  """Failure-search success rate (and ground-truth precision) of the auditor on the fixed eval batches."""
+  samples, results = [], []
+  for i, source in enumerate(system.eval_data):
+    res = rollout.run(system.policy, params, source, system.generator, system.target, system.references,
+                      jax.random.PRNGKey(seed * 7919 + i), mode=config.mode, group_size=config.group_size,
+                      baseline=baseline, reward_config=reward_config(config), truth_fn=system.truth_fn,
+                      format_fn=system.format_fn, max_words=config.max_words, seed=seed + i)
+    results.append(res)
+    samples.extend(res.samples)
+  fails = [s for s in samples if s["failure"]]
+  out = dict(success_rate=len(fails) / max(len(samples), 1),
+             reward=float(np.mean(np.concatenate([r.rewards for r in results]))),
+             malformed=float(np.mean([not s["well_formed"] for s in samples])),
+             num_samples=len(samples), num_failures=len(fails))
+  judged = [s for s in fails if s["judged"]]
+  if judged:
+    out["precision"] = float(np.mean([rollout.audit_is_true_failure(s) for s in judged]))
+  return out, samples
+
+
+def train(config, workdir, system=None):
+  """Trains the auditor; returns (final params, summary dict). Resumes from the latest checkpoint in workdir."""
+  # Mesh: the auditor is data-parallel over rollout rows, params sharded by the training-infra rules.
+  mesh = sharding.make_mesh(config.get("mesh"))
+  system = system or build_system(config, workdir)
+  rcfg, lcfg = reward_config(config), loss_config(config)
+
+  # Models: the trainable auditor and a frozen copy of its initial params for the KL term.
+  tx, schedule_fn = optim.make_optimizer(config, total_steps=config.total_steps)
+  # A host copy of the initial params: the train step donates its device buffers.
+  init_params = jax.device_get(system.params)
+  shardings = sharding.param_shardings(init_params, mesh)
+  params = sharding.shard_params(init_params, shardings=shardings)
+  ref_params = sharding.shard_params(init_params, shardings=shardings) if lcfg.beta > 0 else None
+  opt_state = step_lib.init_opt_state(tx, params, mesh, shardings)
+  train_step = step_lib.make_train_step(make_loss_fn(system.policy, lcfg), tx, mesh=mesh, param_shardings=shardings,
+                                        schedule_fn=schedule_fn, grad_accum_steps=config.grad_accum_steps)
+  ref_logp_fn = jax.jit(system.policy.logprobs) if ref_params is not None else None
+
+  ckpt = checkpoint_lib.Checkpointer(workdir, save_every_steps=config.ckpt_every, keep=config.get("ckpt_keep", 5),
+                                     async_save=False)
+  rng = jax.random.PRNGKey(config.seed)
+  start = 0
+  restored = ckpt.restore_latest(params=params, opt_state=opt_state)
+  if restored is not None:
+    params, opt_state, rng, start = restored["params"], restored["opt_state"], restored["rng"], restored["step"]
+  writer = metrics_lib.MetricWriter(workdir)
+
+  for step in range(start, config.total_steps):
+    t_step = time.perf_counter()
+    rng, rng_rollout, rng_train = jax.random.split(rng, 3)
+    # Data -> rollout: the auditor proposes, the generator renders, target and references answer.
+    source = system.data(step)
+    result = rollout.run(system.policy, params, source, system.generator, system.target, system.references,
+                         rng_rollout, mode=config.mode, group_size=config.group_size, reward_config=rcfg,
+                         truth_fn=system.truth_fn, format_fn=system.format_fn, max_words=config.max_words,
+                         seed=config.seed * 100_003 + step)
+    # Reward -> group-normalised advantages (dropped samples excluded).
+    advs = grpo.advantages(result.rewards, config.group_size, result.valid, lcfg)
+    batch = training_batch(result, advs, ref_logp_fn, ref_params)
+    # Update.
+    t_train = time.perf_counter()
+    params, opt_state, train_metrics = train_step(params, opt_state, sharding.shard_batch(batch, mesh), rng_train)
+    train_metrics = jax.device_get(train_metrics)
+    now = time.perf_counter()
+    # Log / checkpoint.
+    m = rollout.audit_metrics(result)
+    m.update({k: float(v) for k, v in train_metrics.items()})
+    m.update({"time/train": now - t_train, "time/step": now - t_step})
+    writer.write(step + 1, **m)
+    if (step + 1) % config.log_every == 0 or step == start:
+      log.info("step %d/%d reward %.3f success %.3f kl %.4f clip %.3f dropped %.2f (%.1fs)", step + 1,
+               config.total_steps, m["reward"], m["success_rate"], m.get("kl", 0.0), m.get("clip_fraction", 0.0),
+               m["dropped"], m["time/step"])
+    ckpt.maybe_save(step + 1, params=params, opt_state=opt_state, rng=rng, force=step + 1 == config.total_steps)
+    if ckpt.preempted:
+      break
+  ckpt.close()
+  writer.close()
+  return params, dict(steps=config.total_steps, workdir=workdir)

@@ -1,0 +1,17 @@
+"""`auditdm generate`: new labelled pairs from an image pool with a trained auditor (resumable, sharded)."""
+import json
+
+from auditdm_jax.audit import generate
+
+HELP = "generate a deduplicated, consensus-labelled dataset of new pairs with a trained auditor (resumable)"
+DEFAULT_CONFIG = "configs/audit/demo.py"
+
+
+def add_arguments(parser):
+  parser.add_argument("--ray", action="store_true", help="fan the shards out over Ray workers (needs ray)")
+
+
+def run(args):
+  if args.workdir is None:
+    raise SystemExit("auditdm generate: --workdir is required")
+  print(json.dumps(generate.generate(args.config, args.workdir, use_ray=args.ray)))

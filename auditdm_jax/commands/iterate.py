@@ -1,0 +1,12 @@
+"""`auditdm iterate`: N refinement iterations (train auditor -> generate -> rectify), resumable per stage."""
+import json
+
+HELP = "run --config.iterations refinement iterations of train-auditor -> generate -> rectify (resumable)"
+DEFAULT_CONFIG = "configs/audit/demo.py"
+
+
+def run(args):
+  from auditdm_jax.audit import rectify  # pylint: disable=g-import-not-at-top
+  if args.workdir is None:
+    raise SystemExit("auditdm iterate: --workdir is required")
+  print(json.dumps(rectify.iterate(args.config, args.workdir), indent=2))

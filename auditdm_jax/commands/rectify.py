@@ -1,0 +1,12 @@
+"""`auditdm rectify`: fine-tune the target on its original data mixed with generated pairs, then evaluate."""
+import json
+
+HELP = "fine-tune the target on original + generated data (--config.rectify.dataset=.../data.jsonl) and evaluate"
+DEFAULT_CONFIG = "configs/audit/demo.py"
+
+
+def run(args):
+  from auditdm_jax.audit import rectify  # pylint: disable=g-import-not-at-top
+  if args.workdir is None:
+    raise SystemExit("auditdm rectify: --workdir is required")
+  print(json.dumps(rectify.rectify(args.config, args.workdir), indent=2))

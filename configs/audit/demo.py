@@ -1,0 +1,42 @@
+"""`auditdm demo`: the whole AuditDM loop on the embedded shapes world, on CPU.
+
+  auditdm demo --workdir runs/demo                      # full demo (target: <= 30 min on 2 cores)
+  auditdm demo --workdir runs/demo_fast --config configs/audit/demo.py:fast   # minutes; used by the tests
+Arguments: fast, steps (GRPO steps), weakness (planted in the target by demo-pretrain), models_dir (default
+<workdir>/pretrain), mode (rollout mode).
+"""
+from auditdm_jax import config as config_lib
+from auditdm_jax.audit import shapes_system
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, fast=False, steps=0, weakness="counting:shape=star", models_dir="",
+                             mode="question", pretrain_config="")
+  fast = arg.fast
+  c = config_lib.ml_collections.ConfigDict()
+  c.seed = 0
+  c.mode = arg.mode
+  c.group_size = 8
+  c.max_words = 32
+  c.total_steps = arg.steps or (6 if fast else 120)
+  # Paper recipe (AdamW, 10% warm-up, cosine to min_lr) at a learning rate suited to a tiny, SFT-initialised model.
+  c.optimizer, c.lr, c.wd, c.b2, c.grad_clip_norm = "adamw", 2e-4, 0.0, 0.999, 1.0
+  c.schedule = dict(decay_type="cosine", warmup_percent=0.1, min_lr=2e-5)
+  c.grad_accum_steps = 1
+  c.mesh = dict(data=-1)
+  c.ckpt_every, c.ckpt_keep, c.log_every = max(1, c.total_steps // 4), 4, 5
+  # With two references a consensus means both agree (threshold 1.0): one weak reference alone must not be able
+  # to flag the target (this is what keeps the audit's precision high).
+  c.reward = dict(threshold=1.0, soft_agreement=False, partial_credit=0.0, format_penalty=0.5)
+  c.loss = dict(algorithm="grpo", beta=0.04, kl_estimator="k3")
+  # models_dir "" = <workdir>/pretrain, filled in by the demo command.
+  c.system = shapes_system.models_config(
+      arg.models_dir, arg.weakness, batch_size=4 if fast else 8, eval_batches=1 if fast else 4,
+      pool_batches=2 if fast else 40, test_questions=40 if fast else 300, rectify_scenes=40 if fast else 1500,
+      max_new_tokens=24)
+  c.pretrain_config = arg.pretrain_config or ("configs/demo/shapes.py:fast" if fast else "configs/demo/shapes.py")
+  c.generate = dict(samples_per_source=2, keep="consensus", auditor_workdir="", baseline=False)
+  c.rectify = dict(dataset="", mix=0.5, steps=20 if fast else 300, lr=5e-4, wd=0.0, batch_size=16 if fast else 64,
+                   text_len=40, log_every=10)
+  c.iterations = 1
+  return c

@@ -1,0 +1,57 @@
+"""AuditDM paper defaults (Sec. A.2): GRPO auditor training for 1000 steps, AdamW, lr 3e-6 with 10% warm-up and
+cosine decay to 1e-6, global batch 256 (auditor rollouts per step), Gemma3-4B auditor, references PaliGemma2 +
+Gemma3 + Qwen2.5-VL (the latter over HTTP, e.g. vLLM), FLUX over HTTP; checkpoints every 250 steps.
+
+  auditdm train-auditor --workdir runs/audit --config configs/audit/paper.py:mode=edit_question,\
+auditor_init=/ckpt/gemma-3-4b-it,target=/ckpt/paligemma2_3b,images=/data/pool
+`auditor_init` (required) is a local HF directory of Gemma3-4B (google/gemma-3-4b-it, or an SFT'd auditor exported
+to HF); its `tokenizer.model` is the auditor's tokenizer unless `auditor_tokenizer` is given; `tokenizer`
+(PaliGemma's) is the JAX target's and references'. The auditor sees 896px images (Gemma3's only resolution); JAX
+answerers resize them to their own.
+The `system` block is handed to `config.system.module` (auditdm_jax/audit/vlm_system.py builds it from model
+checkpoints, an image folder or JSONL pool and HTTP endpoints). Gemma3 and Qwen2.5-VL references are served over
+HTTP (e.g. `vllm serve`); JAX references are PaliGemma2 checkpoints.
+"""
+import os
+
+from auditdm_jax import config as config_lib
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, mode="edit_question", group_size=8, tokenizer="paligemma_tokenizer.model",
+                             auditor="gemma3_4b", auditor_init="", auditor_tokenizer="", target="", ref_init="",
+                             images="",
+                             qwen_url="http://127.0.0.1:8001/v1", gemma3_url="http://127.0.0.1:8002/v1",
+                             flux_url="http://127.0.0.1:8000", algorithm="grpo")
+  c = config_lib.ml_collections.ConfigDict()
+  c.seed = 0
+  c.mode = arg.mode  # question | edit | caption | edit_question | caption_question
+  # 256 rollouts per step = 32 source images x G=8 samples (the GRPO group).
+  c.group_size = arg.group_size
+  c.batch_size = 256 // arg.group_size
+  c.max_words = 64
+  c.total_steps = 1000
+  c.optimizer, c.lr, c.wd, c.b2, c.grad_clip_norm = "adamw", 3e-6, 0.0, 0.999, 1.0
+  c.schedule = dict(decay_type="cosine", warmup_percent=0.1, min_lr=1e-6)
+  c.grad_accum_steps = 8
+  c.mesh = dict(data=1, fsdp=-1, tensor=1)
+  c.ckpt_every, c.ckpt_keep, c.log_every = 250, 8, 10
+  c.reward = dict(threshold=0.5, soft_agreement=False, partial_credit=0.0, format_penalty=0.5)
+  c.loss = dict(algorithm=arg.algorithm, beta=0.04, kl_estimator="k3")
+  # Single-model analysis of a PaliGemma2-3B target; references exclude the target. The auditor is the paper's
+  # Gemma3-4B, prompted with the Gemma3 chat template (image + instruction, then the model turn).
+  # An empty auditor_init is an error when the system is built (only tiny models may be randomly initialised).
+  auditor_tokenizer = arg.auditor_tokenizer or (arg.auditor_init and os.path.join(arg.auditor_init, "tokenizer.model"))
+  c.system = dict(
+      module="auditdm_jax.audit.vlm_system",
+      tokenizer=arg.tokenizer,
+      auditor=dict(variant=arg.auditor, res=896, init=arg.auditor_init, tokenizer=auditor_tokenizer),
+      target=dict(variant="paligemma2_3b", res=448, init=arg.target),
+      references=[dict(name="paligemma2_10b", variant="paligemma2_10b", res=448, init=arg.ref_init),
+                  dict(kind="http", name="qwen2.5-vl-7b", base_url=arg.qwen_url, model="Qwen/Qwen2.5-VL-7B-Instruct"),
+                  dict(kind="http", name="gemma3-4b", base_url=arg.gemma3_url, model="google/gemma-3-4b-it")],
+      generator=dict(name="flux-http", url=arg.flux_url),
+      images=arg.images, eval_images="", batch_size=c.batch_size, eval_batches=4,
+      prompt_len=384, max_new_tokens=64, temperature=1.0, top_p=1.0, answer_tokens=16)
+  c.generate = dict(samples_per_source=1, keep="consensus", auditor_workdir="", baseline=False)
+  return c

@@ -1,0 +1,106 @@
+"""Rollout modes: counterfactual images through a generator, failures dropped and counted, never a crash."""
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from auditdm_jax.audit import answerers
+from auditdm_jax.audit import rollout
+from auditdm_jax.imagegen.errors import GenerationError
+
+sys.path.insert(0, os.path.dirname(__file__))
+import audit_toy  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+class FakeGenerator:
+  """Edits/regenerates to a grey image whose level encodes the text; fails on texts mentioning "color"."""
+
+  def __init__(self):
+    self.calls = []
+
+  def _one(self, text):
+    if "color" in text:
+      return GenerationError(f"cannot render {text!r}")
+    return np.full((8, 8, 3), len(text), np.uint8)
+
+  def edit(self, images, instructions, seeds=None):
+    self.calls.append(("edit", len(images), list(seeds)))
+    return [self._one(t) for t in instructions]
+
+  def generate(self, prompts, seeds=None):
+    self.calls.append(("generate", len(prompts), list(seeds)))
+    return [self._one(t) for t in prompts]
+
+
+def _run(mode, **kw):
+  system = audit_toy.build(audit_toy.get_config(), None)
+  source = audit_toy._source(0)  # pylint: disable=protected-access
+  source["question"] = np.array(["how many count?"] * 4)
+  gen = FakeGenerator()
+  res = rollout.run(system.policy, system.params, source, gen, system.target, system.references,
+                    jax.random.PRNGKey(0), mode=mode, group_size=4, truth_fn=system.truth_fn, **kw)
+  return res, gen
+
+
+@pytest.mark.parametrize("mode", ["edit", "caption"])
+def test_counterfactual_modes_drop_generation_failures(mode):
+  res, gen = _run(mode)
+  texts = res.actions[0].texts
+  well_formed = np.array([not t.endswith("?") for t in texts])  # edits/captions must not be questions
+  failed = np.array([w and "color" in t for w, t in zip(well_formed, texts)])
+  assert gen.calls[0][0] == ("edit" if mode == "edit" else "generate")
+  assert gen.calls[0][1] == well_formed.sum()  # malformed outputs never reach the generator
+  assert res.counters["image_failures"] == failed.sum() > 0
+  assert res.counters["malformed"] == (~well_formed).sum() > 0
+  np.testing.assert_array_equal(res.valid, ~failed)
+  assert np.all(res.rewards[failed] == 0.0)
+  assert np.all(res.rewards[~well_formed] == -0.5)  # format penalty
+  # The fixed question is asked about the counterfactual image.
+  ok = np.flatnonzero(well_formed & ~failed)
+  assert all(res.samples[i]["question"] == "how many count?" and res.samples[i]["image"][0, 0, 0] == len(texts[i])
+             for i in ok)
+  assert all(s["failure"] for i, s in enumerate(res.samples) if i in ok)  # counting question: the target fails
+  m = rollout.audit_metrics(res)
+  assert m["dropped"] == pytest.approx(failed.mean()) and m["precision"] == 1.0
+
+
+def test_edit_question_mode_has_two_actions_per_sample():
+  res, _ = _run("edit_question")
+  assert len(res.actions) == 2 and all(len(a.texts) == 16 for a in res.actions)
+  questions = res.actions[1].texts
+  assert [s["question"] for s in res.samples] == [q.strip() for q in questions]
+
+
+def test_fixed_question_modes_need_a_question():
+  system = audit_toy.build(audit_toy.get_config(), None)
+  with pytest.raises(ValueError, match="needs a 'question'"):
+    source = audit_toy._source(0)  # pylint: disable=protected-access
+    rollout.run(system.policy, system.params, source, FakeGenerator(), system.target, system.references,
+                jax.random.PRNGKey(0), mode="edit", group_size=2)
+  with pytest.raises(ValueError, match="unknown rollout mode"):
+    rollout.check_mode("both")
+
+
+def test_unanswered_pairs_are_dropped():
+  system = audit_toy.build(audit_toy.get_config(), None)
+  flaky = answerers.FunctionAnswerer("flaky", lambda im, qs: [None if "size" in q else "ok" for q in qs])
+  refs = answerers.Ensemble(system.references.references[:2] + [flaky])
+  source = audit_toy._source(0)  # pylint: disable=protected-access
+  res = rollout.run(system.policy, system.params, source, None, system.target, refs, jax.random.PRNGKey(3),
+                    mode="question", group_size=4)
+  asked_size = np.array(["size" in t and t.endswith("?") for t in res.actions[0].texts])
+  assert res.counters["answer_failures"] == asked_size.sum() > 0
+  np.testing.assert_array_equal(res.valid, ~asked_size)
+
+
+def test_world_format_fn_marks_outputs_malformed():
+  system = audit_toy.build(audit_toy.get_config(), None)
+  source = audit_toy._source(0)  # pylint: disable=protected-access
+  res = rollout.run(system.policy, system.params, source, None, system.target, system.references,
+                    jax.random.PRNGKey(0), mode="question", group_size=4,
+                    format_fn=lambda text, kind: "count" not in text)
+  counting = np.array(["count" in t for t in res.actions[0].texts])
+  assert counting.any() and not any(s["well_formed"] for s, c in zip(res.samples, counting) if c)
+  assert np.all(res.rewards[counting] == -0.5)
