@@ -1,6 +1,5 @@
 """The `auditdm` CLI: discovery, help, a working subcommand end to end, config errors."""
 import json
-import os
 import subprocess
 import sys
 

@@ -49,6 +49,51 @@ def test_transfer_configs_have_table1_values():
   assert [d.get("weight") for d in c.input.data] == [1.0, 0.5] and c.input.data[1]["jsonl"] == "/g.jsonl"
 
 
+def test_chartqa_llm_dropout_tiny_train_step():
+  """ChartQA's Table 1 LLM dropout (0.1) on a tiny PaliGemma2: the training loss depends on the dropout rng, the
+  deterministic (eval) loss equals the dropout-free model's, and a sharded train step runs."""
+  from auditdm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from auditdm_jax import sharding  # pylint: disable=g-import-not-at-top
+  from auditdm_jax.models import vlm  # pylint: disable=g-import-not-at-top
+  from auditdm_jax.train import optim  # pylint: disable=g-import-not-at-top
+  from auditdm_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  c = config_lib.load("configs/paligemma2/transfers/chartqa.py:res=32,variant=paligemma2_tiny,tokenizer=/t.model")
+  assert c.llm_dropout == 0.1
+  cfg = sft.model_config(c)
+  assert cfg.llm.dropout == 0.1
+  model = vlm.get_model(cfg)
+  mesh = sharding.make_mesh(c.mesh)
+  params, shardings = sft.load_params(c, cfg, model, mesh, jax.random.key(0))
+  rng = np.random.default_rng(0)
+  b, t = 8, 12
+  mask_ar = np.zeros((b, t), np.int32)
+  mask_ar[:, 5:] = 1  # 5-token prefix, 7-token suffix.
+  mask_input = np.ones((b, t), np.int32)
+  mask_input[0, 10:] = 0
+  batch = dict(image=rng.uniform(-1, 1, (b, 32, 32, 3)).astype(np.float32),
+               text=rng.integers(1, cfg.llm.vocab_size, (b, t)).astype(np.int32), mask_ar=mask_ar,
+               mask_loss=mask_ar.copy(), mask_input=mask_input)
+  ls = c.label_smoothing
+  train_loss = jax.jit(lambda p, r: sft.make_loss_fn(model, ls)(p, batch, r)[0])
+  eval_loss = jax.jit(lambda p, r: sft.make_loss_fn(model, ls, deterministic=True)(p, batch, r)[0])
+  c0 = config_lib.load("configs/paligemma2/transfers/chartqa.py:res=32,variant=paligemma2_tiny,tokenizer=/t.model")
+  c0.llm_dropout = 0.0
+  model0 = vlm.get_model(sft.model_config(c0))
+  plain_loss = jax.jit(lambda p, r: sft.make_loss_fn(model0, ls)(p, batch, r)[0])
+  a, a2, other = (float(train_loss(params, jax.random.key(s))) for s in (0, 0, 1))
+  assert a == a2 and a != other and np.isfinite([a, other]).all()
+  ref = float(plain_loss(params, jax.random.key(0)))
+  assert float(eval_loss(params, jax.random.key(0))) == float(eval_loss(params, jax.random.key(1))) == ref
+  assert a != ref
+
+  tx, schedule_fn = optim.make_optimizer(c, total_steps=2)
+  opt_state = step_lib.init_opt_state(tx, params, mesh, shardings)
+  update_fn = step_lib.make_train_step(sft.make_loss_fn(model, ls), tx, mesh=mesh, param_shardings=shardings,
+                                       schedule_fn=schedule_fn)
+  _, _, m = update_fn(params, opt_state, sharding.shard_batch(batch, mesh), jax.random.key(0))
+  np.testing.assert_allclose(float(m["loss"]), a, rtol=1e-4)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("finetune")

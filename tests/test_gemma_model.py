@@ -156,3 +156,42 @@ def test_window_mask_is_a_symmetric_band():
   np.testing.assert_array_equal(band, expected)
   # A bidirectional prefix longer than the window sees at most window-1 tokens ahead, as in big_vision.
   assert band[0, 2] and not band[0, 3]
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_dropout(scan_layers):
+  """dropout > 0 acts only with deterministic=False; per-rng reproducible; a no-op otherwise (bitwise)."""
+  variant = "gemma3_tiny"  # Mixed local/global layers.
+  params = gemma.random_params(gemma.get_config(variant))
+  tokens, attn_mask, positions, valid = _inputs(gemma.get_config(variant))
+
+  def logits(rate, deterministic, seed=0, **overrides):
+    m = gemma.Model(gemma.get_config(variant, dropout=rate, scan_layers=scan_layers, **overrides))
+    fwd = jax.jit(lambda p, r: m.apply(
+        {"params": p}, m.apply({"params": p}, tokens, method=m.embed_tokens), positions, attn_mask,
+        deterministic=deterministic, rngs={"dropout": r})[0])
+    return np.asarray(fwd(params, jax.random.key(seed)))[valid]
+
+  ref = logits(0.0, True)
+  np.testing.assert_array_equal(logits(0.1, True), ref)
+  np.testing.assert_array_equal(logits(0.0, False), ref)  # Rate 0: no rng drawn, nothing dropped.
+  a, b = logits(0.1, False, seed=0), logits(0.1, False, seed=1)
+  np.testing.assert_array_equal(logits(0.1, False, seed=0), a)
+  assert np.abs(a - ref).max() > 1e-3 and np.abs(a - b).max() > 1e-3
+  assert np.isfinite(a).all()
+  # Remat recomputes the same mask.
+  np.testing.assert_allclose(logits(0.1, False, seed=0, remat_policy="nothing_saveable"), a, atol=1e-5)
+  # Without a deterministic flag the model needs no dropout rng (inference, sampler).
+  m = gemma.Model(gemma.get_config(variant, dropout=0.1, scan_layers=scan_layers))
+  fwd = jax.jit(lambda p: m.apply({"params": p}, m.apply({"params": p}, tokens, method=m.embed_tokens),
+                                  positions, attn_mask)[0])
+  np.testing.assert_array_equal(np.asarray(fwd(params))[valid], ref)
+
+
+def test_dropout_rate_and_scaling():
+  with pytest.raises(ValueError, match="dropout must be in"):
+    gemma.get_config("gemma2_tiny", dropout=1.0)
+  x = jnp.ones((4000,))
+  y = np.asarray(gemma.dropout(x, 0.25, jax.random.key(0)))
+  assert set(np.unique(y).tolist()) == {0.0, np.float32(1 / 0.75)}
+  assert abs(np.mean(y == 0) - 0.25) < 0.03

@@ -1,6 +1,5 @@
 """VLM composition: masks (hand-computed), configs, parameter counts, embed_prompt contract."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

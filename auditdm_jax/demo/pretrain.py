@@ -45,12 +45,11 @@ def model_config(vocab_size, res=96, width=128, depth=2, img_width=128, img_dept
   if res % patch:
     raise ValueError(f"image size {res} is not a multiple of the patch size {patch}")
   cfg = vlm.get_config(
-      "paligemma2_tiny", res=64,
+      "paligemma2_tiny", res=res,
       img=dict(variant=f"mu/{patch}", width=img_width, depth=img_depth, mlp_dim=2 * img_width, num_heads=4),
       llm=dict(width=width, depth=depth, mlp_dim=2 * width, num_heads=4, num_kv_heads=1, head_dim=width // 4,
                vocab_size=vocab_size, sliding_window=None, query_pre_attn_scalar=width // 4,
                embed_scale_bf16=False))
-  cfg.res = res  # The ViT's position embedding follows the image size; the tiny variant lists only 32 and 64.
   return cfg
 
 

@@ -13,6 +13,10 @@ Params (always stacked over layers, leading axis L, as big_vision's scanned layo
 input); `False` unrolls them. The layout is the same either way. The KV cache keeps one
 ring buffer of `min(sliding_window, max_len)` slots per sliding-window layer and `max_len`
 slots per global layer; slots are addressed by position (slot = position % size).
+
+`dropout` > 0 is residual dropout as big_vision's Gemma: on the attention output (after the post-attention norm)
+and on the MLP output (before the post-FFW norm), active only with `Model(...)(..., deterministic=False)` and a
+"dropout" rng; each layer draws its own key (split from the one rng), scanned or unrolled.
 """
 import functools
 import math
@@ -70,6 +74,7 @@ _DEFAULTS = dict(
     embed_scale_bf16=True,  # sqrt(D) rounded through bf16, as the bf16-trained checkpoints.
     scan_layers=False,
     remat_policy="none",
+    dropout=0.0,  # Residual dropout rate (training only: `deterministic=False`).
     dtype="float32",
     param_dtype="float32",
 )
@@ -99,6 +104,8 @@ def get_config(variant, **overrides):
   if cfg["remat_policy"] != "none" and cfg["remat_policy"] not in _REMAT_POLICIES:
     raise ValueError(f"Unknown remat_policy {cfg['remat_policy']!r}; "
                      f"known: {['none', *_REMAT_POLICIES]}")
+  if not 0.0 <= cfg["dropout"] < 1.0:
+    raise ValueError(f"dropout must be in [0, 1), got {cfg['dropout']}")
   if cfg["num_heads"] % cfg["num_kv_heads"]:
     raise ValueError("num_heads must be a multiple of num_kv_heads")
   cfg["attn_pattern"] = tuple(cfg["attn_pattern"])
@@ -192,11 +199,24 @@ def init_cache(cfg, batch, max_len, dtype=None):
               pos_local=jnp.full((batch, local_len), -1, jnp.int32))
 
 
-def _layer(p, x, positions, local, cfg, mask_fn):
+def dropout(x, rate, rng):
+  """Inverted dropout of every element (as flax `nn.Dropout`): kept values are scaled by 1 / (1 - rate)."""
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jax.lax.select(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
+
+
+def _layer(p, x, positions, local, cfg, mask_fn, rng=None):
   """One decoder layer. `mask_fn(k, v) -> (k_all, v_all, mask)` says what the queries see.
 
-  `local` may be a Python bool or a traced scalar (scan). x [B, T, D] -> [B, T, D].
+  `local` may be a Python bool or a traced scalar (scan). x [B, T, D] -> [B, T, D]. `rng`: this layer's dropout
+  key, or None for no dropout (then the computation is exactly the dropout-free one).
   """
+  if rng is not None:
+    rng_attn, rng_ffw = jax.random.split(rng)
+    drop_attn = lambda a: dropout(a, cfg.dropout, rng_attn)
+    drop_ffw = lambda a: dropout(a, cfg.dropout, rng_ffw)
+  else:
+    drop_attn = drop_ffw = lambda a: a
   dtype = jnp.dtype(cfg.dtype)
   w = lambda a: a.astype(dtype)
   h = rms_norm(x, p["pre_attention_norm"]["scale"], cfg.norm_eps)
@@ -213,12 +233,12 @@ def _layer(p, x, positions, local, cfg, mask_fn):
   k_all, v_all, mask = mask_fn(k, v)
   o = attend(q, k_all, v_all, mask, cfg.attn_softcap)
   o = jnp.einsum("btnh,nhd->btd", o, w(p["attn"]["attn_vec_einsum"]["w"]))
-  x = x + rms_norm(o, p["post_attention_norm"]["scale"], cfg.norm_eps)
+  x = x + drop_attn(rms_norm(o, p["post_attention_norm"]["scale"], cfg.norm_eps))
 
   h = rms_norm(x, p["pre_ffw_norm"]["scale"], cfg.norm_eps)
   gate = w(p["mlp"]["gating_einsum"])
   h = jax.nn.gelu(h @ gate[0], approximate=True) * (h @ gate[1])
-  h = h @ w(p["mlp"]["linear"])
+  h = drop_ffw(h @ w(p["mlp"]["linear"]))  # Before the post-FFW norm, as big_vision.
   return x + rms_norm(h, p["post_ffw_norm"]["scale"], cfg.norm_eps)
 
 
@@ -292,7 +312,8 @@ class Model(nn.Module):
   def init_cache(self, batch, max_len, dtype=None):
     return init_cache(self.config, batch, max_len, dtype)
 
-  def __call__(self, x, positions, attn_mask, cache=None, return_hidden=False, layers=None):
+  def __call__(self, x, positions, attn_mask, cache=None, return_hidden=False, layers=None,
+               deterministic=True):
     """Runs the decoder on input embeddings.
 
     Args:
@@ -305,6 +326,7 @@ class Model(nn.Module):
       cache: None, or a cache from `init_cache` (slot = position % slots).
       return_hidden: return the final-normed hidden states [B, T, D] instead of logits.
       layers: optional `unstack_layers(params)` of these params, hoisted out of a decode loop.
+      deterministic: False applies `config.dropout` (needs a "dropout" rng); True (default) disables it.
 
     Returns:
       (logits [B, T, V] float32 or hidden [B, T, D], new cache or None).
@@ -313,36 +335,39 @@ class Model(nn.Module):
     x = x.astype(cfg.dtype)
     kinds = attn_kinds(cfg)
     layers = self.layers if layers is None else layers
+    rngs = None  # One dropout key per layer, or None: no dropout.
+    if not deterministic and cfg.dropout > 0:
+      rngs = jax.random.split(self.make_rng("dropout"), cfg.depth)
     if cache is None:
-      x = self._run_layers(x, positions, attn_mask, kinds, layers)
+      x = self._run_layers(x, positions, attn_mask, kinds, layers, rngs)
       new_cache = None
     else:
-      x, new_cache = self._run_layers_cached(x, positions, attn_mask, kinds, cache, layers)
+      x, new_cache = self._run_layers_cached(x, positions, attn_mask, kinds, cache, layers, rngs)
     x = rms_norm(x, self.final_norm["scale"], cfg.norm_eps)
     if return_hidden:
       return x, new_cache
     return self.unembed(x), new_cache
 
-  def _run_layers(self, x, positions, attn_mask, kinds, layers):
+  def _run_layers(self, x, positions, attn_mask, kinds, layers, rngs=None):
     cfg = self.config
     local_mask = attn_mask & window_mask(positions, positions, cfg.sliding_window or 1)
 
-    def body(x, p_local):
-      p, local = p_local
+    def body(x, p_local_rng):
+      p, local, rng = p_local_rng
       mask = jnp.where(local, local_mask, attn_mask)
-      return _layer(p, x, positions, local, cfg, lambda k, v: (k, v, mask)), None
+      return _layer(p, x, positions, local, cfg, lambda k, v: (k, v, mask), rng), None
 
     if cfg.remat_policy != "none":
       body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
     is_local = np.array([k == "local" for k in kinds])
     if cfg.scan_layers and not isinstance(layers, tuple):
-      x, _ = jax.lax.scan(body, x, (layers, jnp.asarray(is_local)))
+      x, _ = jax.lax.scan(body, x, (layers, jnp.asarray(is_local), rngs))
     else:
       for i, local in enumerate(is_local):
-        x, _ = body(x, (_layer_params(layers, i), bool(local)))
+        x, _ = body(x, (_layer_params(layers, i), bool(local), None if rngs is None else rngs[i]))
     return x
 
-  def _run_layers_cached(self, x, positions, attn_mask, kinds, cache, layers):
+  def _run_layers_cached(self, x, positions, attn_mask, kinds, cache, layers, rngs=None):
     """Unrolled layers with a cache (each layer's cache has its own length)."""
     cfg = self.config
     t = x.shape[1]
@@ -384,7 +409,8 @@ class Model(nn.Module):
         return (jnp.concatenate([entry["k"], k.astype(entry["k"].dtype)], 1),
                 jnp.concatenate([entry["v"], v.astype(entry["v"].dtype)], 1), mask)
 
-      x = _layer(_layer_params(layers, i), x, positions, kind == "local", cfg, mask_fn)
+      x = _layer(_layer_params(layers, i), x, positions, kind == "local", cfg, mask_fn,
+                 None if rngs is None else rngs[i])
       new_cache["layers"].append(written)
     return x, new_cache
 

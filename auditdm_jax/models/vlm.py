@@ -26,7 +26,7 @@ VARIANTS = {
     "paligemma2_3b": ("paligemma", "gemma2_2b", "So400m/14", (224, 448, 896)),
     "paligemma2_10b": ("paligemma", "gemma2_9b", "So400m/14", (224, 448, 896)),
     "paligemma2_28b": ("paligemma", "gemma2_27b", "So400m/14", (224, 448, 896)),
-    "paligemma2_tiny": ("paligemma", "gemma2_tiny", "mu/8", (32, 64)),
+    "paligemma2_tiny": ("paligemma", "gemma2_tiny", "mu/8", (32, 64, 96, 128)),  # 96/128: shapes world
     "gemma3_4b": ("gemma3", "gemma3_4b", "So400m/14", (896,)),
     "gemma3_12b": ("gemma3", "gemma3_12b", "So400m/14", (896,)),
     "gemma3_27b": ("gemma3", "gemma3_27b", "So400m/14", (896,)),
@@ -135,12 +135,15 @@ class PaliGemma(nn.Module):
     x, full_mask, full_ar = self.embed_image_and_text(images, tokens, input_mask, mask_ar)
     return x, make_attn_mask(full_mask, full_ar), positions_from_mask(full_mask)
 
-  def __call__(self, images, tokens, mask_ar, input_mask=None):
-    """Training forward: logits [B, T, V] for the text positions (next-token prediction at each text token)."""
+  def __call__(self, images, tokens, mask_ar, input_mask=None, deterministic=True):
+    """Training forward: logits [B, T, V] for the text positions (next-token prediction at each text token).
+
+    deterministic=False applies the decoder's `llm.dropout` (needs a "dropout" rng).
+    """
     if input_mask is None:
       input_mask = jnp.ones_like(tokens, bool)
     x, attn_mask, positions = self.embed_prompt(images, tokens, input_mask, mask_ar)
-    logits, _ = self.llm(x, positions, attn_mask)
+    logits, _ = self.llm(x, positions, attn_mask, deterministic=deterministic)
     return logits[:, -tokens.shape[1]:]
 
 
@@ -204,12 +207,15 @@ class Gemma3VLM(nn.Module):
     x = self.embed_image_and_text(images, tokens)
     return x, self._mask(tokens, input_mask, mask_ar), positions_from_mask(input_mask)
 
-  def __call__(self, images, tokens, mask_ar=None, input_mask=None):
-    """Training forward: logits [B, T, V]. mask_ar defaults to all ones (causal LM, as Gemma3 is trained)."""
+  def __call__(self, images, tokens, mask_ar=None, input_mask=None, deterministic=True):
+    """Training forward: logits [B, T, V]. mask_ar defaults to all ones (causal LM, as Gemma3 is trained).
+
+    deterministic=False applies the decoder's `llm.dropout` (needs a "dropout" rng).
+    """
     if input_mask is None:
       input_mask = jnp.ones_like(tokens, bool)
     x, attn_mask, positions = self.embed_prompt(images, tokens, input_mask, mask_ar)
-    logits, _ = self.llm(x, positions, attn_mask)
+    logits, _ = self.llm(x, positions, attn_mask, deterministic=deterministic)
     return logits
 
 

@@ -55,14 +55,11 @@ def prefix_lm_loss(logits, targets, weights, label_smoothing=0.0):
 
 
 def model_config(config):
-  """The VLM ConfigDict of `config.model` (with `llm_dropout` passed to the decoder when it has the field)."""
+  """The VLM ConfigDict of `config.model`, with `config.llm_dropout` as the decoder's residual dropout."""
   m = config.model
   llm = dict(m.get("llm") or {})
   dropout = float(config.get("llm_dropout") or 0.0)
   if dropout:
-    if "dropout" not in gemma.get_config(vlm.VARIANTS[m.variant][1]):
-      raise ValueError(f"llm_dropout={dropout} but models/gemma.py has no `dropout` field; set "
-                       "--config.llm_dropout=0 to train without it")
     llm["dropout"] = dropout
   return vlm.get_config(m.variant, res=m.get("res"), llm=llm, img=dict(m.get("img") or {}))
 
@@ -84,11 +81,13 @@ def load_params(config, cfg, model, mesh, rng):
   return params, shardings
 
 
-def make_loss_fn(model, label_smoothing):
+def make_loss_fn(model, label_smoothing, deterministic=False):
+  """loss_fn(params, batch, rng) -> (mean loss, aux). Training (deterministic=False) applies the decoder's dropout
+  with `rng`; deterministic=True (evaluation) is the dropout-free loss."""
   def loss_fn(params, batch, rng):
     text, mask_input = batch["text"], batch["mask_input"]
     logits = model.apply({"params": params}, batch["image"], text[:, :-1], batch["mask_ar"][:, :-1],
-                         mask_input[:, :-1], rngs={"dropout": rng})
+                         mask_input[:, :-1], deterministic=deterministic, rngs={"dropout": rng})
     weights = batch["mask_loss"][:, 1:] * mask_input[:, 1:]
     per_example = prefix_lm_loss(logits, text[:, 1:], weights, label_smoothing)
     correct = (jnp.argmax(logits, -1) == text[:, 1:]) * weights
@@ -205,8 +204,8 @@ def train(config, workdir):
 
   # update_fn.
   update_fn = step_lib.make_train_step(
-      make_loss_fn(model, float(config.get("label_smoothing") or 0.0)), tx, mesh=mesh, param_shardings=shardings,
-      schedule_fn=schedule_fn, grad_accum_steps=config.get("grad_accum_steps") or 1,
+      make_loss_fn(model, float(config.get("label_smoothing") or 0.0), deterministic=False), tx, mesh=mesh,
+      param_shardings=shardings, schedule_fn=schedule_fn, grad_accum_steps=config.get("grad_accum_steps") or 1,
       trainable=optim.trainable_mask(params, config))
   train_input = tfds_input.TrainInput(sources, config.input.pp, config.input.batch_size, seed=config.get("seed", 0),
                                       shuffle_buffer=config.input.get("shuffle_buffer") or 10_000, state=data_state)
