@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from auditdm_jax import config as config_lib
 from auditdm_jax.data import pp
 from auditdm_jax.models import tokenizer as tokenizer_lib
 
@@ -26,7 +27,7 @@ def test_parse_op_literals():
   assert pp.parse_op('masked_concat(["a", "b"], mask_ar=[0, 1])') == ("masked_concat", (["a", "b"],),
                                                                        {"mask_ar": [0, 1]})
   # `|` inside quotes does not split ops.
-  assert pp._split_ops('strfmt("a|b")|keep("x")') == ['strfmt("a|b")', 'keep("x")']
+  assert config_lib.split_top_level('strfmt("a|b")|keep("x")', "|") == ['strfmt("a|b")', 'keep("x")']
 
 
 def test_unknown_op_lists_registered():
