@@ -84,6 +84,7 @@ def main(argv=None):
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname).1s %(name)s] %(message)s", datefmt="%H:%M:%S",
                         force=True)  # absl (imported by jax/tf) installs a WARNING handler first
+    logging.getLogger("absl").setLevel(max(logging.WARNING, logging.getLogger().level))  # orbax's chatter
     args.config_spec = args.config
     if args.config:
       args.config = config_lib.resolve(_resolve_spec(args.config), overrides)
