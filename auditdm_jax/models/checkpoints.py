@@ -20,6 +20,7 @@ import ml_dtypes
 import numpy as np
 
 from auditdm_jax import io
+from auditdm_jax.train.paths import flatten, unflatten
 
 log = logging.getLogger(__name__)
 
@@ -74,29 +75,6 @@ def linear_out(*in_shape):
 
 def reshape(*shape):
   return dict(to_ours=lambda b: b.reshape(*shape), to_hf=lambda b: b.reshape(-1))
-
-
-def flatten(tree, prefix=""):
-  """{"a": {"b": x}} -> {"a/b": x}."""
-  out = {}
-  for k, v in tree.items():
-    path = f"{prefix}{k}"
-    if hasattr(v, "items") and not hasattr(v, "shape"):
-      out.update(flatten(v, path + "/"))
-    else:
-      out[path] = v
-  return out
-
-
-def unflatten(flat):
-  tree = {}
-  for path, v in flat.items():
-    node = tree
-    *parents, leaf = path.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return tree
 
 
 def layer_rules(block, ours_fmt, hf_fmt, n, scan):

@@ -55,17 +55,6 @@ def axes_for(name, ndim):
   raise ValueError(f"LoRA target {name} (ndim {ndim}) matches no rule in lora.AXES_RULES")
 
 
-def _nest(flat):
-  tree = {}
-  for name, value in flat.items():
-    node = tree
-    *parents, last = name.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[last] = value
-  return tree
-
-
 def _flat_adapters(adapters):
   """{"x/w": {"a": A, "b": B}} from the nested adapter tree."""
   flat = {}
@@ -100,7 +89,7 @@ def init(rng, params, rank, targets=DEFAULT_TARGETS, dtype=jnp.float32):
     flat[name] = {"a": a, "b": jnp.zeros(lead + (rank, fan_out), dtype)}
   if not flat:
     raise ValueError(f"LoRA targets {targets!r} match no parameter")
-  return _nest(flat)
+  return paths.unflatten(flat)
 
 
 def delta(shape, a, b, name):

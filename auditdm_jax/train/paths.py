@@ -48,3 +48,27 @@ def match_mask(tree, pattern):
   """Bool tree: True where the leaf name matches `pattern` (`re.search`). None pattern -> all False."""
   rx = compile_regex(pattern)
   return tree_map_with_names(lambda n, _: bool(rx is not None and rx.search(n)), tree)
+
+
+def flatten(tree, prefix=""):
+  """{"a": {"b": x}} -> {"a/b": x}."""
+  out = {}
+  for k, v in tree.items():
+    path = f"{prefix}{k}"
+    if hasattr(v, "items") and not hasattr(v, "shape"):
+      out.update(flatten(v, path + "/"))
+    else:
+      out[path] = v
+  return out
+
+
+def unflatten(flat):
+  """{"a/b": x} -> {"a": {"b": x}} (the inverse of `flatten`)."""
+  tree = {}
+  for path, v in flat.items():
+    node = tree
+    *parents, leaf = path.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = v
+  return tree
