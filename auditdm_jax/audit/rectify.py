@@ -52,8 +52,14 @@ def sft_config(target_spec, original_data, generated_jsonl, rc):
   c.model = target_spec["model"]
   c.model_init = target_spec["model_init"]
   c.tokenizer = target_spec["tokenizer"]
-  train_pp = "|".join([transfers.image_pp(res), PREFIX_PP, 'copy("answer", "suffix")',
-                       transfers.train_text_pp(c.tokenizer, rc.text_len)])
+  m = c.model
+  cfg = vlm.get_config(m["variant"], res=res, llm=dict(m.get("llm") or {}), img=dict(m.get("img") or {}))
+  if cfg.family == "gemma3":  # Chat template; text_len must fit the image's placeholder tokens.
+    train_pp = "|".join([transfers.image_pp(res), transfers.gemma3_text_pp(
+        c.tokenizer, rc.text_len, cfg.image_token_id, cfg.mm_tokens_per_image)])
+  else:
+    train_pp = "|".join([transfers.image_pp(res), PREFIX_PP, 'copy("answer", "suffix")',
+                         transfers.train_text_pp(c.tokenizer, rc.text_len)])
   original = [dict(s, weight=(1.0 - rc.mix) * s.get("weight", 1.0), pp=s.get("pp") or train_pp)
               for s in original_data]
   c.input = dict(data=original + [dict(jsonl=generated_jsonl, weight=rc.mix, pp=train_pp)], pp=train_pp,

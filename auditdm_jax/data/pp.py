@@ -262,6 +262,44 @@ def get_masked_concat(keys, outkey="text", **masks):
   return op
 
 
+@register("gemma3_chat_tokens")
+def get_gemma3_chat_tokens(model=None, image_token_id=None, num_image_tokens=256, question="question", answer=None,
+                           outkey="text"):
+  """Gemma3 chat example: user turn [image + `question`], model turn [`answer` <end_of_turn>] (no answer: a
+  sampling prompt ending in "<start_of_turn>model\n").
+
+  Output int32 [T]: `outkey` tokens (each "<image_soft_token>" -> `image_token_id`), `mask_ar` all 1 (Gemma3VLM
+  makes attention causal and adds the bidirectional image blocks itself; mask_ar 0 on the image would also open
+  the image to the <start_of_image> token before it), `mask_loss` 1 on the answer and its <end_of_turn>, and
+  `mask_input` all 1.
+  """
+  from auditdm_jax.models import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  if model is None:
+    raise PPError("gemma3_chat_tokens: model=<path to sentencepiece .model> is required")
+  tok = tokenizer_lib.Tokenizer(model)
+  end_of_turn = tok.piece_id("<end_of_turn>")
+
+  def encode(q, *a):
+    text = lambda s: (s.item() if isinstance(s, np.ndarray) else s).decode("utf-8")
+    prompt = tokenizer_lib.gemma3_chat([{"role": "user", "content": [{"type": "image"}, text(q)]}],
+                                       num_image_tokens=num_image_tokens)
+    ids = tokenizer_lib.encode_gemma3(tok, prompt, image_token_id)
+    suffix = tok.encode(text(a[0]).strip()) + [end_of_turn] if a else []
+    return np.asarray(ids + suffix, np.int32), np.asarray([0] * len(ids) + [1] * len(suffix), np.int32)
+
+  def op(data):
+    inputs = [_need(data, question, "gemma3_chat_tokens")]
+    if answer is not None:
+      inputs.append(_need(data, answer, "gemma3_chat_tokens"))
+    ids, loss = tf.numpy_function(encode, inputs, (tf.int32, tf.int32), stateful=False)
+    ids.set_shape([None])
+    loss.set_shape([None])
+    data[outkey], data["mask_loss"] = ids, loss
+    data["mask_ar"], data["mask_input"] = tf.ones_like(ids), tf.ones_like(ids)
+    return data
+  return op
+
+
 @register("tolen")
 def get_tolen(length, key="text", pad_value=0):
   """Pads (with `pad_value`) or truncates the 1-D tensor `key` to exactly `length`."""

@@ -92,3 +92,18 @@ def add_extra_jsonl(c, arg, prefix_pp, text_len):
     return
   pp = "|".join([image_pp(arg.res), prefix_pp, 'copy("answer", "suffix")', train_text_pp(c.tokenizer, text_len)])
   c.input.data = list(c.input.data) + [dict(jsonl=arg.extra_jsonl, weight=arg.extra_weight, pp=pp)]
+
+
+def gemma3_text_pp(tokenizer, text_len, image_token_id, num_image_tokens, answer="answer", keep=()):
+  """Gemma3 chat tokens of `question` (+ `answer` when training) into text / mask_ar / mask_loss / mask_input
+  [text_len] (pp op `gemma3_chat_tokens`); answer=None gives the sampling prompt (text, mask_input + `keep`)."""
+  answer_arg = f', answer="{answer}"' if answer else ""
+  ops = [f'gemma3_chat_tokens(model="{tokenizer}", image_token_id={image_token_id}, '
+         f'num_image_tokens={num_image_tokens}{answer_arg})',
+         f'tolen({text_len}, key="text")', f'tolen({text_len}, key="mask_input")']
+  if answer:
+    ops += [f'tolen({text_len}, key="mask_ar", pad_value=1)', f'tolen({text_len}, key="mask_loss")']
+    keys = ("image", "text", "mask_ar", "mask_loss", "mask_input")
+  else:
+    keys = ("image", "text", "mask_input") + tuple(keep)
+  return "|".join(ops + ["keep(" + ", ".join(f'"{k}"' for k in keys) + ")"])

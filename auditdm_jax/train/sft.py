@@ -1,4 +1,4 @@
-"""Supervised fine-tuning of a PaliGemma VLM on a task (big_vision transfer style), with periodic evals.
+"""Supervised fine-tuning of a PaliGemma or Gemma3 VLM on a task (big_vision transfer style), with periodic evals.
 
 Reads top to bottom: config -> mesh -> data -> init/load (or resume) -> update_fn -> loop with checkpoints and
 evals. The loss is the prefix-LM loss: next-token cross-entropy on the suffix only (`mask_loss`), optionally label
@@ -7,12 +7,15 @@ over the original split mixed with generated JSONL data, `config.input.data` wit
 
 Config (see configs/paligemma2/transfers/*.py):
   model = dict(variant, res, llm={...}, img={...})     models.vlm.get_config arguments
-  model_init: None (random init), a .npz (big_vision names) or a HF PaliGemma2 directory
+  model_init: None (random init), a .npz (big_vision names) or a HF PaliGemma2 / Gemma3 directory
   tokenizer: sentencepiece .model path (its vocab must fit the model's)
   input = dict(data=[{name|jsonl|folder, split, weight, pp?}], pp, batch_size, shuffle_buffer)
   total_epochs or total_steps; lr, wd, schedule, optimizer, grad_clip_norm, grad_accum_steps, trainable
   label_smoothing, llm_dropout, seed, mesh, log_every_steps, ckpt_every_steps, keep_ckpts
   evals = {name: dict(type, data, pp_fn, batch_size, every_steps, max_decode_len, ...evaluator kwargs)}
+Gemma3 (model.variant gemma3_*, configs/gemma3/rectify.py): the pp op `gemma3_chat_tokens` writes the chat-template
+text (image placeholders in the text, loss on the answer + <end_of_turn>); eval prompts end with the model turn and
+decoding stops at <end_of_turn> or <eos>.
 """
 import functools
 import logging
@@ -72,6 +75,8 @@ def load_params(config, cfg, model, mesh, rng):
   if not init_path:
     images = jnp.zeros((1, cfg.res, cfg.res, 3), jnp.float32)
     tokens = jnp.zeros((1, 4), jnp.int32)
+    if cfg.family == "gemma3":  # One image's placeholder run.
+      tokens = jnp.full((1, cfg.mm_tokens_per_image), cfg.image_token_id, jnp.int32)
     init = jax.jit(lambda r: model.init(r, images, tokens, tokens)["params"], out_shardings=shardings)
     return init(rng), shardings
   if os.path.isdir(init_path):
@@ -89,20 +94,28 @@ def make_loss_fn(model, label_smoothing, deterministic=False):
     logits = model.apply({"params": params}, batch["image"], text[:, :-1], batch["mask_ar"][:, :-1],
                          mask_input[:, :-1], deterministic=deterministic, rngs={"dropout": rng})
     weights = batch["mask_loss"][:, 1:] * mask_input[:, 1:]
-    per_example = prefix_lm_loss(logits, text[:, 1:], weights, label_smoothing)
-    correct = (jnp.argmax(logits, -1) == text[:, 1:]) * weights
+    # Unweighted targets may lie outside the table (Gemma3's image placeholder id): clipped so they gather a logit.
+    targets = jnp.clip(text[:, 1:], 0, logits.shape[-1] - 1)
+    per_example = prefix_lm_loss(logits, targets, weights, label_smoothing)
+    correct = (jnp.argmax(logits, -1) == targets) * weights
     return jnp.mean(per_example), {"token_acc": jnp.sum(correct) / jnp.maximum(jnp.sum(weights), 1.0)}
   return loss_fn
 
 
 class Predictor:
-  """Greedy decoding of the answer for eval batches (`image`, prompt `text`, `mask_input`) -> list[str]."""
+  """Greedy decoding of the answer for eval batches (`image`, prompt `text`, `mask_input`) -> list[str].
+
+  Decoding stops at <eos> and, for Gemma3 (chat prompts), also at <end_of_turn>.
+  """
 
   def __init__(self, model, cfg, tokenizer):
     self.model = model
-    # The sampler runs the PaliGemma decoder (params["llm"]) on the prompt embeddings of the whole VLM.
+    # The sampler runs the VLM's decoder (params["llm"]) on the prompt embeddings of the whole VLM.
     self.sampler = sampling.Sampler(gemma.Model(cfg.llm), None, pad_id=tokenizer.pad_id)
     self.tokenizer = tokenizer
+    self.stop_tokens = (tokenizer.eos_id,)
+    if cfg.family == "gemma3":
+      self.stop_tokens += (tokenizer.piece_id("<end_of_turn>"),)
     self._embed = jax.jit(lambda p, im, tok, m: model.apply({"params": p}, im, tok, m,
                                                             method=model.embed_prompt))
 
@@ -112,11 +125,13 @@ class Predictor:
                                           jnp.asarray(batch["mask_input"], bool))
     self.sampler.params = params["llm"]
     out = self.sampler.sample(x, attn_mask, positions, max_new_tokens=max_decode_len, temperature=0.0,
-                              stop_tokens=(self.tokenizer.eos_id,))
+                              stop_tokens=self.stop_tokens)
     texts = []
     for tokens, length in zip(out.tokens[:, 0], out.lengths[:, 0]):
+      ids = tokens[:length].tolist()
+      ids = ids[:min([ids.index(t) for t in self.stop_tokens if t in ids] + [len(ids)])]
       # Ids beyond the tokenizer (a model table padded past it) carry no text.
-      ids = [t for t in tokens[:length].tolist() if t < self.tokenizer.vocab_size]
+      ids = [t for t in ids if t < self.tokenizer.vocab_size]
       texts.append(self.tokenizer.decode(ids))
     return texts
 
