@@ -1,9 +1,9 @@
 """The `auditdm` command line.
 
 Every module in `auditdm_jax/commands/` is one subcommand (file `train_auditor.py` -> `auditdm train-auditor`). A
-command module defines `HELP` (one line), optionally `DEFAULT_CONFIG` (a config spec relative to the repository)
-and `add_arguments(parser)`, and `run(args)`, where `args.config` is the resolved ConfigDict (or None) and
-`args.workdir` exists and holds the resolved `config.json`.
+command module defines `HELP` (one line), optionally `DEFAULT_CONFIG` (a config spec relative to the repository),
+`DEFAULT_WORKDIR`, `WORKDIR_REQUIRED` and `add_arguments(parser)`, and `run(args)`, where `args.config` is the
+resolved ConfigDict (or None) and `args.workdir` exists and holds the resolved `config.json`.
 
 Config flags follow big_vision: `--config configs/x.py:arg` and any number of `--config.key=value` overrides.
 """
@@ -92,6 +92,8 @@ def main(argv=None):
       raise config_lib.ConfigError(f"--config.* overrides given but `{args.command}` takes no --config")
   except config_lib.ConfigError as e:
     parser.exit(2, f"auditdm: config error: {e}\n")
+  if getattr(modules[args.command], "WORKDIR_REQUIRED", False) and not args.workdir:
+    parser.exit(2, f"auditdm {args.command}: --workdir is required (outputs, checkpoints and metrics go there)\n")
   if args.workdir:
     args.workdir = os.path.abspath(os.path.expanduser(args.workdir))
     os.makedirs(args.workdir, exist_ok=True)

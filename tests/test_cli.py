@@ -55,3 +55,10 @@ def test_info_reports_devices(capsys):
   info = json.loads(capsys.readouterr().out)
   assert info["backend"] == "cpu" and info["process_count"] == 1
   assert info["local_device_count"] == len(info["devices"]) >= 1
+
+
+def test_commands_that_need_a_workdir_say_so(capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(["generate"])
+  assert e.value.code == 2
+  assert "auditdm generate: --workdir is required" in capsys.readouterr().err

@@ -5,6 +5,7 @@ import os
 from auditdm_jax import distributed
 
 HELP = "evaluate a VLM checkpoint with a config's evaluators (writes <eval>.predictions.jsonl/.metrics.json)"
+WORKDIR_REQUIRED = True
 DEFAULT_CONFIG = "configs/paligemma2/transfers/tiny.py"
 
 
@@ -39,8 +40,6 @@ def load_checkpoint_params(config, path, step=None):
 
 def run(args):
   from auditdm_jax.train import sft  # pylint: disable=g-import-not-at-top
-  if not args.workdir:
-    raise SystemExit("auditdm evaluate: --workdir is required (predictions and metrics go there)")
   distributed.initialize()
   cfg, params, step = load_checkpoint_params(args.config, args.checkpoint, args.step)
   results = sft.evaluate(args.config, params, args.workdir, cfg=cfg, step=step)

@@ -4,6 +4,7 @@ import json
 from auditdm_jax.audit import generate
 
 HELP = "generate a deduplicated, consensus-labelled dataset of new pairs with a trained auditor (resumable)"
+WORKDIR_REQUIRED = True
 DEFAULT_CONFIG = "configs/audit/demo.py"
 
 
@@ -12,6 +13,4 @@ def add_arguments(parser):
 
 
 def run(args):
-  if args.workdir is None:
-    raise SystemExit("auditdm generate: --workdir is required")
   print(json.dumps(generate.generate(args.config, args.workdir, use_ray=args.ray)))

@@ -2,11 +2,10 @@
 import json
 
 HELP = "run --config.iterations refinement iterations of train-auditor -> generate -> rectify (resumable)"
+WORKDIR_REQUIRED = True
 DEFAULT_CONFIG = "configs/audit/demo.py"
 
 
 def run(args):
   from auditdm_jax.audit import rectify  # pylint: disable=g-import-not-at-top
-  if args.workdir is None:
-    raise SystemExit("auditdm iterate: --workdir is required")
   print(json.dumps(rectify.iterate(args.config, args.workdir), indent=2))

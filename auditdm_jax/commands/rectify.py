@@ -2,11 +2,10 @@
 import json
 
 HELP = "fine-tune the target on original + generated data (--config.rectify.dataset=.../data.jsonl) and evaluate"
+WORKDIR_REQUIRED = True
 DEFAULT_CONFIG = "configs/audit/demo.py"
 
 
 def run(args):
   from auditdm_jax.audit import rectify  # pylint: disable=g-import-not-at-top
-  if args.workdir is None:
-    raise SystemExit("auditdm rectify: --workdir is required")
   print(json.dumps(rectify.rectify(args.config, args.workdir), indent=2))

@@ -4,13 +4,12 @@ import json
 from auditdm_jax import distributed
 
 HELP = "train the auditor with GRPO to find target failures (reference consensus vs target divergence)"
+WORKDIR_REQUIRED = True
 DEFAULT_CONFIG = "configs/audit/demo.py"
 
 
 def run(args):
   from auditdm_jax.audit import trainer  # pylint: disable=g-import-not-at-top
-  if args.workdir is None:
-    raise SystemExit("auditdm train-auditor: --workdir is required")
   distributed.initialize()
   system = trainer.build_system(args.config, args.workdir)
   params, _ = trainer.train(args.config, args.workdir, system)
