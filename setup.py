@@ -15,6 +15,8 @@ CORE = [
     "pillow",
     "tqdm",
     "httpx",
+    "matplotlib",  # plots in the HTML failure report
+    "tensorboardX",  # TensorBoard metrics beside metrics.jsonl
     "importlib_resources",  # tfds download_and_prepare imports it
 ]
 # torch is pinned: a CPU build of exactly this version is provided; an unpinned torch pulls GBs of CUDA wheels.
@@ -33,7 +35,6 @@ setuptools.setup(
         "test": TEST,
         "service": SERVICE,
         "ray": ["ray[serve]>=2.10"],
-        "plots": ["matplotlib", "scikit-learn"],
     },
     entry_points={"console_scripts": ["auditdm=auditdm_jax.main:main"]},
 )
