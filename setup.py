@@ -22,7 +22,7 @@ CORE = [
 # torch is pinned: a CPU build of exactly this version is provided; an unpinned torch pulls GBs of CUDA wheels.
 TORCH = ["torch==2.13.0"]
 SERVICE = TORCH + ["diffusers>=0.32", "transformers>=4.50", "fastapi", "uvicorn"]
-TEST = TORCH + ["pytest", "pytest-xdist", "transformers>=4.50", "tokenizers", "pycocoevalcap"]
+TEST = TORCH + ["pytest", "transformers>=4.50", "tokenizers", "pycocoevalcap"]
 
 setuptools.setup(
     name="auditdm_jax",
