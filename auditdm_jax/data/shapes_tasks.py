@@ -176,6 +176,17 @@ def in_weakness(question, spec):
   return True
 
 
+def sample_training_question(scene, rng, weakness=None, exclude_weakness=False, tries=100):
+  """(question, answer, skill, in_weakness) for `scene`; with `exclude_weakness`, questions inside the weakness
+  slice are redrawn (a target's training set). None when `tries` draws all fell inside the slice."""
+  for _ in range(tries):
+    q, a, skill = sample_question(scene, rng)
+    w = in_weakness(q, weakness)
+    if not (exclude_weakness and w):
+      return q, a, skill, w
+  return None
+
+
 def sample_weakness_question(scene, rng, spec, tries=200):
   """A question of `scene` inside the weakness slice, or None when the scene offers none within `tries`."""
   skill, _ = parse_weakness(spec)

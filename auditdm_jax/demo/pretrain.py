@@ -88,15 +88,10 @@ def vqa_data(scenes, per_scene, seed, weakness=None, exclude_weakness=False, ima
   rows = {"image_index": [], "question": [], "answer": [], "skill": [], "in_weakness": []}
   for i, scene in enumerate(scenes):
     for _ in range(per_scene):
-      for _ in range(100):
-        q, a, skill = tasks.sample_question(scene, rng)
-        w = tasks.in_weakness(q, weakness)
-        if not (exclude_weakness and w):
-          break
-      else:
-        continue
-      for k, v in zip(rows, (i, q, a, skill, w)):
-        rows[k].append(v)
+      drawn = tasks.sample_training_question(scene, rng, weakness, exclude_weakness)
+      if drawn is not None:
+        for k, v in zip(rows, (i,) + drawn):
+          rows[k].append(v)
   rows["images"] = np.stack([shapes.render(s, image_size) for s in scenes])
   rows["image_index"] = np.asarray(rows["image_index"], np.int32)
   rows["in_weakness"] = np.asarray(rows["in_weakness"], bool)

@@ -47,12 +47,9 @@ def build(out_dir, num_train=2000, per_scene=4, per_skill=200, seed=0, image_siz
   train_q = []
   for i, scene in enumerate(train_scenes):
     for _ in range(per_scene):
-      for _ in range(100):
-        q, a, s = tasks.sample_question(scene, rng)
-        w = tasks.in_weakness(q, weakness)
-        if not (exclude_weakness and w):
-          train_q.append((i, q, a, s, w))
-          break
+      drawn = tasks.sample_training_question(scene, rng, weakness, exclude_weakness)
+      if drawn is not None:
+        train_q.append((i,) + drawn)
 
   test = tasks.balanced_test(np.random.default_rng([seed, 1]), per_skill, weakness, min_objects, max_objects)
   test_scenes = [t[0] for t in test]
