@@ -14,7 +14,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from auditdm_jax.train import paths
+from auditdm_jax import tree_paths as paths
 
 log = logging.getLogger(__name__)
 

@@ -83,7 +83,7 @@ def test_gemma3_grpo_gradient_step(tiny, rollout):
 
 def test_vlm_system_loads_a_gemma3_auditor_and_checks_init(tmp_path):
   from auditdm_jax.audit import answerers  # pylint: disable=g-import-not-at-top
-  from auditdm_jax.audit import vlm_system  # pylint: disable=g-import-not-at-top
+  from auditdm_jax.worlds.vlm import system as vlm_system  # pylint: disable=g-import-not-at-top
   cfg, params = vlm_system.load_vlm(dict(variant="gemma3_tiny", res=32, init=""))
   assert cfg.family == "gemma3" and {"img", "llm", "mm_input_projection"} <= set(params)
   with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -12,7 +12,7 @@ from PIL import Image
 
 from auditdm_jax.audit import prompts
 from auditdm_jax.audit import trainer
-from auditdm_jax.audit import vlm_system
+from auditdm_jax.worlds.vlm import system as vlm_system
 from auditdm_jax.models import tokenizer as tokenizer_lib
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -34,7 +34,7 @@ def test_vlm_system_edit_mode_with_http_reference(tmp_path):
   (tmp_path / "pool.jsonl").write_text("".join(rows))
   tiny = dict(variant="paligemma2_tiny", res=32, llm=dict(vocab_size=1400, embed_scale_bf16=False), init="")
   sc = ml_collections.ConfigDict(dict(
-      module="auditdm_jax.audit.vlm_system", tokenizer=tok_path, auditor=tiny, target=tiny,
+      module="auditdm_jax.worlds.vlm.system", tokenizer=tok_path, auditor=tiny, target=tiny,
       references=[dict(tiny, name="ref_jax"),
                   dict(kind="http", name="ref_http", base_url=f"http://127.0.0.1:{srv.server_address[1]}/v1",
                        model="m")],

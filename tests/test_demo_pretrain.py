@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from auditdm_jax import config as config_lib
-from auditdm_jax.data import shapes_language as lang
-from auditdm_jax.data import shapes_tasks as tasks
-from auditdm_jax.demo import pretrain
-from auditdm_jax.demo import skills
+from auditdm_jax.worlds.shapes import language as lang
+from auditdm_jax.worlds.shapes import tasks
+from auditdm_jax.worlds.shapes import pretrain
+from auditdm_jax.worlds.shapes import skills
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "demo", "shapes.py")
 

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from auditdm_jax.data import shapes
+from auditdm_jax.worlds.shapes import scenes as shapes
 from auditdm_jax.imagegen import errors
-from auditdm_jax.imagegen import procedural
+from auditdm_jax.worlds.shapes import procedural
 
 
 @pytest.fixture(name="gen")

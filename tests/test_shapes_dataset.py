@@ -4,10 +4,10 @@ import os
 
 import numpy as np
 
-from auditdm_jax.data import shapes
-from auditdm_jax.data import shapes_language as lang
-from auditdm_jax.data import shapes_tasks as tasks
-from auditdm_jax.data.builders import shapes as builder
+from auditdm_jax.worlds.shapes import scenes as shapes
+from auditdm_jax.worlds.shapes import language as lang
+from auditdm_jax.worlds.shapes import tasks
+from auditdm_jax.worlds.shapes import dataset as builder
 
 
 def test_build_splits_and_weakness(tmp_path):

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from auditdm_jax.data import shapes
-from auditdm_jax.data import shapes_language as lang
-from auditdm_jax.data import shapes_tasks as tasks
+from auditdm_jax.worlds.shapes import scenes as shapes
+from auditdm_jax.worlds.shapes import language as lang
+from auditdm_jax.worlds.shapes import tasks
 
 O = shapes.Obj
 SCENE = shapes.Scene((O("circle", "red", "small", 0, 0), O("circle", "blue", "large", 0, 2),

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from auditdm_jax.data import shapes
+from auditdm_jax.worlds.shapes import scenes as shapes
 
 
 def test_obj_and_scene_validation():

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from auditdm_jax.train import lora, optim, paths, step, toy
+from auditdm_jax import tree_paths as paths
+from auditdm_jax.train import lora, optim, step, toy
 
 MODEL = toy.TinyLM(vocab_size=64, width=32, depth=2, num_heads=4, head_dim=8, mlp_dim=64)
 PARAMS = jax.device_get(jax.jit(lambda: toy.init_params(MODEL, jax.random.key(0)))())

@@ -17,7 +17,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from auditdm_jax import sharding  # noqa: E402
-from auditdm_jax.train import checkpoint, optim, paths, step, toy  # noqa: E402
+from auditdm_jax import tree_paths as paths
+from auditdm_jax.train import checkpoint, optim, step, toy  # noqa: E402
 
 
 def main():

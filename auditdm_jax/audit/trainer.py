@@ -6,7 +6,7 @@ update -> log / checkpoint] -> final audit of the trained auditor vs the prompt-
 A *system* bundles the roles of one audit (Tunix-style, named explicitly): the auditor `policy` and its initial
 params, the `target` answerer, the `references` ensemble, the image `generator`, a source-data iterator and an
 optional ground-truth `truth_fn`. `config.system.module` names a module with `build(system_config, workdir) ->
-System` (e.g. `auditdm_jax.audit.shapes_system` for the embedded shapes world).
+System` (e.g. `auditdm_jax.worlds.shapes.system` for the embedded shapes world).
 """
 import dataclasses
 import importlib

@@ -14,8 +14,8 @@ def add_arguments(parser):
 def run(args):
   from auditdm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from auditdm_jax import main  # pylint: disable=g-import-not-at-top
-  from auditdm_jax.audit import demo  # pylint: disable=g-import-not-at-top
-  from auditdm_jax.demo import pretrain as pretrain_lib  # pylint: disable=g-import-not-at-top
+  from auditdm_jax.worlds.shapes import demo  # pylint: disable=g-import-not-at-top
+  from auditdm_jax.worlds.shapes import pretrain as pretrain_lib  # pylint: disable=g-import-not-at-top
   config = args.config
   if args.fast:
     config = config_lib.load(main._resolve_spec(DEFAULT_CONFIG + ":fast"))  # pylint: disable=protected-access

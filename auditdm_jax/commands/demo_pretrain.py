@@ -1,7 +1,7 @@
 """`auditdm demo-pretrain`: trains (or loads cached) tiny VLMs of the shapes-world demo."""
 import json
 
-from auditdm_jax.demo import pretrain
+from auditdm_jax.worlds.shapes import pretrain
 
 HELP = "pretrain the shapes-world demo models (target with a planted weakness, references, auditor) on CPU"
 DEFAULT_CONFIG = "configs/demo/shapes.py"

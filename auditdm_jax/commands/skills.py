@@ -1,5 +1,5 @@
 """`auditdm skills`: per-skill accuracy of the pretrained demo models on held-out shapes-world scenes."""
-from auditdm_jax.demo import skills
+from auditdm_jax.worlds.shapes import skills
 
 HELP = "per-skill accuracy of the demo target and references (the planted weakness must show as a gap)"
 DEFAULT_CONFIG = "configs/demo/shapes.py"

@@ -16,7 +16,7 @@ from auditdm_jax.imagegen.errors import GenerationError
 
 BACKENDS = {
     "flux-http": "auditdm_jax.imagegen.client:FluxHTTPGenerator",
-    "procedural": "auditdm_jax.imagegen.procedural:ProceduralGenerator",
+    "procedural": "auditdm_jax.worlds.shapes.procedural:ProceduralGenerator",
     "identity": "auditdm_jax.imagegen:IdentityGenerator",
 }
 

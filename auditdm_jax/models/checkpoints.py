@@ -20,7 +20,7 @@ import ml_dtypes
 import numpy as np
 
 from auditdm_jax import io
-from auditdm_jax.train.paths import flatten, unflatten
+from auditdm_jax.tree_paths import flatten, unflatten
 
 log = logging.getLogger(__name__)
 

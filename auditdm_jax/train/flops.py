@@ -39,7 +39,7 @@ def peak_flops(device=None):
 
 def count_params(params, exclude=None):
   """Number of scalars in a param tree (leaves whose name matches `exclude` regex are skipped)."""
-  from auditdm_jax.train import paths  # pylint: disable=g-import-not-at-top
+  from auditdm_jax import tree_paths as paths  # pylint: disable=g-import-not-at-top
   rx = paths.compile_regex(exclude)
   sizes = paths.tree_map_with_names(lambda n, x: 0 if rx and rx.search(n) else int(np.prod(np.shape(x))), params)
   return int(sum(jax.tree.leaves(sizes)))

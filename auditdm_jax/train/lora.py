@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from auditdm_jax.train import paths
+from auditdm_jax import tree_paths as paths
 
 TRAINABLE = r"^lora/"
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from auditdm_jax.train import paths
+from auditdm_jax import tree_paths as paths
 
 DEFAULT_WD_EXCLUDE = r"(norm|bias|scale|pos_embedding|(^|/)b$)"
 OPTIMIZERS = ("adamw", "sgd", "adafactor")

@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from auditdm_jax import sharding as sharding_lib
-from auditdm_jax.train import paths
+from auditdm_jax import tree_paths as paths
 
 
 def opt_state_shardings(tx, params, mesh, param_shardings):

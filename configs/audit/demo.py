@@ -6,7 +6,7 @@ Arguments: fast, steps (GRPO steps), weakness (planted in the target by demo-pre
 <workdir>/pretrain), mode (rollout mode).
 """
 from auditdm_jax import config as config_lib
-from auditdm_jax.audit import shapes_system
+from auditdm_jax.worlds.shapes import system as shapes_system
 
 
 def get_config(arg=None):

@@ -43,7 +43,7 @@ def get_config(arg=None):
   # An empty auditor_init is an error when the system is built (only tiny models may be randomly initialised).
   auditor_tokenizer = arg.auditor_tokenizer or (arg.auditor_init and os.path.join(arg.auditor_init, "tokenizer.model"))
   c.system = dict(
-      module="auditdm_jax.audit.vlm_system",
+      module="auditdm_jax.worlds.vlm.system",
       tokenizer=arg.tokenizer,
       auditor=dict(variant=arg.auditor, res=896, init=arg.auditor_init, tokenizer=auditor_tokenizer),
       target=dict(variant="paligemma2_3b", res=448, init=arg.target),

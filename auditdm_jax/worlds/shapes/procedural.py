@@ -13,8 +13,8 @@ its place; nothing raises for one bad item.
 import numpy as np
 
 from auditdm_jax import imagegen
-from auditdm_jax.data import shapes
-from auditdm_jax.data import shapes_language as lang
+from auditdm_jax.worlds.shapes import scenes as shapes
+from auditdm_jax.worlds.shapes import language as lang
 from auditdm_jax.imagegen import errors
 
 

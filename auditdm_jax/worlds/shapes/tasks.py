@@ -11,8 +11,8 @@
 """
 import numpy as np
 
-from auditdm_jax.data import shapes
-from auditdm_jax.data import shapes_language as lang
+from auditdm_jax.worlds.shapes import scenes as shapes
+from auditdm_jax.worlds.shapes import language as lang
 
 _ATTRS = ("shape", "color", "size")
 

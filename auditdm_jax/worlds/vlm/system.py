@@ -1,4 +1,4 @@
-"""The audit system of real MLLMs (`config.system.module = "auditdm_jax.audit.vlm_system"`).
+"""The audit system of real MLLMs (`config.system.module = "auditdm_jax.worlds.vlm.system"`).
 
 - auditor: a PaliGemma-family or Gemma3 multimodal VLM (the paper's is Gemma3-4B) from a big_vision .npz or a HF
   directory (`init`), with its own sentencepiece model in `auditor.tokenizer` (default: the shared `tokenizer`;

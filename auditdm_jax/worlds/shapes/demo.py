@@ -20,7 +20,7 @@ from auditdm_jax import metrics as metrics_lib
 from auditdm_jax.audit import generate as generate_lib
 from auditdm_jax.audit import rectify as rectify_lib
 from auditdm_jax.audit import report
-from auditdm_jax.audit import shapes_system
+from auditdm_jax.worlds.shapes import system as shapes_system
 from auditdm_jax.audit import trainer
 
 log = logging.getLogger(__name__)

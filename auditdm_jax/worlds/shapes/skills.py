@@ -5,10 +5,10 @@ import os
 import numpy as np
 
 from auditdm_jax import io
-from auditdm_jax.data import shapes
-from auditdm_jax.data import shapes_language as lang
-from auditdm_jax.data import shapes_tasks as tasks
-from auditdm_jax.demo import pretrain
+from auditdm_jax.worlds.shapes import scenes as shapes
+from auditdm_jax.worlds.shapes import language as lang
+from auditdm_jax.worlds.shapes import tasks
+from auditdm_jax.worlds.shapes import pretrain
 
 WEAKNESS_ROW = "weakness"
 

@@ -19,7 +19,7 @@ import re
 
 import numpy as np
 
-from auditdm_jax.data import shapes
+from auditdm_jax.worlds.shapes import scenes as shapes
 
 SKILLS = ("counting", "color", "existence", "spatial", "comparison", "binding")
 RELATIONS = ("left", "right", "above", "below")

@@ -16,9 +16,9 @@ import numpy as np
 from PIL import Image
 
 from auditdm_jax import io
-from auditdm_jax.data import shapes
-from auditdm_jax.data import shapes_language as lang
-from auditdm_jax.data import shapes_tasks as tasks
+from auditdm_jax.worlds.shapes import scenes as shapes
+from auditdm_jax.worlds.shapes import language as lang
+from auditdm_jax.worlds.shapes import tasks
 
 
 def _png(image):

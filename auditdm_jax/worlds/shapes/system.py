@@ -1,4 +1,4 @@
-"""The audit system of the embedded shapes world (`config.system.module = "auditdm_jax.audit.shapes_system"`).
+"""The audit system of the embedded shapes world (`config.system.module = "auditdm_jax.worlds.shapes.system"`).
 
 Roles: the SFT-initialised tiny auditor (a `VLMPolicy`), the target with a planted weakness, 2-3 references
 without it (greedy `VLMAnswerer`s), the procedural renderer as image generator, seeded scene pools, and ground
@@ -19,9 +19,9 @@ from auditdm_jax.audit import answerers
 from auditdm_jax.audit import divergence
 from auditdm_jax.audit import policy as policy_lib
 from auditdm_jax.audit import trainer
-from auditdm_jax.data import shapes
-from auditdm_jax.data import shapes_language as lang
-from auditdm_jax.data import shapes_tasks as tasks
+from auditdm_jax.worlds.shapes import scenes as shapes
+from auditdm_jax.worlds.shapes import language as lang
+from auditdm_jax.worlds.shapes import tasks
 from auditdm_jax.models import checkpoints
 from auditdm_jax.models import tokenizer as tokenizer_lib
 from auditdm_jax.models import vlm
@@ -128,7 +128,7 @@ def skill_accuracies(answerer, general, weak):
 
 def write_original_jsonl(path, seed, num_scenes, per_scene, weakness, image_size):
   """A sample of the target's training distribution (weakness slice excluded) as JSONL + PNGs, for rectification."""
-  from auditdm_jax.demo import pretrain  # pylint: disable=g-import-not-at-top
+  from auditdm_jax.worlds.shapes import pretrain  # pylint: disable=g-import-not-at-top
   if os.path.exists(path):
     return path
   root = os.path.dirname(path)
@@ -164,7 +164,7 @@ def build(sc, workdir, target_npz=None):
   references = answerers.Ensemble([answer(n, *load_model(sc.models_dir, n)[:2]) for n in sc.references])
   if tgt_cfg.res != image_size:
     raise ValueError(f"target resolution {tgt_cfg.res} differs from the auditor's {image_size}")
-  from auditdm_jax.imagegen import procedural  # pylint: disable=g-import-not-at-top
+  from auditdm_jax.worlds.shapes import procedural  # pylint: disable=g-import-not-at-top
   generator = procedural.ProceduralGenerator(image_size=image_size)
   eval_source = SceneSource(sc.seed + 1, sc.batch_size, image_size)
   general, weak = test_set(sc.seed + 2, sc.test_questions, sc.weakness, image_size)

@@ -24,8 +24,8 @@ import numpy as np
 from auditdm_jax import io
 from auditdm_jax import sampling
 from auditdm_jax.audit import prompts
-from auditdm_jax.data import shapes
-from auditdm_jax.data import shapes_tasks as tasks
+from auditdm_jax.worlds.shapes import scenes as shapes
+from auditdm_jax.worlds.shapes import tasks
 from auditdm_jax.models import checkpoints
 from auditdm_jax.models import gemma
 from auditdm_jax.models import tokenizer as tokenizer_lib
@@ -276,7 +276,7 @@ def pretrain_all(cfg, workdir):
   if os.path.exists(tok_meta) and io.read_json(tok_meta).get("digest") == tok_digest:
     tok = tokenizer_lib.Tokenizer(tok_path)
   else:
-    from auditdm_jax.demo import tokenizer_train  # pylint: disable=g-import-not-at-top
+    from auditdm_jax.worlds.shapes import tokenizer_train  # pylint: disable=g-import-not-at-top
     tok = tokenizer_train.train_tokenizer(tok_path, cfg.tokenizer.vocab_size, cfg.tokenizer.num_scenes, cfg.seed)
     io.write_json(tok_meta, {"digest": tok_digest})
   shared = dict(image_size=cfg.image_size, world=cfg.world.to_dict(), tokenizer=tok_digest)

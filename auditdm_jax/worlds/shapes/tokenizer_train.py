@@ -7,9 +7,9 @@ instruction prompts (p_c, p_e, p_q and the baselines p^b).
 import numpy as np
 
 from auditdm_jax.audit import prompts
-from auditdm_jax.data import shapes
-from auditdm_jax.data import shapes_language as lang
-from auditdm_jax.data import shapes_tasks as tasks
+from auditdm_jax.worlds.shapes import scenes as shapes
+from auditdm_jax.worlds.shapes import language as lang
+from auditdm_jax.worlds.shapes import tasks
 from auditdm_jax.models import tokenizer as tokenizer_lib
 
 
