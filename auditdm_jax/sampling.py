@@ -183,7 +183,7 @@ class Sampler:
   # --------------------------------------------------------------------------- public API
 
   def sample(self, x, attn_mask, positions, *, max_new_tokens, rng=None, temperature=0.0,
-             top_k=0, top_p=1.0, num_samples=1, stop_tokens=None):
+             top_k=0, top_p=1.0, num_samples=1, stop_tokens=None, params=None):
     """Samples `num_samples` continuations of each prompt.
 
     Args:
@@ -193,6 +193,7 @@ class Sampler:
         its sample does not depend on the rest of the batch.
       temperature: 0 is greedy. top_k: 0 is off. top_p: 1 is off.
       stop_tokens: ids ending a sequence (default: the tokenizer's eos_id, if any).
+      params: the decoder's params for this call (default: those given at construction).
     Returns:
       SampleOutput with arrays [B, N, max_new_tokens].
     """
@@ -233,10 +234,11 @@ class Sampler:
     stops = np.full(MAX_STOP_TOKENS, -1, np.int32)
     stops[:len(stop_tokens)] = stop_tokens
 
-    logits, cache, next_pos = self._prefill(self.params, xp, mp, pp, cache_len=tp + gen_len,
+    params = self.params if params is None else params
+    logits, cache, next_pos = self._prefill(params, xp, mp, pp, cache_len=tp + gen_len,
                                             num_samples=num_samples)
     tokens, logprobs, lengths, stopped, _ = self._decode(
-        self.params, cache, logits, next_pos, keys, jnp.float32(max(temperature, 1e-6)),
+        params, cache, logits, next_pos, keys, jnp.float32(max(temperature, 1e-6)),
         jnp.asarray(stops), jnp.int32(max_new_tokens), gen_len=gen_len, top_k=int(top_k),
         top_p=float(top_p), greedy=bool(greedy))
 
@@ -252,13 +254,14 @@ class Sampler:
                for n in range(num_samples)] for i in range(b)]
     return SampleOutput(tokens, logprobs, lengths, reasons, text)
 
-  def sample_tokens(self, tokens, input_mask=None, **kwargs):
+  def sample_tokens(self, tokens, input_mask=None, params=None, **kwargs):
     """Text prompts: tokens [B, T] (left or right padded, `input_mask` [B, T] marks real tokens)."""
     tokens = np.asarray(tokens, np.int32)
     input_mask = np.ones(tokens.shape, bool) if input_mask is None else np.asarray(input_mask, bool)
     attn_mask, positions = causal_prompt(input_mask)
-    x = self.model.apply({"params": self.params}, jnp.asarray(tokens), method=self.model.embed_tokens)
-    return self.sample(x, attn_mask, positions, **kwargs)
+    params = self.params if params is None else params
+    x = self.model.apply({"params": params}, jnp.asarray(tokens), method=self.model.embed_tokens)
+    return self.sample(x, attn_mask, positions, params=params, **kwargs)
 
   def _put(self, tree):
     if self.mesh is None:

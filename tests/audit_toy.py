@@ -9,7 +9,7 @@ import numpy as np
 
 from auditdm_jax.audit import answerers
 from auditdm_jax.audit import rollout
-from auditdm_jax.audit import trainer
+from auditdm_jax.audit import system as system_lib
 
 WORDS = ("color", "count", "shape", "size")
 ENDS = ("?", ".")
@@ -63,7 +63,7 @@ def build(config, workdir):
   target = answerers.FunctionAnswerer("target", lambda im, qs: ["3" if "count" in q else "ok" for q in qs])
   refs = answerers.Ensemble([answerers.FunctionAnswerer(f"ref{i}", lambda im, qs: ["2" if "count" in q else "ok"
                                                                                    for q in qs]) for i in range(3)])
-  return trainer.System(policy=policy, params=policy.init(), target=target, references=refs, generator=None,
+  return system_lib.System(policy=policy, params=policy.init(), target=target, references=refs, generator=None,
                         data=_source, eval_data=[_source(0)], pool=Pool(config.get("pool_size", 6),
                                                                         config.get("delay", 0.0)),
                         truth_fn=lambda image, q: "2" if "count" in q else "ok")

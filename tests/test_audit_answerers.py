@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from auditdm_jax import images
 from auditdm_jax.audit import answerers
 
 
@@ -87,4 +88,4 @@ def test_ensemble_and_validation():
   with pytest.raises(ValueError, match="2 images but 1"):
     ens.answer([_solid(0)] * 2, ["q"])
   with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
-    answerers.to_uint8(np.zeros((4, 4)))
+    images.to_uint8(np.zeros((4, 4)))

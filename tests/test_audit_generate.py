@@ -1,4 +1,5 @@
 """`auditdm generate` survives SIGKILL: the rerun completes with no lost and no duplicated records."""
+import dataclasses
 import json
 import os
 import signal
@@ -6,9 +7,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from auditdm_jax.audit import generate
+from auditdm_jax.audit import rollout
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TESTS)
@@ -59,13 +62,14 @@ def test_generate_resume_after_sigkill(tmp_path):
 
 
 def test_shard_records_dedup_and_keep(tmp_path):
-  import numpy as np  # pylint: disable=g-import-not-at-top
   img = np.zeros((4, 4, 3), np.uint8)
-  base = dict(valid=True, well_formed=True, consensus=True, failure=False, source_id="s", mode="question",
-              instruction=None, image=None, source_image=img, target_answer="a", reference_answers={"r": "a"},
-              label="a", agreement=1.0, reward=0.0, truth=None)
-  samples = [dict(base, question="What color?"), dict(base, question="what color"),
-             dict(base, question="how many?", failure=True), dict(base, question="x?", consensus=False)]
+  base = rollout.Sample(valid=True, well_formed=True, consensus=True, failure=False, source_id="s", source_index=0,
+                        mode="question", instruction=None, question="", image=None, source_image=img,
+                        target_answer="a", reference_answers={"r": "a"}, label="a", agreement=1.0, reward=0.0,
+                        truth=None, judged=False)
+  samples = [dataclasses.replace(base, question="What color?"), dataclasses.replace(base, question="what color"),
+             dataclasses.replace(base, question="how many?", failure=True),
+             dataclasses.replace(base, question="x?", consensus=False)]
   assert [r["question"] for r in generate.shard_records(samples, 0, str(tmp_path))] == ["What color?", "how many?"]
   assert [r["question"] for r in generate.shard_records(samples, 0, str(tmp_path), "failures")] == ["how many?"]
   assert len(generate.shard_records(samples, 0, str(tmp_path), "all")) == 3

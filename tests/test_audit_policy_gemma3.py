@@ -35,7 +35,7 @@ def test_gemma3_prompt_is_the_chat_template(tiny):
   expect = ([tok.bos_id] + tok.encode("<start_of_turn>user\n\n\n<start_of_image>") + [cfg.image_token_id] * m +
             tok.encode("<end_of_image>\n\nshort<end_of_turn>\n<start_of_turn>model\n"))
   assert ids == expect
-  assert pol.stop_tokens == (tok.eos_id, tok.piece_id("<end_of_turn>"))
+  assert pol.decoder.stop_tokens == (tok.eos_id, tok.piece_id("<end_of_turn>"))
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 """Rollout modes: counterfactual images through a generator, failures dropped and counted, never a crash."""
+import dataclasses
 import os
 import sys
 
@@ -8,6 +9,7 @@ import pytest
 
 from auditdm_jax.audit import answerers
 from auditdm_jax.audit import rollout
+from auditdm_jax.audit import system as system_lib
 from auditdm_jax.imagegen.errors import GenerationError
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -39,9 +41,8 @@ def _run(mode, **kw):
   source = audit_toy._source(0)  # pylint: disable=protected-access
   source["question"] = np.array(["how many count?"] * 4)
   gen = FakeGenerator()
-  res = rollout.run(system.policy, system.params, source, gen, system.target, system.references,
-                    jax.random.PRNGKey(0), mode=mode, group_size=4, truth_fn=system.truth_fn, **kw)
-  return res, gen
+  run_rollout = rollout.Rollout(dataclasses.replace(system, generator=gen), mode=mode, group_size=4, **kw)
+  return run_rollout(system.params, source, jax.random.PRNGKey(0)), gen
 
 
 @pytest.mark.parametrize("mode", ["edit", "caption"])
@@ -59,9 +60,9 @@ def test_counterfactual_modes_drop_generation_failures(mode):
   assert np.all(res.rewards[~well_formed] == -0.5)  # format penalty
   # The fixed question is asked about the counterfactual image.
   ok = np.flatnonzero(well_formed & ~failed)
-  assert all(res.samples[i]["question"] == "how many count?" and res.samples[i]["image"][0, 0, 0] == len(texts[i])
+  assert all(res.samples[i].question == "how many count?" and res.samples[i].image[0, 0, 0] == len(texts[i])
              for i in ok)
-  assert all(s["failure"] for i, s in enumerate(res.samples) if i in ok)  # counting question: the target fails
+  assert all(s.failure for i, s in enumerate(res.samples) if i in ok)  # counting question: the target fails
   m = rollout.audit_metrics(res)
   assert m["dropped"] == pytest.approx(failed.mean()) and m["precision"] == 1.0
 
@@ -70,17 +71,31 @@ def test_edit_question_mode_has_two_actions_per_sample():
   res, _ = _run("edit_question")
   assert len(res.actions) == 2 and all(len(a.texts) == 16 for a in res.actions)
   questions = res.actions[1].texts
-  assert [s["question"] for s in res.samples] == [q.strip() for q in questions]
+  assert [s.question for s in res.samples] == [q.strip() for q in questions]
 
 
 def test_fixed_question_modes_need_a_question():
   system = audit_toy.build(audit_toy.get_config(), None)
   with pytest.raises(ValueError, match="needs a 'question'"):
     source = audit_toy._source(0)  # pylint: disable=protected-access
-    rollout.run(system.policy, system.params, source, FakeGenerator(), system.target, system.references,
-                jax.random.PRNGKey(0), mode="edit", group_size=2)
+    rollout.Rollout(dataclasses.replace(system, generator=FakeGenerator()), mode="edit", group_size=2)(
+        system.params, source, jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match="unknown rollout mode"):
     rollout.check_mode("both")
+  with pytest.raises(ValueError, match="has no image generator"):
+    rollout.Rollout(system, mode="caption")  # The toy world has no generator: only question-only audits.
+
+
+def test_system_checks_its_roles_when_built():
+  system = audit_toy.build(audit_toy.get_config(), None)
+  with pytest.raises(TypeError, match="System.target must implement Answerer"):
+    dataclasses.replace(system, target=lambda images, questions: questions)
+  with pytest.raises(TypeError, match="System.generator must implement Generator"):
+    dataclasses.replace(system, generator=object())
+  with pytest.raises(TypeError, match="System.data must be callable"):
+    dataclasses.replace(system, data=[])
+  with pytest.raises(ValueError, match="rectify needs `rectification`"):
+    system.require("rectification", "rectify")
 
 
 def test_unanswered_pairs_are_dropped():
@@ -88,8 +103,8 @@ def test_unanswered_pairs_are_dropped():
   flaky = answerers.FunctionAnswerer("flaky", lambda im, qs: [None if "size" in q else "ok" for q in qs])
   refs = answerers.Ensemble(system.references.references[:2] + [flaky])
   source = audit_toy._source(0)  # pylint: disable=protected-access
-  res = rollout.run(system.policy, system.params, source, None, system.target, refs, jax.random.PRNGKey(3),
-                    mode="question", group_size=4)
+  res = rollout.Rollout(dataclasses.replace(system, references=refs), mode="question", group_size=4)(
+      system.params, source, jax.random.PRNGKey(3))
   asked_size = np.array(["size" in t and t.endswith("?") for t in res.actions[0].texts])
   assert res.counters["answer_failures"] == asked_size.sum() > 0
   np.testing.assert_array_equal(res.valid, ~asked_size)
@@ -98,9 +113,8 @@ def test_unanswered_pairs_are_dropped():
 def test_world_format_fn_marks_outputs_malformed():
   system = audit_toy.build(audit_toy.get_config(), None)
   source = audit_toy._source(0)  # pylint: disable=protected-access
-  res = rollout.run(system.policy, system.params, source, None, system.target, system.references,
-                    jax.random.PRNGKey(0), mode="question", group_size=4,
-                    format_fn=lambda text, kind: "count" not in text)
+  system = dataclasses.replace(system, format_fn=lambda text, kind: "count" not in text)
+  res = rollout.Rollout(system, mode="question", group_size=4)(system.params, source, jax.random.PRNGKey(0))
   counting = np.array(["count" in t for t in res.actions[0].texts])
-  assert counting.any() and not any(s["well_formed"] for s, c in zip(res.samples, counting) if c)
+  assert counting.any() and not any(s.well_formed for s, c in zip(res.samples, counting) if c)
   assert np.all(res.rewards[counting] == -0.5)

@@ -49,7 +49,7 @@ def test_vlm_system_edit_mode_with_http_reference(tmp_path):
   result, samples = trainer.evaluate(system, system.params, config)
   srv.shutdown()
   assert result["num_samples"] == 4
-  asked = [s for s in samples if s["well_formed"] and s["valid"]]
+  asked = [s for s in samples if s.well_formed and s.valid]
   assert len(_FakeOpenAI.bodies) - n_before == len(asked)
-  assert all(set(s["reference_answers"]) == {"ref_jax", "ref_http"} for s in asked)
-  assert all(s["question"] == "what color?" for s in samples)
+  assert all(set(s.reference_answers) == {"ref_jax", "ref_http"} for s in asked)
+  assert all(s.question == "what color?" for s in samples)

@@ -11,12 +11,15 @@ mode.
 """
 import base64
 import concurrent.futures
-import io
 import logging
 import time
 
 import numpy as np
 from PIL import Image
+
+from auditdm_jax import decode
+from auditdm_jax import images as images_lib
+from auditdm_jax.models import tokenizer as tokenizer_lib
 
 log = logging.getLogger(__name__)
 
@@ -24,29 +27,8 @@ log = logging.getLogger(__name__)
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 
 
-def to_uint8(image):
-  """PIL image or array ([H, W, 3] uint8, or float in [-1, 1] / [0, 1]) -> [H, W, 3] uint8."""
-  if isinstance(image, Image.Image):
-    return np.asarray(image.convert("RGB"))
-  image = np.asarray(image)
-  if image.ndim != 3 or image.shape[-1] != 3:
-    raise ValueError(f"expected an [H, W, 3] image, got shape {image.shape}")
-  if image.dtype == np.uint8:
-    return image
-  lo = float(image.min()) if image.size else 0.0
-  scaled = (image + 1.0) * 127.5 if lo < 0 else image * 255.0
-  return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
-
-
-def png_bytes(image):
-  """PNG encoding of an image (see `to_uint8`)."""
-  buf = io.BytesIO()
-  Image.fromarray(to_uint8(image)).save(buf, format="PNG")
-  return buf.getvalue()
-
-
 def data_url(image):
-  return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+  return "data:image/png;base64," + base64.b64encode(images_lib.png_bytes(image)).decode("ascii")
 
 
 class FunctionAnswerer:
@@ -121,33 +103,32 @@ class HttpAnswerer:
 
 
 class VLMAnswerer:
-  """An in-process JAX VLM (PaliGemma family) answering greedily through the KV-cache sampler.
+  """An in-process JAX VLM (PaliGemma family) answering greedily through the shared `decode.Decoder` of its
+  architecture (a target and its same-size references share one compiled prefill / decode).
 
   `prompt_fn(question) -> prefix text` formats the question as the model was trained (PaliGemma: "answer en {q}").
   """
 
   def __init__(self, name, cfg, params, tokenizer, prompt_fn=None, max_new_tokens=8, batch_size=64, prompt_len=48):
-    from auditdm_jax.models import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-    self.name, self.params, self.batch_size, self.res = name, params, batch_size, cfg.res
+    self.name, self.cfg, self.params, self.batch_size, self.res = name, cfg, params, batch_size, cfg.res
     self.prompt_fn = prompt_fn or (lambda q: tokenizer_lib.paligemma_prompt("answer", q))
-    self._policy = _greedy_policy(cfg, tokenizer, prompt_len, max_new_tokens)
+    self.prompt_len, self.max_new_tokens = prompt_len, max_new_tokens
+    self._decoder = decode.shared(cfg, tokenizer)
 
   def answer(self, images, questions):
     _check_batch(images, questions)
     out = []
     for i in range(0, len(questions), self.batch_size):
-      imgs = [_resize(to_uint8(im), self.res) for im in images[i:i + self.batch_size]]
+      imgs = [_resize(images_lib.to_uint8(im), self.res) for im in images[i:i + self.batch_size]]
       prefixes = [self.prompt_fn(q) for q in questions[i:i + self.batch_size]]
       n = len(prefixes)
       # Every chunk is padded to batch_size (repeating its last item): one compiled shape, whatever N is.
       imgs += imgs[-1:] * (self.batch_size - n)
       prefixes += prefixes[-1:] * (self.batch_size - n)
-      texts = self._policy.sample(self.params, np.stack(imgs), prefixes, 1, None).texts
-      out.extend(t.strip() for t in texts[:n])
+      texts = self._decoder.generate(self.params, np.stack(imgs), prefixes, prompt_len=self.prompt_len,
+                                     max_new_tokens=self.max_new_tokens)
+      out.extend(texts[:n])
     return out
-
-
-_GREEDY = {}
 
 
 def _resize(image, res):
@@ -155,17 +136,6 @@ def _resize(image, res):
   if image.shape[:2] == (res, res):
     return image
   return np.asarray(Image.fromarray(image).resize((res, res), Image.BICUBIC))
-
-
-def _greedy_policy(cfg, tokenizer, prompt_len, max_new_tokens):
-  """One greedy decoder per (architecture, tokenizer, lengths): answerers of the same architecture (a target and
-  its same-size references) share its compiled prefill/decode, since params are call arguments."""
-  from auditdm_jax.audit import policy  # pylint: disable=g-import-not-at-top
-  key = (cfg.to_json(), id(tokenizer), prompt_len, max_new_tokens)
-  if key not in _GREEDY:
-    _GREEDY[key] = policy.VLMPolicy(cfg, tokenizer, prompt_len=prompt_len, max_new_tokens=max_new_tokens,
-                                    temperature=0.0)
-  return _GREEDY[key]
 
 
 class Ensemble:

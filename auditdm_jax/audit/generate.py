@@ -12,15 +12,14 @@ it identically (per-shard seeds), so there is neither loss nor duplication. `--r
 workers (each builds the system from the config).
 """
 import hashlib
-import io
 import json
 import logging
 import os
 
 import jax
 import numpy as np
-from PIL import Image
 
+from auditdm_jax import images as images_lib
 from auditdm_jax import io as io_lib
 from auditdm_jax.audit import divergence
 from auditdm_jax.audit import rollout
@@ -33,12 +32,6 @@ KEEP = ("consensus", "failures", "all")
 RECORD_KEYS = ("id", "source_id", "mode", "instruction", "question", "answer", "image", "source_image",
                "counterfactual", "target_answer", "reference_answers", "label", "agreement", "failure", "reward",
                "truth", "skill")
-
-
-def _png(image):
-  buf = io.BytesIO()
-  Image.fromarray(np.asarray(image, np.uint8)).save(buf, format="PNG")
-  return buf.getvalue()
 
 
 def _save_png(root, shard, data):
@@ -60,18 +53,18 @@ def shard_records(samples, shard, root, keep="consensus", skill_fn=None):
     raise ValueError(f"generate.keep must be one of {KEEP}, got {keep!r}")
   out, seen = [], set()
   for s in samples:
-    if not (s["valid"] and s["well_formed"]):
+    if not (s.valid and s.well_formed):
       continue
-    if (keep == "consensus" and not s["consensus"]) or (keep == "failures" and not s["failure"]):
+    if (keep == "consensus" and not s.consensus) or (keep == "failures" and not s.failure):
       continue
-    source_rel = _save_png(root, shard, _png(s["source_image"]))
-    cf = s["image"] is not None
-    image_rel = _save_png(root, shard, _png(s["image"])) if cf else source_rel
-    rec = dict(source_id=s["source_id"], mode=s["mode"], instruction=s["instruction"], question=s["question"],
-               answer=s["label"], image=image_rel, source_image=source_rel, counterfactual=cf,
-               target_answer=s["target_answer"], reference_answers=s["reference_answers"], label=s["label"],
-               agreement=s["agreement"], failure=s["failure"], reward=s["reward"], truth=s["truth"],
-               skill=skill_fn(s["question"]) if skill_fn else None)
+    source_rel = _save_png(root, shard, images_lib.png_bytes(s.source_image))
+    cf = s.image is not None
+    image_rel = _save_png(root, shard, images_lib.png_bytes(s.image)) if cf else source_rel
+    rec = dict(source_id=s.source_id, mode=s.mode, instruction=s.instruction, question=s.question,
+               answer=s.label, image=image_rel, source_image=source_rel, counterfactual=cf,
+               target_answer=s.target_answer, reference_answers=s.reference_answers, label=s.label,
+               agreement=s.agreement, failure=s.failure, reward=s.reward, truth=s.truth,
+               skill=skill_fn(s.question) if skill_fn else None)
     key = dedup_key(rec)
     if key in seen:
       continue
@@ -88,11 +81,9 @@ def shard_path(root, shard):
 def generate_shard(system, params, config, shard, root):
   """Audits pool[shard] and writes its shard file; returns the number of records."""
   g = config.generate
-  res = rollout.run(system.policy, params, system.pool[shard], system.generator, system.target, system.references,
-                    jax.random.fold_in(jax.random.PRNGKey(config.seed), shard), mode=config.mode,
-                    group_size=g.samples_per_source, baseline=g.baseline, reward_config=trainer.reward_config(config),
-                    max_words=config.max_words, truth_fn=system.truth_fn, format_fn=system.format_fn,
-                    seed=config.seed * 100_003 + shard)
+  run_rollout = rollout.Rollout.from_config(system, config, group_size=g.samples_per_source)
+  res = run_rollout(params, system.pool[shard], jax.random.fold_in(jax.random.PRNGKey(config.seed), shard),
+                    seed=config.seed * 100_003 + shard, baseline=g.baseline)
   records = shard_records(res.samples, shard, root, g.keep, system.skill_fn)
   io_lib.write_text(shard_path(root, shard), "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
   return len(records), res.counters

@@ -2,11 +2,8 @@
 
 Rectification = the SFT loop (`train/sft.py`, the PaliGemma transfer recipe) over
 `[original split (weight 1 - mix), generated data.jsonl (weight mix)]`, starting from the target's weights, then an
-evaluation of the fine-tuned target. The system provides what is model/world specific:
-  system.target_spec     dict(model=dict(variant, res, llm, img), model_init=.npz path, tokenizer=.model path)
-  system.original_data   list of sft sources (dicts with jsonl/name, weight, pp) of the target's training set
-  system.evaluate_target(params) -> dict of accuracies (e.g. per skill)
-  system.with_target(npz_path) -> System   (the next refinement iteration audits the new target)
+evaluation of the fine-tuned target. What is model/world specific comes from the system's `rectification`
+(`audit.system.Rectification`: target_spec, original_data, evaluate_target, with_target).
 `iterate` runs N refinement iterations (train auditor -> generate -> rectify), each stage in its own directory with
 a `done.json` marker: a rerun skips finished stages and resumes the unfinished one from its checkpoints.
 """
@@ -24,6 +21,7 @@ from auditdm_jax.data import transfers
 from auditdm_jax.models import checkpoints
 from auditdm_jax.models import vlm
 from auditdm_jax.train import checkpoint as checkpoint_lib
+from auditdm_jax.train import sft
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +73,6 @@ def sft_config(target_spec, original_data, generated_jsonl, rc):
 
 def finetune(target_spec, original_data, generated_jsonl, rc, workdir):
   """Runs the SFT loop (resumable) and returns (host params of the rectified target, its .npz path)."""
-  from auditdm_jax.train import sft  # pylint: disable=g-import-not-at-top
   c = sft_config(target_spec, original_data, generated_jsonl, rc)
   sft.train(c, workdir)
   cfg = sft.model_config(c)
@@ -96,10 +93,11 @@ def rectify(config, workdir, system=None, dataset_jsonl=None):
   train_jsonl = os.path.join(workdir, "rectify_data", "generated.jsonl")
   n = write_training_jsonl(dataset_jsonl, train_jsonl)
   log.info("rectifying with %d generated pairs (mix %.2f)", n, config.rectify.mix)
-  before = system.evaluate_target(None)
-  params, npz = finetune(system.target_spec, system.original_data, train_jsonl, config.rectify,
+  hooks = system.require("rectification", "rectification")
+  before = hooks.evaluate_target(None)
+  params, npz = finetune(hooks.target_spec, hooks.original_data, train_jsonl, config.rectify,
                          os.path.join(workdir, "rectify"))
-  after = system.evaluate_target(params)
+  after = hooks.evaluate_target(params)
   out = dict(generated_pairs=n, before=before, after=after, target_npz=npz)
   io_lib.write_json(os.path.join(workdir, "rectify_results.json"), out)
   return out
@@ -132,6 +130,6 @@ def iterate(config, workdir, system=None):
     rect = _stage(os.path.join(base, "rectify"),
                   lambda: rectify(config, os.path.join(base, "rectify"), system, gen["dataset"]))
     history.append(dict(iteration=it, generated=gen["records"], before=rect["before"], after=rect["after"]))
-    system = system.with_target(rect["target_npz"])
+    system = system.require("rectification", "the next refinement iteration").with_target(rect["target_npz"])
   io_lib.write_json(os.path.join(workdir, "iterate_results.json"), history)
   return history

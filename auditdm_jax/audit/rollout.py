@@ -9,10 +9,8 @@ Modes (the paper's three probing settings):
 The first auditor action is sampled G times per source image (the GRPO group); a question that follows an image
 action is sampled once per counterfactual image. Every auditor action of a sample gets the sample's reward.
 
-The auditor is a `Policy`:
-  sample(params, images [B, H, W, 3] uint8, instructions: list[str], num_samples: int, rng) -> Completions
-      with N = B * num_samples rows, the samples of one image contiguous.
-  logprobs(params, batch) -> [N, L] log-probabilities of batch["tokens"] (pure and jittable in params).
+A `Rollout` is bound to its system (`audit.system.System`: the auditor `Policy`, generator, target, references)
+once and returns one `Sample` per row; each call runs propose -> render -> answer -> score.
 Generation failures (`imagegen.errors.GenerationError` items) and unanswered pairs (an answerer returning None) are
 counted and the sample dropped (valid=False); malformed auditor outputs are kept and penalised (see divergence).
 """
@@ -21,6 +19,7 @@ import time
 
 import jax
 import numpy as np
+from PIL import Image
 
 from auditdm_jax.audit import divergence
 from auditdm_jax.audit import prompts
@@ -45,9 +44,32 @@ class Completions:
 
 
 @dataclasses.dataclass
+class Sample:
+  """One audited (question, image) pair: what the auditor proposed, what the models answered, how it scored."""
+  source_id: str
+  source_index: int  # Row of the source batch.
+  mode: str
+  instruction: str | None  # The caption / edit command (None in the question-only mode).
+  question: str
+  image: np.ndarray | None  # The counterfactual image [H, W, 3] uint8 (None: the source image is asked about).
+  source_image: np.ndarray
+  target_answer: str
+  reference_answers: dict  # reference name -> answer
+  label: str  # The reference consensus answer.
+  agreement: float
+  consensus: bool
+  failure: bool  # A valid pair where the consensus exists and the target disagrees with it.
+  reward: float
+  valid: bool  # False = dropped (generation or answering failed).
+  well_formed: bool
+  truth: str | None  # Ground truth (worlds with a `truth_fn`); None when unanswerable or not judged.
+  judged: bool
+
+
+@dataclasses.dataclass
 class RolloutResult:
-  """N = B * G samples. `samples` are dicts for logging/datasets; `actions` the auditor outputs to train on."""
-  samples: list
+  """N = B * G samples; `actions` the auditor outputs to train on."""
+  samples: list  # [Sample]
   actions: list  # [Completions], each with N rows aligned with `samples`
   rewards: np.ndarray  # [N] float32
   valid: np.ndarray  # [N] bool: False = dropped (generation or answering failed)
@@ -62,119 +84,148 @@ def check_mode(mode):
   return MODES[mode]
 
 
-def run(policy, params, source, generator, target, references, rng, *, mode="question", group_size=4,
-        baseline=False, reward_config=divergence.RewardConfig(), max_words=64, truth_fn=None, format_fn=None,
-        seed=0):
-  """Audits one batch of source examples.
+class Rollout:
+  """The rollout of one system, bound once: `rollout(params, source, rng, seed=..., baseline=...)`.
 
   Args:
-    policy, params: the auditor and its parameters.
-    source: dict with "image" [B, H, W, 3] uint8, "id" [B] and, for the fixed-question modes, "question" [B].
-    generator: `imagegen` Generator (generate / edit); unused in "question" mode.
-    target: answerer under audit; references: `answerers.Ensemble`.
-    rng: jax PRNG key for the auditor's sampling.
-    baseline: use the baseline prompts p^b instead of p_c / p_e / p_q.
-    truth_fn: optional `truth_fn(image, question) -> ground-truth answer, or None when the question is not
-      answerable from the image` (the shapes world's parser). With it every valid sample is judged.
-    format_fn: optional world-specific validity check `format_fn(text, kind) -> bool` of an auditor output
-      (e.g. the shapes world's grammar), on top of `divergence.check_format`; it never sees the image.
-    seed: base seed of the image generator (per-sample seeds are derived from it).
+    system: an `audit.system.System` (policy, generator, target, references, truth_fn, format_fn).
+    mode: a key of MODES; group_size: G samples of the first auditor action per source image.
+    reward_config: `divergence.RewardConfig`; max_words: longest well-formed auditor output.
   """
-  well_formed_fn = lambda text, kind: divergence.check_format(text, kind, max_words)[0] and (
-      format_fn is None or format_fn(text, kind))
-  image_kind, asks = check_mode(mode)
-  images = np.asarray(source["image"])
-  b, g = images.shape[0], group_size
-  n = b * g
-  src_idx = np.repeat(np.arange(b), g)
-  timings = dict(rollout=0.0, image_service=0.0, answer=0.0)
-  counters = dict(image_failures=0, answer_failures=0, malformed=0)
-  well_formed = np.ones(n, bool)
-  valid = np.ones(n, bool)
-  actions, instructions = [], [None] * n
-  rng_image, rng_question = jax.random.split(rng)
-  cf_images = [images[i] for i in src_idx]
 
-  if image_kind:
+  def __init__(self, system, *, mode="question", group_size=4, reward_config=divergence.RewardConfig(),
+               max_words=64):
+    self.image_kind, self.asks = check_mode(mode)
+    if self.image_kind and system.generator is None:
+      raise ValueError(f"mode {mode!r} renders images but the system has no image generator")
+    self.system, self.mode, self.group_size = system, mode, group_size
+    self.reward_config, self.max_words = reward_config, max_words
+
+  @classmethod
+  def from_config(cls, system, config, group_size=None):
+    """From an audit config (mode, group_size, reward, max_words)."""
+    return cls(system, mode=config.mode, group_size=group_size or config.group_size,
+               reward_config=divergence.RewardConfig(**config.reward.to_dict()), max_words=config.max_words)
+
+  def __call__(self, params, source, rng, *, seed=0, baseline=False):
+    """Audits one batch of source examples.
+
+    source: dict with "image" [B, H, W, 3] uint8, "id" [B] and, for the fixed-question modes, "question" [B].
+    rng: PRNG key of the auditor's sampling; seed: base seed of the image generator (per-sample seeds derive
+    from it); baseline: the baseline prompts p^b instead of p_c / p_e / p_q.
+    """
+    images = np.asarray(source["image"])
+    b, g = images.shape[0], self.group_size
+    n = b * g
+    src_idx = np.repeat(np.arange(b), g)
+    timings = dict(rollout=0.0, image_service=0.0, answer=0.0)
+    counters = dict(image_failures=0, answer_failures=0, malformed=0)
+    well_formed, valid = np.ones(n, bool), np.ones(n, bool)
+    actions, instructions = [], [None] * n
+    rng_image, rng_question = jax.random.split(rng)
+    cf_images = [images[i] for i in src_idx]
+
+    if self.image_kind:  # Propose a caption / edit command, then render it.
+      comp, instructions = self._propose(params, images, self.image_kind, g, rng_image, baseline, timings)
+      actions.append(comp)
+      well_formed &= [self._well_formed(t, self.image_kind) for t in instructions]
+      failed = self._render(images, src_idx, instructions, np.flatnonzero(well_formed), seed, cf_images, timings)
+      valid[failed] = False
+      counters["image_failures"] = len(failed)
+    if self.asks:  # Propose a question about the (counterfactual) image.
+      if self.image_kind:
+        comp, questions = self._propose(params, _stack_like(cf_images, images.shape[1:]), "question", 1,
+                                        rng_question, baseline, timings)
+      else:
+        comp, questions = self._propose(params, images, "question", g, rng_question, baseline, timings)
+      actions.append(comp)
+      well_formed &= [self._well_formed(q, "question") for q in questions]
+    else:
+      if "question" not in source:
+        raise ValueError(f"mode {self.mode!r} keeps the dataset's question: the source batch needs a 'question' "
+                         f"field")
+      questions = [str(source["question"][j]) for j in src_idx]
+    counters["malformed"] = int((~well_formed).sum())
+
+    # Only valid, well-formed pairs are sent to the models.
+    target_answers, ref_answers, failed = self._answer(cf_images, questions, np.flatnonzero(valid & well_formed),
+                                                       timings)
+    valid[failed] = False
+    counters["answer_failures"] = len(failed)
+    parts = divergence.batch_rewards(target_answers, ref_answers, well_formed, self.reward_config)
+    rewards = np.where(valid, parts["reward"], 0.0).astype(np.float32)
+    samples = self._score(source, images, src_idx, instructions, questions, cf_images, target_answers, ref_answers,
+                          parts, rewards, valid, well_formed)
+    return RolloutResult(samples=samples, actions=actions, rewards=rewards, valid=valid, parts=parts,
+                         counters=counters, timings=timings)
+
+  def _well_formed(self, text, kind):
+    format_fn = self.system.format_fn
+    return divergence.check_format(text, kind, self.max_words)[0] and (format_fn is None or format_fn(text, kind))
+
+  def _propose(self, params, images, kind, num_samples, rng, baseline, timings):
+    """The auditor's `kind` output for each image, `num_samples` times -> (Completions, stripped texts)."""
     t0 = time.perf_counter()
-    comp = policy.sample(params, images, [prompts.get(image_kind, baseline)] * b, g, rng_image)
+    comp = self.system.policy.sample(params, images, [prompts.get(kind, baseline)] * len(images), num_samples, rng)
     timings["rollout"] += time.perf_counter() - t0
-    actions.append(comp)
-    instructions = [t.strip() for t in comp.texts]
-    for i, text in enumerate(instructions):
-      well_formed[i] = well_formed_fn(text, image_kind)
-    todo = np.flatnonzero(well_formed)
+    return comp, [t.strip() for t in comp.texts]
+
+  def _render(self, images, src_idx, instructions, todo, seed, cf_images, timings):
+    """Renders the instructions of rows `todo` into cf_images (in place); returns the rows whose rendering failed."""
     seeds = [seed + int(i) for i in todo]
+    generator = self.system.generator
     t0 = time.perf_counter()
-    if image_kind == "edit":
+    if self.image_kind == "edit":
       outs = generator.edit([images[src_idx[i]] for i in todo], [instructions[i] for i in todo], seeds)
     else:
       outs = generator.generate([instructions[i] for i in todo], seeds)
     timings["image_service"] += time.perf_counter() - t0
+    failed = []
     for i, out in zip(todo, outs):
       if isinstance(out, Exception):
-        valid[i] = False
-        counters["image_failures"] += 1
+        failed.append(int(i))
       else:
         cf_images[i] = np.asarray(out.convert("RGB") if hasattr(out, "convert") else out, np.uint8)
+    return failed
 
-  if asks:
+  def _answer(self, images, questions, ask, timings):
+    """Target and reference answers of rows `ask` -> (target [N], references [R][N], rows where one failed)."""
+    n, names = len(questions), self.system.references.names
     t0 = time.perf_counter()
-    if image_kind:
-      q_images = _stack_like(cf_images, images.shape[1:])
-      comp = policy.sample(params, q_images, [prompts.get("question", baseline)] * n, 1, rng_question)
-    else:
-      comp = policy.sample(params, images, [prompts.get("question", baseline)] * b, g, rng_question)
-    timings["rollout"] += time.perf_counter() - t0
-    actions.append(comp)
-    questions = [t.strip() for t in comp.texts]
-    for i, q in enumerate(questions):
-      well_formed[i] &= well_formed_fn(q, "question")
-  else:
-    if "question" not in source:
-      raise ValueError(f"mode {mode!r} keeps the dataset's question: the source batch needs a 'question' field")
-    questions = [str(source["question"][j]) for j in src_idx]
-  counters["malformed"] = int((~well_formed).sum())
+    ask_images, ask_questions = [images[i] for i in ask], [questions[i] for i in ask]
+    tgt = self.system.target.answer(ask_images, ask_questions) if len(ask) else []
+    refs = self.system.references.answer(ask_images, ask_questions) if len(ask) else [[] for _ in names]
+    timings["answer"] += time.perf_counter() - t0
+    target_answers, ref_answers, failed = [""] * n, [[""] * n for _ in names], []
+    for k, i in enumerate(ask):
+      if tgt[k] is None or any(r[k] is None for r in refs):
+        failed.append(int(i))
+        continue
+      target_answers[i] = tgt[k]
+      for r, ans in zip(ref_answers, refs):
+        r[i] = ans[k]
+    return target_answers, ref_answers, failed
 
-  # Only valid, well-formed pairs are sent to the models.
-  ask = np.flatnonzero(valid & well_formed)
-  t0 = time.perf_counter()
-  ask_images = [cf_images[i] for i in ask]
-  ask_questions = [questions[i] for i in ask]
-  tgt = target.answer(ask_images, ask_questions) if len(ask) else []
-  refs = references.answer(ask_images, ask_questions) if len(ask) else [[] for _ in references.names]
-  timings["answer"] += time.perf_counter() - t0
-  target_answers, ref_answers = [""] * n, [[""] * n for _ in references.names]
-  for k, i in enumerate(ask):
-    if tgt[k] is None or any(r[k] is None for r in refs):
-      valid[i] = False
-      counters["answer_failures"] += 1
-      continue
-    target_answers[i] = tgt[k]
-    for r, ans in zip(ref_answers, refs):
-      r[i] = ans[k]
-
-  parts = divergence.batch_rewards(target_answers, ref_answers, well_formed, reward_config)
-  rewards = np.where(valid, parts["reward"], 0.0).astype(np.float32)
-  samples = []
-  for i in range(n):
-    j = src_idx[i]
-    judged = bool(truth_fn is not None and valid[i] and well_formed[i])
-    truth = truth_fn(cf_images[i], questions[i]) if judged else None
-    samples.append(dict(
-        source_id=str(source["id"][j]), source_index=int(j), mode=mode, instruction=instructions[i],
-        question=questions[i], image=cf_images[i] if image_kind else None, source_image=images[j],
-        target_answer=target_answers[i], reference_answers=dict(zip(references.names, (r[i] for r in ref_answers))),
-        label=parts["label"][i], agreement=float(parts["agreement"][i]), consensus=bool(parts["consensus"][i]),
-        failure=bool(parts["failure"][i] and valid[i]), reward=float(rewards[i]), valid=bool(valid[i]),
-        well_formed=bool(well_formed[i]), truth=truth, judged=judged))
-  return RolloutResult(samples=samples, actions=actions, rewards=rewards, valid=valid, parts=parts,
-                       counters=counters, timings=timings)
+  def _score(self, source, images, src_idx, instructions, questions, cf_images, target_answers, ref_answers, parts,
+             rewards, valid, well_formed):
+    """One `Sample` per row, judged against the world's ground truth when it has one."""
+    truth_fn, names = self.system.truth_fn, self.system.references.names
+    samples = []
+    for i, j in enumerate(src_idx):
+      judged = bool(truth_fn is not None and valid[i] and well_formed[i])
+      samples.append(Sample(
+          source_id=str(source["id"][j]), source_index=int(j), mode=self.mode, instruction=instructions[i],
+          question=questions[i], image=cf_images[i] if self.image_kind else None, source_image=images[j],
+          target_answer=target_answers[i], reference_answers=dict(zip(names, (r[i] for r in ref_answers))),
+          label=parts["label"][i], agreement=float(parts["agreement"][i]), consensus=bool(parts["consensus"][i]),
+          failure=bool(parts["failure"][i] and valid[i]), reward=float(rewards[i]), valid=bool(valid[i]),
+          well_formed=bool(well_formed[i]), truth=truth_fn(cf_images[i], questions[i]) if judged else None,
+          judged=judged))
+    return samples
 
 
 def _stack_like(images, shape):
   """Stacks counterfactual images; a generator returning another size is resized to the source size."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   out = []
   for im in images:
     if im.shape != tuple(shape):
@@ -199,7 +250,7 @@ def audit_metrics(result):
       **{f"time/{k}": float(v) for k, v in result.timings.items()})
   for i, comp in enumerate(result.actions):
     m[f"length/action{i}"] = float(np.asarray(comp.batch["mask"]).sum(-1).mean())
-  judged = [s for s in result.samples if s["failure"] and s["judged"]]
+  judged = [s for s in result.samples if s.failure and s.judged]
   if judged:
     m["precision"] = float(np.mean([audit_is_true_failure(s) for s in judged]))
   return m
@@ -208,8 +259,8 @@ def audit_metrics(result):
 def audit_is_true_failure(sample):
   """Ground-truth check of a flagged pair: the target is wrong and the reference consensus is right (a question
   the image cannot answer, truth None, is never a true failure)."""
-  if sample["truth"] is None:
+  if sample.truth is None:
     return False
-  truth = divergence.normalize_answer(sample["truth"])
-  return (divergence.normalize_answer(sample["target_answer"]) != truth
-          and divergence.normalize_answer(sample["label"]) == truth)
+  truth = divergence.normalize_answer(sample.truth)
+  return (divergence.normalize_answer(sample.target_answer) != truth
+          and divergence.normalize_answer(sample.label) == truth)

@@ -3,12 +3,10 @@
 Reads top to bottom: config -> mesh -> models (the "system") -> data -> [rollout -> reward -> advantages ->
 update -> log / checkpoint] -> final audit of the trained auditor vs the prompt-only baseline.
 
-A *system* bundles the roles of one audit (Tunix-style, named explicitly): the auditor `policy` and its initial
-params, the `target` answerer, the `references` ensemble, the image `generator`, a source-data iterator and an
-optional ground-truth `truth_fn`. `config.system.module` names a module with `build(system_config, workdir) ->
-System` (e.g. `auditdm_jax.worlds.shapes.system` for the embedded shapes world).
+A *system* (`audit/system.py`) bundles the typed roles of one audit: the auditor `policy` and its initial params,
+the `target`, the `references`, the image `generator` and the source data. `config.system.module` names a world's
+module with `build(system_config, workdir) -> System` (e.g. `auditdm_jax.worlds.shapes.system`).
 """
-import dataclasses
 import importlib
 import logging
 import time
@@ -18,9 +16,9 @@ import numpy as np
 
 from auditdm_jax import metrics as metrics_lib
 from auditdm_jax import sharding
-from auditdm_jax.audit import divergence
 from auditdm_jax.audit import grpo
 from auditdm_jax.audit import rollout
+from auditdm_jax.audit import system as system_lib
 from auditdm_jax.train import checkpoint as checkpoint_lib
 from auditdm_jax.train import optim
 from auditdm_jax.train import step as step_lib
@@ -28,37 +26,12 @@ from auditdm_jax.train import step as step_lib
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass
-class System:
-  """The roles of one audit. `data(step) -> source batch` is deterministic in the step (exact resume);
-  `eval_data` is a fixed list of source batches for success-rate evaluation; `pool` (len / [k]) the source
-  batches that `generate` turns into new pairs, one shard each."""
-  policy: object
-  params: object
-  target: object
-  references: object
-  generator: object
-  data: object
-  eval_data: list
-  pool: object = None
-  truth_fn: object = None
-  format_fn: object = None  # (text, kind) -> bool: world-specific well-formedness of auditor outputs
-  skill_fn: object = None  # question -> skill name (report / dataset), when the world can parse questions
-  # Rectification hooks (see audit/rectify.py).
-  target_spec: dict = None
-  original_data: list = None
-  evaluate_target: object = None
-  with_target: object = None
-  test_sets: object = None  # world-specific fixed evaluation sets (the shapes world: general and weakness)
-
-
 def build_system(config, workdir):
-  module = importlib.import_module(config.system.module)
-  return module.build(config.system, workdir)
-
-
-def reward_config(config):
-  return divergence.RewardConfig(**config.reward.to_dict())
+  """The `System` of `config.system.module`'s world."""
+  built = importlib.import_module(config.system.module).build(config.system, workdir)
+  if not isinstance(built, system_lib.System):
+    raise TypeError(f"{config.system.module}.build must return an audit.system.System, got {type(built).__name__}")
+  return built
 
 
 def loss_config(config):
@@ -96,20 +69,18 @@ def training_batch(result, advs, ref_logp_fn=None, ref_params=None):
 
 def evaluate(system, params, config, baseline=False, seed=0):
   """Failure-search success rate (and ground-truth precision) of the auditor on the fixed eval batches."""
+  run_rollout = rollout.Rollout.from_config(system, config)
   samples, results = [], []
   for i, source in enumerate(system.eval_data):
-    res = rollout.run(system.policy, params, source, system.generator, system.target, system.references,
-                      jax.random.PRNGKey(seed * 7919 + i), mode=config.mode, group_size=config.group_size,
-                      baseline=baseline, reward_config=reward_config(config), truth_fn=system.truth_fn,
-                      format_fn=system.format_fn, max_words=config.max_words, seed=seed + i)
+    res = run_rollout(params, source, jax.random.PRNGKey(seed * 7919 + i), seed=seed + i, baseline=baseline)
     results.append(res)
     samples.extend(res.samples)
-  fails = [s for s in samples if s["failure"]]
+  fails = [s for s in samples if s.failure]
   out = dict(success_rate=len(fails) / max(len(samples), 1),
              reward=float(np.mean(np.concatenate([r.rewards for r in results]))),
-             malformed=float(np.mean([not s["well_formed"] for s in samples])),
+             malformed=float(np.mean([not s.well_formed for s in samples])),
              num_samples=len(samples), num_failures=len(fails))
-  judged = [s for s in fails if s["judged"]]
+  judged = [s for s in fails if s.judged]
   if judged:
     out["precision"] = float(np.mean([rollout.audit_is_true_failure(s) for s in judged]))
   return out, samples
@@ -120,7 +91,8 @@ def train(config, workdir, system=None):
   # Mesh: the auditor is data-parallel over rollout rows, params sharded by the training-infra rules.
   mesh = sharding.make_mesh(config.get("mesh"))
   system = system or build_system(config, workdir)
-  rcfg, lcfg = reward_config(config), loss_config(config)
+  lcfg = loss_config(config)
+  run_rollout = rollout.Rollout.from_config(system, config)
 
   # Models: the trainable auditor and a frozen copy of its initial params for the KL term.
   tx, schedule_fn = optim.make_optimizer(config, total_steps=config.total_steps)
@@ -148,10 +120,7 @@ def train(config, workdir, system=None):
     rng, rng_rollout, rng_train = jax.random.split(rng, 3)
     # Data -> rollout: the auditor proposes, the generator renders, target and references answer.
     source = system.data(step)
-    result = rollout.run(system.policy, params, source, system.generator, system.target, system.references,
-                         rng_rollout, mode=config.mode, group_size=config.group_size, reward_config=rcfg,
-                         truth_fn=system.truth_fn, format_fn=system.format_fn, max_words=config.max_words,
-                         seed=config.seed * 100_003 + step)
+    result = run_rollout(params, source, rng_rollout, seed=config.seed * 100_003 + step)
     # Reward -> group-normalised advantages (dropped samples excluded).
     advs = grpo.advantages(result.rewards, config.group_size, result.valid, lcfg)
     batch = training_batch(result, advs, ref_logp_fn, ref_params)

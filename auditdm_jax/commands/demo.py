@@ -24,7 +24,7 @@ def run(args):
   def ensure_models(models_dir):
     names = [config.system.auditor, config.system.target, *config.system.references]
     if os.path.exists(os.path.join(models_dir, "tokenizer.model")) and all(
-        os.path.exists(os.path.join(models_dir, n, "model_config.json")) for n in names):
+        os.path.exists(os.path.join(models_dir, n, "meta.json")) for n in names):
       return models_dir  # Given with --config.system.models_dir, or cached by an earlier run.
     # Same as `auditdm demo-pretrain --workdir <workdir>` (models cached under <workdir>/pretrain/<name>/), without
     # overwriting this run's config.json: the pretraining config is written beside its models.

@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from auditdm_jax import images as images_lib
 from auditdm_jax.imagegen import cache as cache_lib
 from auditdm_jax.imagegen import normalize_seeds, to_rgb_array
 from auditdm_jax.imagegen.errors import GenerationError
@@ -25,12 +26,6 @@ from auditdm_jax.imagegen.errors import GenerationError
 log = logging.getLogger(__name__)
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 TOKEN_ENV = "AUDITDM_IMAGEGEN_TOKEN"
-
-
-def _png(array):
-  buf = _io.BytesIO()
-  Image.fromarray(array).save(buf, format="PNG", compress_level=1)
-  return buf.getvalue()
 
 
 def _decode(png):
@@ -106,7 +101,7 @@ class FluxHTTPGenerator:
       except ValueError as e:
         items.append(GenerationError(f"bad source image: {e}"))
         continue
-      payload = dict(image=base64.b64encode(_png(array)).decode("ascii"), instruction=instruction, seed=seed,
+      payload = dict(image=base64.b64encode(images_lib.png_bytes(array, compress_level=1)).decode("ascii"), instruction=instruction, seed=seed,
                      **self.edit_params)
       key = cache_lib.cache_key("edit", instruction, seed, self.edit_params, cache_lib.image_digest(array))
       items.append(("edit", payload, key))

@@ -9,7 +9,6 @@ on (pipeline, text, source image, seed, params), not on which other requests sha
 noise is later moved to.
 """
 import dataclasses
-import io as _io
 import json
 import logging
 import math
@@ -17,6 +16,8 @@ import os
 import warnings
 
 from PIL import Image
+
+from auditdm_jax import images as images_lib
 
 log = logging.getLogger(__name__)
 MODES = ("generate", "edit")
@@ -57,12 +58,6 @@ def edit_size(width, height, area, multiple):
   scale = math.sqrt(area / (width * height))
   snap = lambda x: max(multiple, int(round(x * scale / multiple)) * multiple)
   return snap(height), snap(width)
-
-
-def encode_png(image):
-  buf = _io.BytesIO()
-  image.save(buf, format="PNG", compress_level=1)  # Lossless; level 1 because encoding sits on the serving path.
-  return buf.getvalue()
 
 
 def default_device():
@@ -148,7 +143,7 @@ class Engine:
       try:
         images = self.run([jobs[i] for i in indices])
         for i, image in zip(indices, images):
-          results[i] = encode_png(image)
+          results[i] = images_lib.png_bytes(image, compress_level=1)  # Level 1: the serving path.
       except Exception as e:  # pylint: disable=broad-except
         if len(indices) == 1:
           log.exception("%s job failed", jobs[indices[0]].mode)

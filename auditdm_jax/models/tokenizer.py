@@ -32,8 +32,9 @@ class Tokenizer:
   """Wraps a sentencepiece model file; ids of special pieces are looked up, never hard-coded."""
 
   def __init__(self, model_path):
+    self.path = str(model_path)
     self.sp = spm.SentencePieceProcessor()
-    if not self.sp.Load(str(model_path)):
+    if not self.sp.Load(self.path):
       raise ValueError(f"cannot load sentencepiece model {model_path!r}")
     self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
     self.pad_id = max(self.sp.pad_id(), 0)  # Gemma's pad is 0; -1 means "none" in sentencepiece.

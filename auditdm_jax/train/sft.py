@@ -26,13 +26,12 @@ import time
 import jax
 import jax.numpy as jnp
 
+from auditdm_jax import decode
 from auditdm_jax import evaluators
 from auditdm_jax import metrics as metrics_lib
 from auditdm_jax import sharding
-from auditdm_jax import sampling
 from auditdm_jax.data import tfds_input
 from auditdm_jax.models import checkpoints
-from auditdm_jax.models import gemma
 from auditdm_jax.models import tokenizer as tokenizer_lib
 from auditdm_jax.models import vlm
 from auditdm_jax.train import checkpoint as checkpoint_lib
@@ -103,48 +102,19 @@ def make_loss_fn(model, label_smoothing, deterministic=False):
 
 
 class Predictor:
-  """Greedy decoding of the answer for eval batches (`image`, prompt `text`, `mask_input`) -> list[str].
+  """Greedy decoding of the answer for eval batches (`image`, prompt `text`, `mask_input`) -> list[str] through the
+  shared `decode.Decoder` of the model, so successive evaluations reuse its compiled sampler.
 
   Decoding stops at <eos> and, for Gemma3 (chat prompts), also at <end_of_turn>.
   """
 
-  def __init__(self, model, cfg, tokenizer):
-    self.model = model
-    # The sampler runs the VLM's decoder (params["llm"]) on the prompt embeddings of the whole VLM.
-    self.sampler = sampling.Sampler(gemma.Model(cfg.llm), None, pad_id=tokenizer.pad_id)
-    self.tokenizer = tokenizer
-    self.stop_tokens = (tokenizer.eos_id,)
-    if cfg.family == "gemma3":
-      self.stop_tokens += (tokenizer.piece_id("<end_of_turn>"),)
-    self._embed = jax.jit(lambda p, im, tok, m: model.apply({"params": p}, im, tok, m,
-                                                            method=model.embed_prompt))
+  def __init__(self, cfg, tokenizer):
+    self.decoder = decode.shared(cfg, tokenizer)
 
   def __call__(self, params, batch, max_decode_len=32):
-    x, attn_mask, positions = self._embed(params, jnp.asarray(batch["image"], jnp.float32),
-                                          jnp.asarray(batch["text"], jnp.int32),
-                                          jnp.asarray(batch["mask_input"], bool))
-    self.sampler.params = params["llm"]
-    out = self.sampler.sample(x, attn_mask, positions, max_new_tokens=max_decode_len, temperature=0.0,
-                              stop_tokens=self.stop_tokens)
-    texts = []
-    for tokens, length in zip(out.tokens[:, 0], out.lengths[:, 0]):
-      ids = tokens[:length].tolist()
-      ids = ids[:min([ids.index(t) for t in self.stop_tokens if t in ids] + [len(ids)])]
-      # Ids beyond the tokenizer (a model table padded past it) carry no text.
-      ids = [t for t in ids if t < self.tokenizer.vocab_size]
-      texts.append(self.tokenizer.decode(ids))
-    return texts
-
-
-_PREDICTORS = {}
-
-
-def get_predictor(cfg, tokenizer_path):
-  """A Predictor per (model config, tokenizer), reused so its compiled sampler survives across runs in a process."""
-  key = (cfg.to_json_best_effort(sort_keys=True), tokenizer_path)
-  if key not in _PREDICTORS:
-    _PREDICTORS[key] = Predictor(vlm.get_model(cfg), cfg, tokenizer_lib.Tokenizer(tokenizer_path))
-  return _PREDICTORS[key]
+    out = self.decoder.sample(params, batch["image"], batch["text"], batch["mask_input"],
+                              max_new_tokens=max_decode_len)
+    return [row[0] for row in self.decoder.texts(out)]
 
 
 def make_evaluators(config, predictor, outdir):
@@ -175,7 +145,7 @@ def total_steps(config, sources):
 def evaluate(config, params, outdir, cfg=None, step=None):
   """Runs every eval of `config.evals` with `params`; writes per-eval predictions + metrics under `outdir`."""
   cfg = cfg or model_config(config)
-  predictor = get_predictor(cfg, config.tokenizer)
+  predictor = Predictor(cfg, tokenizer_lib.Tokenizer(config.tokenizer))
   results = {}
   for name, ev in make_evaluators(config, predictor, outdir).items():
     results.update(ev.run(params))
@@ -225,7 +195,7 @@ def train(config, workdir):
   train_input = tfds_input.TrainInput(sources, config.input.pp, config.input.batch_size, seed=config.get("seed", 0),
                                       shuffle_buffer=config.input.get("shuffle_buffer") or 10_000, state=data_state)
 
-  predictor = get_predictor(cfg, config.tokenizer)
+  predictor = Predictor(cfg, tok)
   writer = metrics_lib.MetricWriter(workdir)
   evals_cfg = dict(config.get("evals") or {})
   results = {}

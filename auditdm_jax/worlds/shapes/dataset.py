@@ -8,31 +8,23 @@ per-skill accuracy is read off by grouping rows on `skill`; `in_weakness` marks 
 `exclude_weakness`, the train split has no question of the weakness slice (the target's training data).
 Deterministic in `seed`; train and test scenes come from disjoint seeds.
 """
-import io as std_io
 import json
 import os
 
 import numpy as np
-from PIL import Image
-
+from auditdm_jax import images as images_lib
 from auditdm_jax import io
 from auditdm_jax.worlds.shapes import scenes as shapes
 from auditdm_jax.worlds.shapes import language as lang
 from auditdm_jax.worlds.shapes import tasks
 
 
-def _png(image):
-  buf = std_io.BytesIO()
-  Image.fromarray(image).save(buf, format="PNG")
-  return buf.getvalue()
-
-
 def _rows(split, scenes, questions, out_dir, image_size):
   """questions: [(scene index, text, answer, skill, in_weakness)] -> JSONL rows; writes the scene PNGs."""
   used = sorted({q[0] for q in questions})
   for i in used:
-    io.write_bytes(os.path.join(out_dir, "images", split, f"{i:06d}.png"), _png(shapes.render(scenes[i],
-                                                                                               image_size)))
+    png = images_lib.png_bytes(shapes.render(scenes[i], image_size))
+    io.write_bytes(os.path.join(out_dir, "images", split, f"{i:06d}.png"), png)
   return [{"image": f"images/{split}/{i:06d}.png", "question": q, "answer": a, "skill": s, "in_weakness": bool(w),
            "scene": scenes[i].to_json(), "id": f"{split}-{k}"} for k, (i, q, a, s, w) in enumerate(questions)]
 

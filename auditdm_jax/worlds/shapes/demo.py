@@ -67,7 +67,7 @@ def run(config, workdir, pretrain_fn):
       out = rectify_lib.rectify(config, os.path.join(workdir, "rectify_run"), system, gen["dataset"])
     else:  # e.g. a barely trained auditor (fast configs) whose outputs never parse: nothing to fine-tune on.
       log.warning("no generated pairs: the target is not fine-tuned")
-      before = system.evaluate_target(None)
+      before = system.rectification.evaluate_target(None)
       out = dict(generated_pairs=0, before=before, after=before, target_npz=None)
     out["reference_weakness"] = float(np.mean([
         shapes_system.skill_accuracies(r, *system.test_sets)["weakness"] for r in system.references.references]))

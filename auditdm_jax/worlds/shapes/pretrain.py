@@ -21,13 +21,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from auditdm_jax import decode
 from auditdm_jax import io
-from auditdm_jax import sampling
 from auditdm_jax.audit import prompts
 from auditdm_jax.worlds.shapes import scenes as shapes
 from auditdm_jax.worlds.shapes import tasks
 from auditdm_jax.models import checkpoints
-from auditdm_jax.models import gemma
 from auditdm_jax.models import tokenizer as tokenizer_lib
 from auditdm_jax.models import vlm
 from auditdm_jax.train import optim
@@ -113,11 +112,6 @@ def auditor_data(scenes, per_scene, seed, image_size=64):
   return rows
 
 
-def to_model_images(images):
-  """uint8 [B, H, W, 3] -> float32 in [-1, 1] (the pp `value_range(-1, 1)` convention)."""
-  return jnp.asarray(images, jnp.float32) / 127.5 - 1.0
-
-
 # ------------------------------------------------------------------------------------------------ training
 CELL_HEADS = (("shape", len(shapes.SHAPES) + 1), ("color", len(shapes.COLORS)), ("size", len(shapes.SIZES)))
 
@@ -162,7 +156,7 @@ def train(cfg, encoded, images, image_index, steps, batch_size, lr, seed, labels
   """
   model = vlm.get_model(cfg)
   rng = jax.random.PRNGKey(seed)
-  params = model.init(rng, to_model_images(images[:1]), jnp.asarray(encoded["tokens"][:1]),
+  params = model.init(rng, decode.to_model_images(images[:1]), jnp.asarray(encoded["tokens"][:1]),
                       jnp.asarray(encoded["mask_ar"][:1]), jnp.asarray(encoded["input_mask"][:1]))["params"]
   d = cfg.llm.width
   head_rng = np.random.default_rng(seed)
@@ -187,7 +181,7 @@ def train(cfg, encoded, images, image_index, steps, batch_size, lr, seed, labels
   for i in range(steps):
     idx = np_rng.integers(n, size=batch_size)
     batch = {k: jnp.asarray(v[idx]) for k, v in encoded.items()}
-    batch["images"] = to_model_images(images[image_index[idx]])
+    batch["images"] = decode.to_model_images(images[image_index[idx]])
     if labels is not None and aux_weight:
       batch["cells"] = jnp.asarray(labels[image_index[idx]])
     state, opt_state, metrics = train_step(state, opt_state, batch, jax.random.fold_in(rng, i))
@@ -202,31 +196,22 @@ def train(cfg, encoded, images, image_index, steps, batch_size, lr, seed, labels
 
 # ------------------------------------------------------------------------------------------------ inference
 class DemoVLM:
-  """A trained demo model: `generate(images, prefixes)` with the project's KV-cache sampler."""
+  """A trained demo model (params bound to the shared `decode.Decoder` of its architecture)."""
 
   def __init__(self, cfg, params, tok):
-    self.cfg, self.params, self.tok = cfg, params, tok
-    self.model = vlm.get_model(cfg)
-    self.sampler = sampling.Sampler(gemma.Model(cfg.llm), params["llm"], tokenizer=tok)
-    self._embed = jax.jit(lambda p, im, t, m: self.model.apply({"params": p}, im, t, m,
-                                                               method=self.model.embed_prompt))
+    self.cfg, self.params = cfg, params
+    self.decoder = decode.shared(cfg, tok)
 
   def generate(self, images, prefixes, max_new_tokens=8, batch_size=128, **kw):
     """images uint8 [B, H, W, 3], prefixes list[str] -> list[str] (greedy unless kw set temperature)."""
     out = []
     for s in range(0, len(prefixes), batch_size):
-      pre = [tokenizer_lib.encode_paligemma(self.tok, p)[0] for p in prefixes[s:s + batch_size]]
-      length = sampling.bucket(max(len(p) for p in pre), 8)
-      tokens = _pad(pre, length)
-      mask = _pad([np.ones_like(p) for p in pre], length).astype(bool)
-      x, attn, pos = self._embed(self.params, to_model_images(images[s:s + batch_size]), jnp.asarray(tokens),
-                                 jnp.asarray(mask))
-      res = self.sampler.sample(x, attn, pos, max_new_tokens=max_new_tokens, **kw)
-      out.extend(t[0] for t in res.text)
+      out.extend(self.decoder.generate(self.params, images[s:s + batch_size], prefixes[s:s + batch_size],
+                                       max_new_tokens=max_new_tokens, **kw))
     return out
 
   def answer(self, images, questions, **kw):
-    return [a.strip() for a in self.generate(images, [vqa_prefix(q) for q in questions], max_new_tokens=4, **kw)]
+    return self.generate(images, [vqa_prefix(q) for q in questions], max_new_tokens=4, **kw)
 
 
 # ----------------------------------------------------------------------------------------------------- cache
@@ -241,8 +226,9 @@ def save_model(directory, cfg, params, meta):
   io.write_json(os.path.join(directory, "meta.json"), meta)  # Written last: its presence marks completion.
 
 
-def load_model(directory, digest=None):
-  """(cfg, params, meta) of a cached model, or None when absent or trained from another config."""
+def load_model(directory, digest=None, npz=None):
+  """(cfg, host params, meta) of a model directory written by `save_model`, or None when absent (or trained from
+  another config than `digest`). `npz` replaces its params.npz (a rectified target)."""
   meta_path = os.path.join(directory, "meta.json")
   if not os.path.exists(meta_path):
     return None
@@ -250,7 +236,7 @@ def load_model(directory, digest=None):
   if digest is not None and meta.get("digest") != digest:
     return None
   cfg = ml_collections.ConfigDict(io.read_json(os.path.join(directory, "model_config.json")))
-  params = checkpoints.load_npz(os.path.join(directory, "params.npz"), vlm.abstract_params(cfg))
+  params = checkpoints.load_npz(npz or os.path.join(directory, "params.npz"), vlm.abstract_params(cfg))
   return cfg, jax.device_get(params), meta
 
 

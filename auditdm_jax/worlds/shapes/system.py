@@ -12,31 +12,30 @@ model_config.json,meta.json}` plus `<models_dir>/tokenizer.model`.
 import json
 import os
 
+import ml_collections
 import numpy as np
 
+from auditdm_jax import images as images_lib
 from auditdm_jax import io as io_lib
 from auditdm_jax.audit import answerers
 from auditdm_jax.audit import divergence
 from auditdm_jax.audit import policy as policy_lib
-from auditdm_jax.audit import trainer
-from auditdm_jax.worlds.shapes import scenes as shapes
-from auditdm_jax.worlds.shapes import language as lang
-from auditdm_jax.worlds.shapes import tasks
-from auditdm_jax.models import checkpoints
+from auditdm_jax.audit import system as system_lib
 from auditdm_jax.models import tokenizer as tokenizer_lib
-from auditdm_jax.models import vlm
+from auditdm_jax.worlds.shapes import language as lang
+from auditdm_jax.worlds.shapes import pretrain
+from auditdm_jax.worlds.shapes import procedural
+from auditdm_jax.worlds.shapes import scenes as shapes
+from auditdm_jax.worlds.shapes import tasks
 
 
 def load_model(models_dir, name, npz=None):
   """(cfg, host params, params.npz path) of a pretrained demo model."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   directory = os.path.join(models_dir, name)
-  cfg_path = os.path.join(directory, "model_config.json")
-  if not os.path.exists(cfg_path):
+  loaded = pretrain.load_model(directory, npz=npz)
+  if loaded is None:
     raise FileNotFoundError(f"no pretrained demo model {name!r} in {models_dir} (run `auditdm demo-pretrain`)")
-  cfg = ml_collections.ConfigDict(io_lib.read_json(cfg_path))
-  npz = npz or os.path.join(directory, "params.npz")
-  return cfg, checkpoints.load_npz(npz, vlm.abstract_params(cfg)), npz
+  return loaded[0], loaded[1], npz or os.path.join(directory, "params.npz")
 
 
 def truth(image, question):
@@ -128,14 +127,13 @@ def skill_accuracies(answerer, general, weak):
 
 def write_original_jsonl(path, seed, num_scenes, per_scene, weakness, image_size):
   """A sample of the target's training distribution (weakness slice excluded) as JSONL + PNGs, for rectification."""
-  from auditdm_jax.worlds.shapes import pretrain  # pylint: disable=g-import-not-at-top
   if os.path.exists(path):
     return path
   root = os.path.dirname(path)
   d = pretrain.vqa_data(pretrain.sample_scenes(num_scenes, seed), per_scene, seed, weakness=weakness,
                         exclude_weakness=True, image_size=image_size)
   for i, image in enumerate(d["images"]):
-    io_lib.write_bytes(os.path.join(root, "images", f"{i:06d}.png"), answerers.png_bytes(image))
+    io_lib.write_bytes(os.path.join(root, "images", f"{i:06d}.png"), images_lib.png_bytes(image))
   rows = [json.dumps(dict(image=f"images/{j:06d}.png", question=q, answer=a, id=f"o{k}")) + "\n"
           for k, (j, q, a) in enumerate(zip(d["image_index"], d["question"], d["answer"]))]
   io_lib.write_text(path, "".join(rows))
@@ -164,7 +162,6 @@ def build(sc, workdir, target_npz=None):
   references = answerers.Ensemble([answer(n, *load_model(sc.models_dir, n)[:2]) for n in sc.references])
   if tgt_cfg.res != image_size:
     raise ValueError(f"target resolution {tgt_cfg.res} differs from the auditor's {image_size}")
-  from auditdm_jax.worlds.shapes import procedural  # pylint: disable=g-import-not-at-top
   generator = procedural.ProceduralGenerator(image_size=image_size)
   eval_source = SceneSource(sc.seed + 1, sc.batch_size, image_size)
   general, weak = test_set(sc.seed + 2, sc.test_questions, sc.weakness, image_size)
@@ -182,22 +179,21 @@ def build(sc, workdir, target_npz=None):
   original = os.path.join(workdir, "original", "train.jsonl")
   if sc.get("rectify_scenes"):
     write_original_jsonl(original, sc.seed + 3, sc.rectify_scenes, 4, sc.weakness, image_size)
-  system = trainer.System(
+  rectification = system_lib.Rectification(
+      target_spec=dict(model=_model_spec(tgt_cfg), model_init=tgt_npz, tokenizer=tok_path),
+      original_data=[dict(jsonl=original, weight=1.0)], evaluate_target=evaluate_target,
+      with_target=lambda npz: build(sc, workdir, npz))
+  return system_lib.System(
       policy=policy, params=aud_params, target=target, references=references, generator=generator,
       data=SceneSource(sc.seed, sc.batch_size, image_size),
       eval_data=[eval_source(k) for k in range(sc.eval_batches)],
       pool=SceneSource(sc.seed + 4, sc.batch_size, image_size, num=sc.pool_batches),
-      truth_fn=truth, format_fn=well_formed, skill_fn=skill_fn,
-      target_spec=dict(model=_model_spec(tgt_cfg), model_init=tgt_npz, tokenizer=tok_path),
-      original_data=[dict(jsonl=original, weight=1.0)], evaluate_target=evaluate_target)
-  system.test_sets = (general, weak)
-  system.with_target = lambda npz: build(sc, workdir, npz)
-  return system
+      truth_fn=truth, format_fn=well_formed, skill_fn=skill_fn, rectification=rectification,
+      test_sets=(general, weak))
 
 
 def models_config(models_dir, weakness, **kw):
   """Default `config.system` block for a models directory."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   c = dict(module=__name__, models_dir=models_dir, weakness=weakness, auditor="auditor", target="target",
            references=["ref0", "ref1"], prompt_len=64, max_new_tokens=24, temperature=1.0,
            top_p=1.0, batch_size=8, answer_batch_size=64, eval_batches=4, pool_batches=16, test_questions=300,

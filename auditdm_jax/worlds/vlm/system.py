@@ -9,6 +9,8 @@
 - image generator: an `imagegen` backend by name (`flux-http`, `procedural`, `identity`) with its kwargs;
 - image pool: every image under `images` (a folder) or a JSONL with {image, question} rows (the fixed questions of
   the (Q, I*) modes), resized to the auditor's resolution.
+- rectification (`auditdm rectify` / `iterate`, JAX targets): the target's original training data `original_data`
+  (SFT sources) and its evaluations `target_evals` (SFT evals, e.g. those of configs/paligemma2/transfers).
 Single-model analysis = several references excluding the target; model comparison = one reference.
 The RL policy (`policy.VLMPolicy`) prompts a PaliGemma auditor with its prefix-LM format and a Gemma3 auditor with
 the chat template (image + instruction in the user turn, sampling the model turn).
@@ -17,15 +19,19 @@ import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 from PIL import Image
 
+from auditdm_jax import imagegen
 from auditdm_jax.audit import answerers
 from auditdm_jax.audit import policy as policy_lib
-from auditdm_jax.audit import trainer
+from auditdm_jax.audit import system as system_lib
+from auditdm_jax.data import jsonl_source
 from auditdm_jax.models import checkpoints
 from auditdm_jax.models import tokenizer as tokenizer_lib
 from auditdm_jax.models import vlm
+from auditdm_jax.train import sft
 
 
 def load_vlm(spec, seed=0):
@@ -58,7 +64,6 @@ class ImagePool:
   def __init__(self, path, res, batch_size):
     self.res, self.batch_size = res, batch_size
     if os.path.isdir(path):
-      from auditdm_jax.data import jsonl_source  # pylint: disable=g-import-not-at-top
       self.rows = [dict(image=os.path.join(path, p)) for p in jsonl_source.list_images(path)]
     elif path.endswith(".jsonl") and os.path.exists(path):
       root = os.path.dirname(os.path.abspath(path))
@@ -89,8 +94,34 @@ class ImagePool:
     return self[int(order[step % len(self)])]
 
 
+def rectification(sc, workdir, target_cfg, target_params, build_fn):
+  """What `auditdm rectify` / `iterate` need: the target's SFT spec, its original training data
+  (`sc.original_data`, SFT sources) and its evaluation (`sc.target_evals`, SFT evals such as the TFDS benchmarks of
+  configs/paligemma2/transfers) before and after fine-tuning."""
+  init = sc.target.get("init")
+  if not init:  # A randomly initialised tiny target: rectification starts from the very weights audited.
+    init = os.path.join(workdir, "target_init.npz")
+    checkpoints.save_npz(init, target_params)
+  model = dict(variant=target_cfg.variant, res=target_cfg.res, llm=dict(sc.target.get("llm") or {}),
+               img=dict(sc.target.get("img") or {}))
+  eval_config = ml_collections.ConfigDict(dict(model=model, tokenizer=sc.tokenizer,
+                                               evals=dict(sc.get("target_evals") or {})))
+
+  def evaluate_target(params=None):
+    params = target_params if params is None else params
+    return sft.evaluate(eval_config, params, os.path.join(workdir, "target_evals"), cfg=target_cfg)
+
+  def with_target(npz):
+    next_sc = ml_collections.ConfigDict(sc.to_dict())
+    next_sc.target.init = npz
+    return build_fn(next_sc, workdir)
+
+  return system_lib.Rectification(target_spec=dict(model=model, model_init=init, tokenizer=sc.tokenizer),
+                                  original_data=[dict(s) for s in sc.get("original_data") or []],
+                                  evaluate_target=evaluate_target, with_target=with_target)
+
+
 def build(sc, workdir):
-  del workdir
   aud_cfg, aud_params = load_vlm(sc.auditor, seed=0)
   tok = tokenizer_lib.Tokenizer(sc.tokenizer)
   aud_tok = tokenizer_lib.Tokenizer(sc.auditor.get("tokenizer") or sc.tokenizer)
@@ -106,11 +137,12 @@ def build(sc, workdir):
 
   target = answerer(dict(sc.target, name="target"), 1)
   references = answerers.Ensemble([answerer(r, 2 + i) for i, r in enumerate(sc.references)])
-  from auditdm_jax import imagegen  # pylint: disable=g-import-not-at-top
   gen = dict(sc.generator)
   generator = imagegen.get_generator(gen.pop("name"), **gen)
   pool = ImagePool(sc.images, aud_cfg.res, sc.batch_size)
   eval_pool = ImagePool(sc.eval_images or sc.images, aud_cfg.res, sc.batch_size)
-  return trainer.System(policy=policy, params=aud_params, target=target, references=references,
-                        generator=generator, data=pool, pool=pool,
-                        eval_data=[eval_pool[k] for k in range(min(sc.eval_batches, len(eval_pool)))])
+  return system_lib.System(
+      policy=policy, params=aud_params, target=target, references=references, generator=generator, data=pool,
+      pool=pool, eval_data=[eval_pool[k] for k in range(min(sc.eval_batches, len(eval_pool)))],
+      rectification=(rectification(sc, workdir, target.cfg, target.params, build)
+                     if isinstance(target, answerers.VLMAnswerer) else None))  # An HTTP target cannot be tuned.
