@@ -17,6 +17,7 @@ CONFIG_NAME = "config.json"
 
 class ConfigError(ValueError):
   """A config spec, argument string or override is invalid."""
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _convert(key, raw, default):
@@ -86,6 +87,14 @@ def split_top_level(text, sep=","):
     cur.append(ch)
   parts.append("".join(cur))
   return [p.strip() for p in parts if p.strip()]
+
+
+def find_spec(spec):
+  """Config paths are tried relative to the working directory, then to the repository root."""
+  path, sep, arg = spec.partition(":")
+  if not os.path.isfile(path) and os.path.isfile(os.path.join(REPO_ROOT, path)):
+    path = os.path.join(REPO_ROOT, path)
+  return path + sep + arg
 
 
 def load(spec):

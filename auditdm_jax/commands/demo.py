@@ -1,6 +1,8 @@
 """`auditdm demo`: the whole AuditDM loop on the embedded shapes world, on CPU (resumable stage by stage)."""
 import os
 
+from auditdm_jax import config as config_lib
+
 HELP = "run the whole loop on the shapes world: pretrain -> GRPO auditor -> generate -> rectify -> report"
 DEFAULT_CONFIG = "configs/audit/demo.py"
 DEFAULT_WORKDIR = "runs/demo"
@@ -12,13 +14,11 @@ def add_arguments(parser):
 
 
 def run(args):
-  from auditdm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from auditdm_jax import main  # pylint: disable=g-import-not-at-top
+  # In run(): `auditdm --help` imports every command module and must not load the model stack.
   from auditdm_jax.worlds.shapes import demo  # pylint: disable=g-import-not-at-top
-  from auditdm_jax.worlds.shapes import pretrain as pretrain_lib  # pylint: disable=g-import-not-at-top
   config = args.config
   if args.fast:
-    config = config_lib.load(main._resolve_spec(DEFAULT_CONFIG + ":fast"))  # pylint: disable=protected-access
+    config = config_lib.load(config_lib.find_spec(DEFAULT_CONFIG + ":fast"))
     config_lib.dump(config, args.workdir)
 
   def ensure_models(models_dir):
@@ -28,10 +28,10 @@ def run(args):
       return models_dir  # Given with --config.system.models_dir, or cached by an earlier run.
     # Same as `auditdm demo-pretrain --workdir <workdir>` (models cached under <workdir>/pretrain/<name>/), without
     # overwriting this run's config.json: the pretraining config is written beside its models.
-    spec = main._resolve_spec(config.pretrain_config)  # pylint: disable=protected-access
+    spec = config_lib.find_spec(config.pretrain_config)
     pre_config = config_lib.resolve(spec, [f"weakness={config.system.weakness}"])
     config_lib.dump(pre_config, models_dir)
-    pretrain_lib.pretrain_all(pre_config, os.path.dirname(models_dir))
+    demo.pretrain.pretrain_all(pre_config, os.path.dirname(models_dir))
     return models_dir
 
   summary = demo.run(config, args.workdir, ensure_models)

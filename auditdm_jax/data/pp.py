@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from auditdm_jax import config as config_lib
+from auditdm_jax.models import tokenizer as tokenizer_lib
 
 _REGISTRY = {}
 
@@ -273,7 +274,6 @@ def get_gemma3_chat_tokens(model=None, image_token_id=None, num_image_tokens=256
   the image to the <start_of_image> token before it), `mask_loss` 1 on the answer and its <end_of_turn>, and
   `mask_input` all 1.
   """
-  from auditdm_jax.models import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   if model is None:
     raise PPError("gemma3_chat_tokens: model=<path to sentencepiece .model> is required")
   tok = tokenizer_lib.Tokenizer(model)

@@ -5,6 +5,8 @@ bidirectionally (mask_ar 0), the suffix causally (mask_ar 1) and only the suffix
 """
 import ml_collections
 
+from auditdm_jax import config as config_lib
+
 # Hyper-parameters of the paper's Table 1 (PaliGemma2-3B transfers): epochs, lr, wd, LLM dropout, label smoothing.
 TABLE1 = {
     "vqav2": dict(total_epochs=14, lr=1e-5, wd=1e-7, llm_dropout=0.0, label_smoothing=0.0),
@@ -76,7 +78,6 @@ def base_config(task, arg_spec):
 
 def common_args(arg, **task_defaults):
   """Parses the shared config arg: res, tokenizer, data_dir, model_init, variant, extra_jsonl, extra_weight."""
-  from auditdm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   spec = dict(res=448, tokenizer="paligemma_tokenizer.model", data_dir="", model_init="", variant="paligemma2_3b",
               extra_jsonl="", extra_weight=1.0)
   spec.update(task_defaults)

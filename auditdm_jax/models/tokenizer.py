@@ -13,6 +13,8 @@ import tempfile
 import numpy as np
 import sentencepiece as spm
 
+from auditdm_jax import io
+
 LOC_TOKENS = tuple(f"<loc{i:04d}>" for i in range(1024))
 SEG_TOKENS = tuple(f"<seg{i:03d}>" for i in range(128))
 GEMMA3_SPECIAL = ("<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "<image_soft_token>")
@@ -80,7 +82,6 @@ def train(model_path, texts, vocab_size=2000, special=("\n\n", "\n") + LOC_TOKEN
         normalization_rule_name="identity")
     with open(os.path.join(tmp, "m.model"), "rb") as f:
       data = f.read()
-  from auditdm_jax import io  # pylint: disable=g-import-not-at-top
   io.write_bytes(model_path, data)
   return Tokenizer(model_path)
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from auditdm_jax import sharding
+from auditdm_jax.models import vlm
 from auditdm_jax.train import flops as flops_lib
 from auditdm_jax.train import optim, step, toy
 
@@ -60,7 +61,6 @@ def toy_setup(args):
 
 def vlm_setup(args, variant):
   """PaliGemma-family VLM with random weights: images [B, res, res, 3] + text [B, seq] next-token loss."""
-  from auditdm_jax.models import vlm  # pylint: disable=g-import-not-at-top
   remat = args.remat or "none"
   cfg = vlm.get_config(variant, res=args.res, llm=dict(dtype=args.dtype, remat_policy=remat),
                        img=dict(dtype=args.dtype, remat_policy=remat))

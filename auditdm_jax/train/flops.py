@@ -7,6 +7,8 @@ MFU = model FLOPs per step / (step time x peak FLOP/s x devices); model FLOPs co
 import jax
 import numpy as np
 
+from auditdm_jax import tree_paths as paths
+
 # Dense bf16 peak FLOP/s per device (`device.device_kind` substring; first match wins, so specific names first).
 PEAK_FLOPS = (
     ("H100 PCIe", 756e12),
@@ -39,7 +41,6 @@ def peak_flops(device=None):
 
 def count_params(params, exclude=None):
   """Number of scalars in a param tree (leaves whose name matches `exclude` regex are skipped)."""
-  from auditdm_jax import tree_paths as paths  # pylint: disable=g-import-not-at-top
   rx = paths.compile_regex(exclude)
   sizes = paths.tree_map_with_names(lambda n, x: 0 if rx and rx.search(n) else int(np.prod(np.shape(x))), params)
   return int(sum(jax.tree.leaves(sizes)))

@@ -6,7 +6,6 @@ Arguments: fast, steps (GRPO steps), weakness (planted in the target by demo-pre
 <workdir>/pretrain), mode (rollout mode).
 """
 from auditdm_jax import config as config_lib
-from auditdm_jax.worlds.shapes import system as shapes_system
 
 
 def get_config(arg=None):
@@ -29,11 +28,13 @@ def get_config(arg=None):
   # to flag the target (this is what keeps the audit's precision high).
   c.reward = dict(threshold=1.0, soft_agreement=False, partial_credit=0.0, format_penalty=0.5)
   c.loss = dict(algorithm="grpo", beta=0.04, kl_estimator="k3")
-  # models_dir "" = <workdir>/pretrain, filled in by the demo command.
-  c.system = shapes_system.models_config(
-      arg.models_dir, arg.weakness, batch_size=4 if fast else 8, eval_batches=1 if fast else 4,
-      pool_batches=2 if fast else 40, test_questions=40 if fast else 300, rectify_scenes=40 if fast else 1500,
-      max_new_tokens=24)
+  # The shapes world's system (auditdm_jax/worlds/shapes/system.py); models_dir "" = <workdir>/pretrain, filled in
+  # by the demo command.
+  c.system = dict(
+      module="auditdm_jax.worlds.shapes.system", models_dir=arg.models_dir, weakness=arg.weakness,
+      auditor="auditor", target="target", references=["ref0", "ref1"], prompt_len=64, max_new_tokens=24,
+      temperature=1.0, top_p=1.0, batch_size=4 if fast else 8, answer_batch_size=64, eval_batches=1 if fast else 4,
+      pool_batches=2 if fast else 40, test_questions=40 if fast else 300, rectify_scenes=40 if fast else 1500, seed=0)
   c.pretrain_config = arg.pretrain_config or ("configs/demo/shapes.py:fast" if fast else "configs/demo/shapes.py")
   c.generate = dict(samples_per_source=2, keep="consensus", auditor_workdir="", baseline=False)
   c.rectify = dict(dataset="", mix=0.5, steps=20 if fast else 300, lr=5e-4, wd=0.0, batch_size=16 if fast else 64,

@@ -20,8 +20,9 @@ from auditdm_jax import metrics as metrics_lib
 from auditdm_jax.audit import generate as generate_lib
 from auditdm_jax.audit import rectify as rectify_lib
 from auditdm_jax.audit import report
-from auditdm_jax.worlds.shapes import system as shapes_system
 from auditdm_jax.audit import trainer
+from auditdm_jax.worlds.shapes import pretrain
+from auditdm_jax.worlds.shapes import system as shapes_system
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ from auditdm_jax.models import tokenizer as tokenizer_lib
 from auditdm_jax.models import vlm
 from auditdm_jax.train import optim
 from auditdm_jax.train import step as step_lib
+from auditdm_jax.worlds.shapes import tokenizer_train
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,6 @@ def pretrain_all(cfg, workdir):
   if os.path.exists(tok_meta) and io.read_json(tok_meta).get("digest") == tok_digest:
     tok = tokenizer_lib.Tokenizer(tok_path)
   else:
-    from auditdm_jax.worlds.shapes import tokenizer_train  # pylint: disable=g-import-not-at-top
     tok = tokenizer_train.train_tokenizer(tok_path, cfg.tokenizer.vocab_size, cfg.tokenizer.num_scenes, cfg.seed)
     io.write_json(tok_meta, {"digest": tok_digest})
   shared = dict(image_size=cfg.image_size, world=cfg.world.to_dict(), tokenizer=tok_digest)

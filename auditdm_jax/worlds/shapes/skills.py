@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from auditdm_jax import io
+from auditdm_jax.audit import prompts
 from auditdm_jax.worlds.shapes import scenes as shapes
 from auditdm_jax.worlds.shapes import language as lang
 from auditdm_jax.worlds.shapes import tasks
@@ -52,7 +53,6 @@ def auditor_validity(cfg, workdir, num=32, max_new_tokens=64, temperature=1.0):
   """Fraction of the auditor's sampled outputs that parse in the world's language, per prompt (p_c, p_e, p_q and
   the baselines): {"caption": f, "caption_baseline": f, ...}."""
   import jax  # pylint: disable=g-import-not-at-top
-  from auditdm_jax.audit import prompts  # pylint: disable=g-import-not-at-top
   models = pretrain.load_demo_models(workdir, roles=("auditor",))
   if not models:
     return {}

@@ -12,7 +12,6 @@ model_config.json,meta.json}` plus `<models_dir>/tokenizer.model`.
 import json
 import os
 
-import ml_collections
 import numpy as np
 
 from auditdm_jax import images as images_lib
@@ -190,15 +189,3 @@ def build(sc, workdir, target_npz=None):
       pool=SceneSource(sc.seed + 4, sc.batch_size, image_size, num=sc.pool_batches),
       truth_fn=truth, format_fn=well_formed, skill_fn=skill_fn, rectification=rectification,
       test_sets=(general, weak))
-
-
-def models_config(models_dir, weakness, **kw):
-  """Default `config.system` block for a models directory."""
-  c = dict(module=__name__, models_dir=models_dir, weakness=weakness, auditor="auditor", target="target",
-           references=["ref0", "ref1"], prompt_len=64, max_new_tokens=24, temperature=1.0,
-           top_p=1.0, batch_size=8, answer_batch_size=64, eval_batches=4, pool_batches=16, test_questions=300,
-           rectify_scenes=1500, seed=0)
-  c.update(kw)
-  return ml_collections.ConfigDict(c)
-
-
