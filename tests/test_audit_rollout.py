@@ -9,7 +9,6 @@ import pytest
 
 from auditdm_jax.audit import answerers
 from auditdm_jax.audit import rollout
-from auditdm_jax.audit import system as system_lib
 from auditdm_jax.imagegen.errors import GenerationError
 
 sys.path.insert(0, os.path.dirname(__file__))

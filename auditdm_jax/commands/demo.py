@@ -20,20 +20,6 @@ def run(args):
   if args.fast:
     config = config_lib.load(config_lib.find_spec(DEFAULT_CONFIG + ":fast"))
     config_lib.dump(config, args.workdir)
-
-  def ensure_models(models_dir):
-    names = [config.system.auditor, config.system.target, *config.system.references]
-    if os.path.exists(os.path.join(models_dir, "tokenizer.model")) and all(
-        os.path.exists(os.path.join(models_dir, n, "meta.json")) for n in names):
-      return models_dir  # Given with --config.system.models_dir, or cached by an earlier run.
-    # Same as `auditdm demo-pretrain --workdir <workdir>` (models cached under <workdir>/pretrain/<name>/), without
-    # overwriting this run's config.json: the pretraining config is written beside its models.
-    spec = config_lib.find_spec(config.pretrain_config)
-    pre_config = config_lib.resolve(spec, [f"weakness={config.system.weakness}"])
-    config_lib.dump(pre_config, models_dir)
-    demo.pretrain.pretrain_all(pre_config, os.path.dirname(models_dir))
-    return models_dir
-
-  summary = demo.run(config, args.workdir, ensure_models)
+  summary = demo.run(config, args.workdir)
   print(demo.format_summary(summary))
   print(f"report: {os.path.join(args.workdir, 'report.html')}")

@@ -101,7 +101,8 @@ class FluxHTTPGenerator:
       except ValueError as e:
         items.append(GenerationError(f"bad source image: {e}"))
         continue
-      payload = dict(image=base64.b64encode(images_lib.png_bytes(array, compress_level=1)).decode("ascii"), instruction=instruction, seed=seed,
+      png = images_lib.png_bytes(array, compress_level=1)
+      payload = dict(image=base64.b64encode(png).decode("ascii"), instruction=instruction, seed=seed,
                      **self.edit_params)
       key = cache_lib.cache_key("edit", instruction, seed, self.edit_params, cache_lib.image_digest(array))
       items.append(("edit", payload, key))

@@ -15,6 +15,7 @@ import time
 import ml_collections
 import numpy as np
 
+from auditdm_jax import config as config_lib
 from auditdm_jax import io as io_lib
 from auditdm_jax import metrics as metrics_lib
 from auditdm_jax.audit import generate as generate_lib
@@ -40,12 +41,27 @@ def _stage(workdir, name, fn):
   return out
 
 
-def run(config, workdir, pretrain_fn):
-  """pretrain_fn(models_dir) makes sure the demo models exist (`auditdm demo-pretrain`)."""
+def ensure_models(config, models_dir):
+  """Makes sure the demo models of `config.system` exist in `models_dir` (pretraining them if not); returns it."""
+  names = [config.system.auditor, config.system.target, *config.system.references]
+  if os.path.exists(os.path.join(models_dir, "tokenizer.model")) and all(
+      os.path.exists(os.path.join(models_dir, n, "meta.json")) for n in names):
+    return models_dir  # Given with --config.system.models_dir, or cached by an earlier run.
+  # Same as `auditdm demo-pretrain --workdir <workdir>` (models cached under <workdir>/pretrain/<name>/), without
+  # overwriting this run's config.json: the pretraining config is written beside its models.
+  spec = config_lib.find_spec(config.pretrain_config)
+  pre_config = config_lib.resolve(spec, [f"weakness={config.system.weakness}"])
+  config_lib.dump(pre_config, models_dir)
+  pretrain.pretrain_all(pre_config, os.path.dirname(models_dir))
+  return models_dir
+
+
+def run(config, workdir):
+  """The whole loop in `workdir`; returns the summary (also written to summary.json)."""
   config = ml_collections.ConfigDict(config.to_dict())
   if not config.system.models_dir:
     config.system.models_dir = os.path.join(workdir, "pretrain")
-  stages = [_stage(workdir, "pretrain", lambda: dict(models_dir=pretrain_fn(config.system.models_dir)))]
+  stages = [_stage(workdir, "pretrain", lambda: dict(models_dir=ensure_models(config, config.system.models_dir)))]
   system = shapes_system.build(config.system, workdir)
 
   aud_dir = os.path.join(workdir, "auditor")
