@@ -13,11 +13,11 @@ import ml_collections
 from auditdm_jax import io as io_lib
 
 CONFIG_NAME = "config.json"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # Config specs fall back to it.
 
 
 class ConfigError(ValueError):
   """A config spec, argument string or override is invalid."""
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _convert(key, raw, default):
