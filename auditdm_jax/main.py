@@ -18,7 +18,7 @@ from auditdm_jax import commands as commands_pkg
 from auditdm_jax import config as config_lib
 
 log = logging.getLogger("auditdm")
-REPO_ROOT = config_lib.REPO_ROOT
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def discover():
@@ -28,6 +28,9 @@ def discover():
     if not info.name.startswith("_"):
       found[info.name.replace("_", "-")] = f"{commands_pkg.__name__}.{info.name}"
   return dict(sorted(found.items()))
+
+
+_resolve_spec = config_lib.find_spec  # Config paths: the working directory, then the repository root.
 
 
 def _split_overrides(argv):
@@ -79,7 +82,7 @@ def main(argv=None):
     logging.getLogger("absl").setLevel(max(logging.WARNING, logging.getLogger().level))  # orbax's chatter
     args.config_spec = args.config
     if args.config:
-      args.config = config_lib.resolve(config_lib.find_spec(args.config), overrides)
+      args.config = config_lib.resolve(_resolve_spec(args.config), overrides)
     elif overrides:
       raise config_lib.ConfigError(f"--config.* overrides given but `{args.command}` takes no --config")
   except config_lib.ConfigError as e:

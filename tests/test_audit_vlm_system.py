@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from auditdm_jax.audit import prompts
+from auditdm_jax.audit import rectify
 from auditdm_jax.audit import trainer
 from auditdm_jax.worlds.vlm import system as vlm_system
 from auditdm_jax.models import tokenizer as tokenizer_lib
@@ -53,3 +54,39 @@ def test_vlm_system_edit_mode_with_http_reference(tmp_path):
   assert len(_FakeOpenAI.bodies) - n_before == len(asked)
   assert all(set(s.reference_answers) == {"ref_jax", "ref_http"} for s in asked)
   assert all(s.question == "what color?" for s in samples)
+
+
+@pytest.mark.slow
+def test_vlm_system_rectifies_its_target(tmp_path):
+  """`auditdm rectify` on the real-model world: the tiny target is fine-tuned from the very weights audited and
+  evaluated before and after on a labelled JSONL; the next iteration's system audits the rectified weights."""
+  tok_path = str(tmp_path / "t.model")
+  tokenizer_lib.train(tok_path, ["what color is it?", "red", "blue"] * 20 +
+                      [prompts.get(k, b) for k in prompts.PROMPTS for b in (0, 1)], vocab_size=1400)
+  os.makedirs(tmp_path / "imgs")
+  rows = []
+  for i in range(4):
+    Image.fromarray(np.full((32, 32, 3), (200 * (i % 2), 0, 200 * (1 - i % 2)), np.uint8)).save(
+        tmp_path / "imgs" / f"{i}.png")
+    rows.append(json.dumps({"image": f"imgs/{i}.png", "question": "what color is it?",
+                            "answer": "red" if i % 2 else "blue", "id": f"r{i}"}) + "\n")
+  (tmp_path / "labelled.jsonl").write_text("".join(rows))
+  tiny = dict(variant="paligemma2_tiny", res=32, llm=dict(vocab_size=1400, embed_scale_bf16=False), init="")
+  sc = ml_collections.ConfigDict(dict(
+      module="auditdm_jax.worlds.vlm.system", tokenizer=tok_path, auditor=tiny, target=tiny,
+      references=[dict(tiny, name="ref_jax")], generator=dict(name="identity"),
+      images=str(tmp_path / "labelled.jsonl"), eval_images="", batch_size=2, eval_batches=1, prompt_len=64,
+      max_new_tokens=4, temperature=1.0, top_p=1.0, answer_tokens=3,
+      target_train=str(tmp_path / "labelled.jsonl"), target_eval=str(tmp_path / "labelled.jsonl")))
+  system = vlm_system.build(sc, str(tmp_path))
+  hooks = system.rectification
+  assert os.path.exists(hooks.target_spec["model_init"])  # The random tiny target, saved to start from.
+  assert hooks.original_data == [dict(jsonl=str(tmp_path / "labelled.jsonl"), weight=1.0)]
+  config = ml_collections.ConfigDict(dict(rectify=dict(dataset="", mix=0.5, steps=2, lr=1e-3, wd=0.0, batch_size=8,
+                                                       text_len=16, log_every=1)))
+  out = rectify.rectify(config, str(tmp_path / "rect"), system, str(tmp_path / "labelled.jsonl"))
+  assert out["generated_pairs"] == 4 and out["before"]["num"] == out["after"]["num"] == 4
+  assert 0.0 <= out["after"]["accuracy"] <= 1.0 and os.path.exists(out["target_npz"])
+  rectified = hooks.with_target(out["target_npz"])
+  assert rectified.rectification.target_spec["model_init"] == out["target_npz"]
+  assert rectified.rectification.evaluate_target(None) == out["after"]

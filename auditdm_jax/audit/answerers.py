@@ -119,7 +119,7 @@ class VLMAnswerer:
     _check_batch(images, questions)
     out = []
     for i in range(0, len(questions), self.batch_size):
-      imgs = [_resize(images_lib.to_uint8(im), self.res) for im in images[i:i + self.batch_size]]
+      imgs = [resize(images_lib.to_uint8(im), self.res) for im in images[i:i + self.batch_size]]
       prefixes = [self.prompt_fn(q) for q in questions[i:i + self.batch_size]]
       n = len(prefixes)
       # Every chunk is padded to batch_size (repeating its last item): one compiled shape, whatever N is.
@@ -131,7 +131,7 @@ class VLMAnswerer:
     return out
 
 
-def _resize(image, res):
+def resize(image, res):
   """[H, W, 3] uint8 -> [res, res, 3] (e.g. a Gemma3 auditor's 896px images for a 448px PaliGemma target)."""
   if image.shape[:2] == (res, res):
     return image

@@ -34,12 +34,15 @@ class VLMPolicy:
     """Left-padded instruction prompts: tokens int32 [B, P], mask bool [B, P]."""
     return self.decoder.encode(instructions, self.prompt_len)
 
-  def sample(self, params, images, instructions, num_samples, rng):
+  def sample(self, params, images, instructions, num_samples, rng, *, temperature=None, top_p=None,
+             max_new_tokens=None):
+    """temperature / top_p / max_new_tokens override the policy's for this call (e.g. an answer server's requests)."""
     images = np.asarray(images, np.uint8)
     prompt, prompt_mask = self.encode_prompts(instructions)
     out = self.decoder.sample(params, decode.to_model_images(images), prompt, prompt_mask,
-                              max_new_tokens=self.max_new_tokens, num_samples=num_samples, rng=rng,
-                              temperature=self.temperature, top_p=self.top_p)
+                              max_new_tokens=max_new_tokens or self.max_new_tokens, num_samples=num_samples, rng=rng,
+                              temperature=self.temperature if temperature is None else temperature,
+                              top_p=self.top_p if top_p is None else top_p)
     b, g, length = out.tokens.shape
     rep = lambda a: np.repeat(a, g, axis=0)
     mask = (np.arange(length)[None, None, :] < out.lengths[..., None]).reshape(b * g, length)

@@ -8,7 +8,7 @@ auditor_init=/ckpt/gemma-3-4b-it,target=/ckpt/paligemma2_3b,images=/data/pool
 to HF); its `tokenizer.model` is the auditor's tokenizer unless `auditor_tokenizer` is given; `tokenizer`
 (PaliGemma's) is the JAX target's and references'. The auditor sees 896px images (Gemma3's only resolution); JAX
 answerers resize them to their own.
-The `system` block is handed to `config.system.module` (auditdm_jax/worlds/vlm/system.py builds it from model
+The `system` block is handed to `config.system.module` (auditdm_jax/audit/vlm_system.py builds it from model
 checkpoints, an image folder or JSONL pool and HTTP endpoints). Gemma3 and Qwen2.5-VL references are served over
 HTTP (e.g. `vllm serve`); JAX references are PaliGemma2 checkpoints.
 """
@@ -43,7 +43,7 @@ def get_config(arg=None):
   # An empty auditor_init is an error when the system is built (only tiny models may be randomly initialised).
   auditor_tokenizer = arg.auditor_tokenizer or (arg.auditor_init and os.path.join(arg.auditor_init, "tokenizer.model"))
   c.system = dict(
-      module="auditdm_jax.worlds.vlm.system",
+      module="auditdm_jax.audit.vlm_system",
       tokenizer=arg.tokenizer,
       auditor=dict(variant=arg.auditor, res=896, init=arg.auditor_init, tokenizer=auditor_tokenizer),
       target=dict(variant="paligemma2_3b", res=448, init=arg.target),
@@ -52,10 +52,6 @@ def get_config(arg=None):
                   dict(kind="http", name="gemma3-4b", base_url=arg.gemma3_url, model="google/gemma-3-4b-it")],
       generator=dict(name="flux-http", url=arg.flux_url),
       images=arg.images, eval_images="", batch_size=c.batch_size, eval_batches=4,
-      prompt_len=384, max_new_tokens=64, temperature=1.0, top_p=1.0, answer_tokens=16,
-      # Rectification: the target's original training split (SFT sources) and its benchmark evals (SFT evals).
-      original_data=[], target_evals={})
-  c.rectify = dict(dataset="", mix=0.5, steps=1000, lr=1e-5, wd=0.0, batch_size=256, text_len=64, log_every=50)
-  c.iterations = 1
+      prompt_len=384, max_new_tokens=64, temperature=1.0, top_p=1.0, answer_tokens=16)
   c.generate = dict(samples_per_source=1, keep="consensus", auditor_workdir="", baseline=False)
   return c

@@ -86,8 +86,9 @@ def run(config, workdir):
       log.warning("no generated pairs: the target is not fine-tuned")
       before = system.rectification.evaluate_target(None)
       out = dict(generated_pairs=0, before=before, after=before, target_npz=None)
+    test_sets = system.require("test_sets", "the references' weakness accuracy")
     out["reference_weakness"] = float(np.mean([
-        shapes_system.skill_accuracies(r, *system.test_sets)["weakness"] for r in system.references.references]))
+        shapes_system.skill_accuracies(r, *test_sets)["weakness"] for r in system.references.references]))
     return out
   rect_res = _stage(workdir, "rectify", rect)
 

@@ -9,8 +9,9 @@
 - image generator: an `imagegen` backend by name (`flux-http`, `procedural`, `identity`) with its kwargs;
 - image pool: every image under `images` (a folder) or a JSONL with {image, question} rows (the fixed questions of
   the (Q, I*) modes), resized to the auditor's resolution.
-- rectification (`auditdm rectify` / `iterate`, JAX targets): the target's original training data `original_data`
-  (SFT sources) and its evaluations `target_evals` (SFT evals, e.g. those of configs/paligemma2/transfers).
+- rectification (`auditdm rectify` / `iterate`, JAX targets): `target_train` (JSONL(s) of the target's original
+  {image, question, answer} data, mixed with the generated pairs) and `target_eval` (a labelled JSONL: exact-match
+  accuracy before and after); a randomly initialised tiny target is saved to `<workdir>/target_init.npz` first.
 Single-model analysis = several references excluding the target; model comparison = one reference.
 The RL policy (`policy.VLMPolicy`) prompts a PaliGemma auditor with its prefix-LM format and a Gemma3 auditor with
 the chat template (image + instruction in the user turn, sampling the model turn).
@@ -19,19 +20,18 @@ import json
 import os
 
 import jax
-import ml_collections
 import numpy as np
 from PIL import Image
 
 from auditdm_jax import imagegen
 from auditdm_jax.audit import answerers
+from auditdm_jax.audit import divergence
 from auditdm_jax.audit import policy as policy_lib
 from auditdm_jax.audit import system as system_lib
 from auditdm_jax.data import jsonl_source
 from auditdm_jax.models import checkpoints
 from auditdm_jax.models import tokenizer as tokenizer_lib
 from auditdm_jax.models import vlm
-from auditdm_jax.train import sft
 
 
 def load_vlm(spec, seed=0):
@@ -94,34 +94,42 @@ class ImagePool:
     return self[int(order[step % len(self)])]
 
 
-def rectification(sc, workdir, target_cfg, target_params, build_fn):
-  """What `auditdm rectify` / `iterate` need: the target's SFT spec, its original training data
-  (`sc.original_data`, SFT sources) and its evaluation (`sc.target_evals`, SFT evals such as the TFDS benchmarks of
-  configs/paligemma2/transfers) before and after fine-tuning."""
-  init = sc.target.get("init")
-  if not init:  # A randomly initialised tiny target: rectification starts from the very weights audited.
+def labelled_accuracy(answerer, path, res):
+  """Exact-match accuracy (normalised answers) of `answerer` on a JSONL of {image, question, answer} rows."""
+  pool = ImagePool(path, res, 1)
+  images = [pool[k]["image"][0] for k in range(len(pool))]
+  preds = answerer.answer(images, [r["question"] for r in pool.rows])
+  ok = [p is not None and divergence.normalize_answer(p) == divergence.normalize_answer(r["answer"])
+        for p, r in zip(preds, pool.rows)]
+  return {"accuracy": float(np.mean(ok)), "num": len(ok)}
+
+
+def rectification(sc, workdir, spec, cfg, params, target, tok):
+  """What `auditdm rectify` / `iterate` need for a JAX target (`audit.system.Rectification`)."""
+  init = spec.get("init")
+  if not init:  # A random tiny target: fine-tuning must start from these very weights.
     init = os.path.join(workdir, "target_init.npz")
-    checkpoints.save_npz(init, target_params)
-  model = dict(variant=target_cfg.variant, res=target_cfg.res, llm=dict(sc.target.get("llm") or {}),
-               img=dict(sc.target.get("img") or {}))
-  eval_config = ml_collections.ConfigDict(dict(model=model, tokenizer=sc.tokenizer,
-                                               evals=dict(sc.get("target_evals") or {})))
+    if not os.path.exists(init):
+      checkpoints.save_npz(init, params)
+  train = sc.get("target_train") or []
 
-  def evaluate_target(params=None):
-    params = target_params if params is None else params
-    return sft.evaluate(eval_config, params, os.path.join(workdir, "target_evals"), cfg=target_cfg)
+  def evaluate_target(new_params=None):
+    if not sc.get("target_eval"):
+      raise ValueError("set config.system.target_eval (a JSONL of {image, question, answer}) to evaluate the target")
+    answerer = target if new_params is None else answerers.VLMAnswerer(
+        "rectified", cfg, new_params, tok, max_new_tokens=sc.answer_tokens)
+    return labelled_accuracy(answerer, sc.target_eval, cfg.res)
 
-  def with_target(npz):
-    next_sc = ml_collections.ConfigDict(sc.to_dict())
-    next_sc.target.init = npz
-    return build_fn(next_sc, workdir)
-
-  return system_lib.Rectification(target_spec=dict(model=model, model_init=init, tokenizer=sc.tokenizer),
-                                  original_data=[dict(s) for s in sc.get("original_data") or []],
-                                  evaluate_target=evaluate_target, with_target=with_target)
+  model = dict(variant=cfg.variant, res=cfg.res, llm={k: v for k, v in cfg.llm.to_dict().items() if k != "variant"},
+               img=cfg.img.to_dict())
+  return system_lib.Rectification(
+      target_spec=dict(model=model, model_init=init, tokenizer=sc.tokenizer),
+      original_data=[dict(jsonl=p, weight=1.0) for p in ([train] if isinstance(train, str) else train)],
+      evaluate_target=evaluate_target, with_target=lambda npz: build(sc, workdir, npz))
 
 
-def build(sc, workdir):
+def build(sc, workdir, target_init=None):
+  """The System for `config.system` (sc); `target_init` replaces the target's weights (refinement iterations)."""
   aud_cfg, aud_params = load_vlm(sc.auditor, seed=0)
   tok = tokenizer_lib.Tokenizer(sc.tokenizer)
   aud_tok = tokenizer_lib.Tokenizer(sc.auditor.get("tokenizer") or sc.tokenizer)
@@ -135,7 +143,8 @@ def build(sc, workdir):
     cfg, params = load_vlm(spec, seed)
     return answerers.VLMAnswerer(spec["name"], cfg, params, tok, max_new_tokens=sc.answer_tokens)
 
-  target = answerer(dict(sc.target, name="target"), 1)
+  target_spec = dict(sc.target, name="target", **({"init": target_init} if target_init else {}))
+  target = answerer(target_spec, 1)
   references = answerers.Ensemble([answerer(r, 2 + i) for i, r in enumerate(sc.references)])
   gen = dict(sc.generator)
   generator = imagegen.get_generator(gen.pop("name"), **gen)
@@ -144,5 +153,5 @@ def build(sc, workdir):
   return system_lib.System(
       policy=policy, params=aud_params, target=target, references=references, generator=generator, data=pool,
       pool=pool, eval_data=[eval_pool[k] for k in range(min(sc.eval_batches, len(eval_pool)))],
-      rectification=(rectification(sc, workdir, target.cfg, target.params, build)
+      rectification=(rectification(sc, workdir, target_spec, target.cfg, target.params, target, tok)
                      if isinstance(target, answerers.VLMAnswerer) else None))  # An HTTP target cannot be tuned.
