@@ -468,6 +468,8 @@ def config_from_hf(hf, **img_overrides):
   """Our VLM config from a HF config.json (dict or directory): PaliGemma(2) with Gemma2, or Gemma3 multimodal.
 
   img_overrides: ViT runtime fields (scan, remat_policy, dtype). Padded vocabularies map to the real size.
+  PaliGemma2 gets big_vision's global attention (no sliding window, see models/vlm.py) whatever the HF config says;
+  give `load_vlm_hf` a cfg with `llm.sliding_window` set for transformers' windowed layers.
   """
   from auditdm_jax.models import gemma, vlm  # pylint: disable=g-import-not-at-top
   if isinstance(hf, (str, os.PathLike)):
@@ -483,7 +485,8 @@ def config_from_hf(hf, **img_overrides):
   llm = dict(width=t["hidden_size"], depth=t["num_hidden_layers"], mlp_dim=t["intermediate_size"],
              num_heads=t["num_attention_heads"], num_kv_heads=t["num_key_value_heads"], head_dim=t["head_dim"],
              vocab_size=vocab, query_pre_attn_scalar=t["query_pre_attn_scalar"], norm_eps=t["rms_norm_eps"],
-             sliding_window=t.get("sliding_window"), attn_softcap=t.get("attn_logit_softcapping"),
+             sliding_window=t.get("sliding_window") if family == "gemma3" else None,
+             attn_softcap=t.get("attn_logit_softcapping"),
              final_softcap=t.get("final_logit_softcapping"))
   if kinds:
     period = next((p for p in range(1, len(kinds) + 1)
