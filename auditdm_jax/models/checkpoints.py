@@ -306,7 +306,8 @@ def load_npz(path, abstract_params, shardings=None):
   """Loads a big_vision .npz (names like ours, "params/" prefix optional, layers scanned or not) into our params.
 
   A stacked checkpoint leaf `.../encoderblock/x` [L, ...] feeds unscanned leaves `.../encoderblock_{i}/x`
-  and vice versa, so a checkpoint saved with either `scan` setting loads into a model with either.
+  and vice versa, so a checkpoint saved with either `scan` setting loads into a model with either; an unscanned
+  big_vision Gemma's `llm/layers/{i}/x` stack into our `llm/layers/x`.
   """
   flat = NpzFile(path)
   try:
@@ -343,12 +344,14 @@ def _npz_value(flat, ours, shape):
     stacked_key = ours[:m.start(2)] + m.group(2) + ours[m.end(3):]
     if stacked_key in flat:
       return flat[stacked_key][int(m.group(3))], [stacked_key]
-  # Ours scanned (".../name/..." with a leading layer axis), checkpoint per layer (".../name_{i}/...").
+  # Ours scanned (".../name/..." with a leading layer axis), checkpoint per layer: ".../name_{i}/..." (big_vision's
+  # unscanned ViT) or ".../name/{i}/..." (its unscanned Gemma, `llm/layers/{i}/...`).
   for m in re.finditer(r"(^|/)([A-Za-z]\w*)(?=/)", ours):
-    fmt = ours[:m.end(2)] + "_{}" + ours[m.end(2):]
-    keys = [fmt.format(i) for i in range(shape[0])] if shape else []
-    if keys and all(k in flat for k in keys):
-      return np.stack([flat[k] for k in keys]), keys
+    for sep in ("_", "/"):
+      fmt = ours[:m.end(2)] + sep + "{}" + ours[m.end(2):]
+      keys = [fmt.format(i) for i in range(shape[0])] if shape else []
+      if keys and all(k in flat for k in keys):
+        return np.stack([flat[k] for k in keys]), keys
   return None, []
 
 
@@ -488,7 +491,7 @@ def config_from_hf(hf, **img_overrides):
              sliding_window=t.get("sliding_window") if family == "gemma3" else None,
              attn_softcap=t.get("attn_logit_softcapping"),
              final_softcap=t.get("final_logit_softcapping"))
-  if kinds:
+  if kinds and family == "gemma3":  # PaliGemma2 has no window: its layer kinds do not matter.
     period = next((p for p in range(1, len(kinds) + 1)
                    if all(kinds[i] == kinds[i % p] for i in range(len(kinds)))), len(kinds))
     llm["attn_pattern"] = tuple("local" if k == "sliding_attention" else "global" for k in kinds[:period])
