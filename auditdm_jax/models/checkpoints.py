@@ -210,6 +210,44 @@ class NpzFile:
     return self._last[1]
 
 
+class TensorstoreCheckpoint:
+  """Lazy reader of big_vision's `utils.save_checkpoint_ts` layout, keyed by param path: a `<prefix>-<step>`
+  directory with one zarr array per leaf named `params~llm~layers~0~...` ("/" written as "~"), or `<prefix>` itself,
+  resolved through the `<prefix>-LAST` file big_vision writes. Only the "params" subtree is read."""
+
+  def __init__(self, path):
+    path = os.fspath(path)
+    if os.path.isfile(path + "-LAST"):
+      with open(path + "-LAST") as f:
+        path = f"{path}-{f.read().strip()}"
+    self.path = path
+    self._names = {n[len("params~"):].replace("~", "/"): n for n in os.listdir(path) if n.startswith("params~")}
+    self._last = (None, None)
+
+  def close(self):
+    pass
+
+  def __contains__(self, key):
+    return key in self._names
+
+  def __iter__(self):
+    return iter(self._names)
+
+  def __getitem__(self, key):
+    if self._last[0] != key:
+      import tensorstore  # pylint: disable=g-import-not-at-top
+      spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": os.path.join(self.path, self._names[key])}}
+      self._last = (key, np.asarray(tensorstore.open(spec, open=True).result().read().result()))
+    return self._last[1]
+
+
+def is_big_vision_ts(path):
+  """Whether `path` is a big_vision tensorstore checkpoint (`save_checkpoint_ts`): a step directory or its prefix."""
+  path = os.fspath(path)
+  return os.path.isfile(path + "-LAST") or os.path.isdir(path) and any(
+      n.startswith("params~") for n in os.listdir(path))
+
+
 # ------------------------------------------------------------------------------------------------------ loading
 
 def _default_sharding(sharding):
@@ -303,13 +341,14 @@ def _fit_vocab(ours, value, shape):
 
 
 def load_npz(path, abstract_params, shardings=None):
-  """Loads a big_vision .npz (names like ours, "params/" prefix optional, layers scanned or not) into our params.
+  """Loads a big_vision .npz (names like ours, "params/" prefix optional, layers scanned or not) into our params;
+  also a big_vision tensorstore checkpoint (`is_big_vision_ts`, see `TensorstoreCheckpoint`).
 
   A stacked checkpoint leaf `.../encoderblock/x` [L, ...] feeds unscanned leaves `.../encoderblock_{i}/x`
   and vice versa, so a checkpoint saved with either `scan` setting loads into a model with either; an unscanned
   big_vision Gemma's `llm/layers/{i}/x` stack into our `llm/layers/x`.
   """
-  flat = NpzFile(path)
+  flat = TensorstoreCheckpoint(path) if is_big_vision_ts(path) else NpzFile(path)
   try:
     return _load_npz(flat, os.fspath(path), abstract_params, shardings)
   finally:
