@@ -185,43 +185,12 @@ class SafetensorsDir:
     return _to_numpy(self._handles[self.where[key]].get_tensor(key))
 
 
-class NpzFile:
-  """Lazy big_vision .npz reader keyed by param path ("params/" prefix dropped). bf16 is stored as raw 2-byte
-  void ("|V2") and viewed back. Keeps the last array read, as per-layer leaves read one stacked array L times."""
+class _FlatReader:
+  """Lazy checkpoint reader keyed by param path ("a/b/c"): `_names` maps it to the stored name, `_read(name)` reads
+  one array. Keeps the last array read, as per-layer leaves read one stacked array L times."""
 
-  def __init__(self, path):
-    self._z = np.load(path, allow_pickle=False)
-    self._names = {re.sub(r"^params/", "", k): k for k in self._z.files}
-    self._last = (None, None)
-
-  def close(self):
-    self._z.close()
-
-  def __contains__(self, key):
-    return key in self._names
-
-  def __iter__(self):
-    return iter(self._names)
-
-  def __getitem__(self, key):
-    if self._last[0] != key:
-      a = self._z[self._names[key]]
-      self._last = (key, a.view(ml_dtypes.bfloat16) if a.dtype.kind == "V" and a.dtype.itemsize == 2 else a)
-    return self._last[1]
-
-
-class TensorstoreCheckpoint:
-  """Lazy reader of big_vision's `utils.save_checkpoint_ts` layout, keyed by param path: a `<prefix>-<step>`
-  directory with one zarr array per leaf named `params~llm~layers~0~...` ("/" written as "~"), or `<prefix>` itself,
-  resolved through the `<prefix>-LAST` file big_vision writes. Only the "params" subtree is read."""
-
-  def __init__(self, path):
-    path = os.fspath(path)
-    if os.path.isfile(path + "-LAST"):
-      with open(path + "-LAST") as f:
-        path = f"{path}-{f.read().strip()}"
-    self.path = path
-    self._names = {n[len("params~"):].replace("~", "/"): n for n in os.listdir(path) if n.startswith("params~")}
+  def __init__(self, names):
+    self._names = names
     self._last = (None, None)
 
   def close(self):
@@ -235,10 +204,42 @@ class TensorstoreCheckpoint:
 
   def __getitem__(self, key):
     if self._last[0] != key:
-      import tensorstore  # pylint: disable=g-import-not-at-top
-      spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": os.path.join(self.path, self._names[key])}}
-      self._last = (key, np.asarray(tensorstore.open(spec, open=True).result().read().result()))
+      self._last = (key, self._read(self._names[key]))
     return self._last[1]
+
+
+class NpzFile(_FlatReader):
+  """big_vision .npz ("params/" prefix dropped). bf16 is stored as raw 2-byte void ("|V2") and viewed back."""
+
+  def __init__(self, path):
+    self._z = np.load(path, allow_pickle=False)
+    super().__init__({re.sub(r"^params/", "", k): k for k in self._z.files})
+
+  def close(self):
+    self._z.close()
+
+  def _read(self, name):
+    a = self._z[name]
+    return a.view(ml_dtypes.bfloat16) if a.dtype.kind == "V" and a.dtype.itemsize == 2 else a
+
+
+class TensorstoreCheckpoint(_FlatReader):
+  """big_vision's `utils.save_checkpoint_ts` layout: a `<prefix>-<step>` directory with one zarr array per leaf
+  named `params~llm~layers~0~...` ("/" written as "~"), or `<prefix>` itself, resolved through the `<prefix>-LAST`
+  file big_vision writes. Only the "params" subtree is read."""
+
+  def __init__(self, path):
+    path = os.fspath(path)
+    if os.path.isfile(path + "-LAST"):
+      with open(path + "-LAST") as f:
+        path = f"{path}-{f.read().strip()}"
+    self.path = path
+    super().__init__({n[len("params~"):].replace("~", "/"): n for n in os.listdir(path) if n.startswith("params~")})
+
+  def _read(self, name):
+    import tensorstore  # pylint: disable=g-import-not-at-top
+    spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": os.path.join(self.path, name)}}
+    return np.asarray(tensorstore.open(spec, open=True).result().read().result())
 
 
 def is_big_vision_ts(path):
