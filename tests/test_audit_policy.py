@@ -17,7 +17,7 @@ def tiny(tmp_path_factory):
   # vocab_size covers the 1152 PaliGemma <loc>/<seg> pieces the tokenizer always adds.
   tok = tokenizer_lib.train(str(tmp_path_factory.mktemp("tok") / "t.model"),
                             texts + [prompts.get(k, b) for k in prompts.PROMPTS for b in (0, 1)], vocab_size=1400)
-  cfg = vlm.get_config("paligemma2_tiny", res=32, llm=dict(vocab_size=tok.vocab_size, embed_scale_bf16=False))
+  cfg = vlm.get_config("paligemma2_tiny", res=32, llm=dict(vocab_size=tok.vocab_size))
   pol = policy_lib.VLMPolicy(cfg, tok, prompt_len=64, max_new_tokens=6)
   return cfg, tok, pol, pol.init(jax.random.PRNGKey(0), 32)
 

@@ -19,7 +19,7 @@ def tiny(tmp_path_factory):
                             texts + [prompts.get(k, b) for k in prompts.PROMPTS for b in (0, 1)], vocab_size=1400)
   # As in the released Gemma3: the image placeholder id lies outside the embedding table (never sampled), and
   # <start_of_image>/<end_of_image> are the tokenizer's own pieces.
-  cfg = vlm.get_config("gemma3_tiny", res=32, llm=dict(vocab_size=tok.vocab_size, embed_scale_bf16=False),
+  cfg = vlm.get_config("gemma3_tiny", res=32, llm=dict(vocab_size=tok.vocab_size),
                        image_token_id=tok.vocab_size, boi_token_id=tok.piece_id("<start_of_image>"),
                        eoi_token_id=tok.piece_id("<end_of_image>"))
   pol = policy_lib.VLMPolicy(cfg, tok, prompt_len=96, max_new_tokens=6)

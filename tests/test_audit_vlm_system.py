@@ -33,7 +33,7 @@ def test_vlm_system_edit_mode_with_http_reference(tmp_path):
     Image.fromarray(np.full((40, 40, 3), (60 * i, 0, 200 - 40 * i), np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
     rows.append(json.dumps({"image": f"imgs/{i}.png", "question": "what color?"}) + "\n")
   (tmp_path / "pool.jsonl").write_text("".join(rows))
-  tiny = dict(variant="paligemma2_tiny", res=32, llm=dict(vocab_size=1400, embed_scale_bf16=False), init="")
+  tiny = dict(variant="paligemma2_tiny", res=32, llm=dict(vocab_size=1400), init="")
   sc = ml_collections.ConfigDict(dict(
       module="auditdm_jax.worlds.vlm.system", tokenizer=tok_path, auditor=tiny, target=tiny,
       references=[dict(tiny, name="ref_jax"),

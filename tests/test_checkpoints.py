@@ -135,6 +135,53 @@ def test_npz_bf16_scan_and_unscanned(tiny, tmp_path):
     checkpoints.load_npz(tmp_path / "p.npz", vlm.abstract_params(vlm.get_config("gemma3_tiny")))
 
 
+def test_npz_unscanned_big_vision_decoder(tiny, tmp_path):
+  """big_vision's Gemma with scan=False names its blocks `llm/layers/{i}/...` (`layers.push(str(i))`), its ViT
+  `img/Transformer/encoderblock_{i}/...`; with a "params/" prefix as its checkpoints. Both load into ours."""
+  cfg, params, _ = tiny
+  flat = {}
+  for k, v in checkpoints.flatten(params).items():
+    if k.startswith("llm/layers/"):
+      for i in range(v.shape[0]):
+        flat["params/" + k.replace("llm/layers/", f"llm/layers/{i}/")] = v[i]
+    else:
+      flat["params/" + k] = v
+  np.savez(tmp_path / "bv.npz", **flat)
+  assert "params/llm/layers/3/attn/attn_vec_einsum/w" in np.load(tmp_path / "bv.npz").files
+  _assert_same(checkpoints.load_npz(tmp_path / "bv.npz", vlm.abstract_params(cfg)), params)
+  # A missing layer is named, never silently stacked short.
+  del flat["params/llm/layers/3/mlp/linear"]
+  np.savez(tmp_path / "short.npz", **flat)
+  with pytest.raises(checkpoints.CheckpointError, match="missing 'llm/layers/mlp/linear'"):
+    checkpoints.load_npz(tmp_path / "short.npz", vlm.abstract_params(cfg))
+
+
+def test_big_vision_tensorstore_checkpoint(tiny, tmp_path):
+  """big_vision's `save_checkpoint_ts` layout: `<prefix>-<step>/params~llm~layers~{i}~...` zarr arrays (plus
+  optimizer state, ignored) and a `<prefix>-LAST` pointer; unscanned decoder blocks stack into ours."""
+  import tensorstore  # pylint: disable=g-import-not-at-top
+  cfg, params, _ = tiny
+  step_dir = tmp_path / "ckpt-000000007"
+  step_dir.mkdir()
+
+  def write(name, value):
+    spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": str(step_dir / name)}}
+    store = tensorstore.open(spec, create=True, dtype=value.dtype.name, shape=value.shape).result()
+    store.write(value).result()
+  for k, v in checkpoints.flatten(params).items():
+    if k.startswith("llm/layers/"):
+      for i in range(v.shape[0]):
+        write("params~" + k.replace("llm/layers/", f"llm/layers/{i}/").replace("/", "~"), v[i])
+    else:
+      write("params~" + k.replace("/", "~"), v)
+  write("opt~1~0~mu~llm~final_norm~scale", np.zeros(3, np.float32))
+  (tmp_path / "ckpt-LAST").write_text("000000007")
+  assert checkpoints.is_big_vision_ts(tmp_path / "ckpt") and checkpoints.is_big_vision_ts(step_dir)
+  assert not checkpoints.is_big_vision_ts(tmp_path)
+  for path in (tmp_path / "ckpt", step_dir):
+    _assert_same(checkpoints.load_npz(path, vlm.abstract_params(cfg)), params)
+
+
 def test_load_onto_mesh(tiny):
   cfg, params, path = tiny
   mesh = Mesh(np.array(jax.devices()), ("fsdp",))

@@ -21,12 +21,71 @@ def test_normalize_answer(raw, norm):
 
 
 def test_consensus_majority_and_threshold():
-  assert dv.consensus(["two", "2", "three"], 0.5) == ("2", pytest.approx(2 / 3), True)
-  assert dv.consensus(["two", "2", "three"], 1.0)[2] is False
-  assert dv.consensus(["red", "blue", "green"], 0.5) == ("red", pytest.approx(1 / 3), False)  # tie -> first seen
-  assert dv.consensus(["", ""], 0.5) == ("", 0.0, False)
+  assert dv.consensus(["two", "2", "three"], 0.5) == ("2", pytest.approx(2 / 3), True, 3, False)
+  assert dv.consensus(["two", "2", "three"], 1.0).agreed is False
+  assert dv.consensus(["", ""], 0.5) == ("", 0.0, False, 2, False)
   with pytest.raises(ValueError):
     dv.consensus([])
+
+
+@pytest.mark.parametrize("answers", [
+    ["yes", "no"], ["yes", "yes", "no", "no"], ["red", "blue", "green"], ["cat", "dog", "cat", "dog", "fox"],
+    ["yes", "No.", None],  # a tie among the references that answered
+])
+def test_a_tie_is_never_consensus(answers):
+  for threshold in (0.2, 0.5):
+    c = dv.consensus(answers, threshold)
+    assert (c.label, c.agreed) == ("", False)
+    r = dv.reward("maybe", answers, config=dv.RewardConfig(threshold=threshold, partial_credit=1.0))
+    assert (r["reward"], r["failure"], r["target_disagrees"]) == (0.0, False, False)
+
+
+def test_ties_from_the_issue_give_no_reward():
+  assert dv.reward("no", ["yes", "no"])["reward"] == 0.0
+  assert dv.reward("no", ["yes", "yes", "no", "no"])["reward"] == 0.0
+  # A unique top answer below a strict majority is a consensus at threshold 0.4 (4 answers: 2, 1, 1).
+  c = dv.consensus(["cat", "cat", "dog", "fox"], 0.4)
+  assert (c.label, c.agreement, c.agreed) == ("cat", 0.5, True)
+
+
+def test_a_failed_reference_is_absent_never_an_answer():
+  r = dv.reward("red", [None, None, "red"])
+  assert (r["label"], r["reward"], r["answered"], r["too_few_references"], r["consensus"]) == (
+      "red", 0.0, 1, True, False)
+  # One of three answered: too few for a consensus by default (more than half must answer)...
+  assert dv.reward("blue", [None, None, "red"])["reward"] == 0.0
+  # ...unless the config says one answer suffices; the agreement is over those that answered.
+  r = dv.reward("blue", [None, None, "red"], config=dv.RewardConfig(min_references=1))
+  assert (r["reward"], r["label"], r["agreement"]) == (1.0, "red", 1.0)
+  # An exception object is a failure too, as is a failed target (never a disagreement).
+  r = dv.reward("blue", [RuntimeError("HTTP 500"), "red", "red"])
+  assert (r["reward"], r["answered"], r["agreement"]) == (1.0, 2, 1.0)
+  r = dv.reward(None, ["red", "red", "red"])
+  assert (r["reward"], r["target"], r["failure"]) == (0.0, "", False)
+  # All references failed: no consensus, no reward, no exception.
+  r = dv.reward("red", [None, None, None], config=dv.RewardConfig(partial_credit=1.0))
+  assert (r["reward"], r["label"], r["answered"], r["too_few_references"]) == (0.0, "", 0, True)
+  # None is not text: it never becomes the number word "none" = "0".
+  assert dv.reward("0", [None, None, "0"], config=dv.RewardConfig(min_references=1))["label"] == "0"
+  assert dv.reward("1", [None, None, None], config=dv.RewardConfig(min_references=1))["label"] == ""
+  with pytest.raises(TypeError, match="NoneType"):
+    dv.normalize_answer(None)
+
+
+def test_adversarial_answers():
+  # Numbers, number words and decimal spellings of the same count agree.
+  assert dv.consensus([2, "two", "2.0", "Two."]) == ("2", 1.0, True, 4, False)
+  assert dv.reward(3.0, [2, "two", 2])["reward"] == 1.0
+  assert dv.normalize_answer("2.50") == "2.50" and dv.normalize_answer(2.5) == "2.5"
+  # Empty answers are answers (they count in the denominator) but never the label.
+  c = dv.consensus(["", "", "red"])
+  assert (c.label, c.agreement, c.agreed) == ("red", pytest.approx(1 / 3), False)
+  assert dv.reward("", ["", "", ""])["reward"] == 0.0
+  # True is not an answer (bool is an int subclass).
+  with pytest.raises(TypeError, match="bool"):
+    dv.normalize_answer(True)
+  with pytest.raises(ValueError, match="min_references"):
+    dv.RewardConfig(min_references=0)
 
 
 def test_reward_cases():
@@ -37,7 +96,7 @@ def test_reward_cases():
   # Target agrees with the consensus: no reward.
   assert dv.reward("Two.", ["2", "2", "3"], config=cfg)["reward"] == 0.0
   # No consensus: no reward under the strict rule...
-  r = dv.reward("blue", ["red", "green", "yellow"], config=dv.RewardConfig(threshold=0.6))
+  r = dv.reward("blue", ["red", "red", "yellow"], config=dv.RewardConfig(threshold=0.9))
   assert r["reward"] == 0.0 and not r["consensus"] and r["target_disagrees"]
   # ...and agreement x partial credit otherwise.
   r = dv.reward("blue", ["red", "red", "yellow"], config=dv.RewardConfig(threshold=1.0, partial_credit=0.5))
@@ -58,6 +117,11 @@ def test_batch_rewards():
   np.testing.assert_allclose(out["reward"], [0.0, 1.0, -0.5])
   np.testing.assert_array_equal(out["failure"], [False, True, False])
   assert out["label"] == ["2", "2", "blue"]
+  # Failed references (None) are absent: counted, not answers.
+  out = dv.batch_rewards(["a", "a"], [[None, "b"], [None, "b"], ["b", None]])
+  np.testing.assert_array_equal(out["answered"], [1, 2])
+  np.testing.assert_array_equal(out["too_few_references"], [True, False])
+  np.testing.assert_allclose(out["reward"], [0.0, 1.0])
   with pytest.raises(ValueError, match="answers"):
     dv.batch_rewards(["a"], [["a", "b"]])
 

@@ -44,6 +44,8 @@ def test_transfer_configs_have_table1_values():
     c = config_lib.load(f"configs/paligemma2/transfers/{task}.py:res=224,tokenizer=/t.model")
     assert (c.total_epochs, c.lr, c.wd, c.llm_dropout, c.label_smoothing) == (epochs, lr, wd, dropout, ls), task
     assert c.input.batch_size == 256 and c.model.res == 224 and c.evals
+    # big_vision's PaliGemma2 transfers drop the final logit softcap (Gemma2 pretrained with 30).
+    assert sft.model_config(c).llm.final_softcap is None, task
     assert config_lib.load(f"configs/paligemma2/transfers/{task}.py").model.res == 448
   c = config_lib.load("configs/paligemma2/transfers/vqav2.py:extra_jsonl=/g.jsonl,extra_weight=0.5")
   assert [d.get("weight") for d in c.input.data] == [1.0, 0.5] and c.input.data[1]["jsonl"] == "/g.jsonl"

@@ -1,5 +1,6 @@
 """Parity of our Gemma2/Gemma3 decoders with transformers (fp32, eager attention) on tiny models."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -8,10 +9,33 @@ from auditdm_jax import sampling
 from auditdm_jax.models import gemma
 
 
-@pytest.mark.parametrize("variant", ["gemma2_tiny", "gemma3_tiny"])
-def test_logits_match_transformers(variant):
+# Real head counts (Gemma2-9B: 16 q / 8 kv heads; Gemma3-4B: 8 / 4) at widths whose sqrt is not exact in bf16 (96;
+# 2560 is Gemma3-4B's own width), with shrunk depth, MLP and vocabulary, and a window (8) shorter than the sequence.
+_SHRUNK = dict(depth=2, mlp_dim=256, vocab_size=256, sliding_window=8, attn_pattern=("local", "global"))
+PARITY_CONFIGS = {
+    "gemma2_tiny": ("gemma2_tiny", {}),
+    "gemma3_tiny": ("gemma3_tiny", {}),
+    "gemma2_w96": ("gemma2_9b", dict(_SHRUNK, width=96, head_dim=16)),
+    "gemma3_w96": ("gemma3_4b", dict(_SHRUNK, width=96, head_dim=16)),
+    "gemma2_w2560": ("gemma2_9b", dict(_SHRUNK, width=2560)),
+    "gemma3_w2560": ("gemma3_4b", dict(_SHRUNK, width=2560)),
+}
+
+
+def test_parity_widths_are_not_bf16_exact():
+  """The widths above would hide a sqrt(D) rounded through bf16 if they were exact in bf16 (as 64 is)."""
+  for name in ("gemma2_w96", "gemma3_w2560"):
+    variant, overrides = PARITY_CONFIGS[name]
+    d = gemma.get_config(variant, **overrides).width
+    assert float(jnp.asarray(np.sqrt(d), jnp.bfloat16)) != np.float32(np.sqrt(d)), d
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if "2560" in n else n
+                                  for n in sorted(PARITY_CONFIGS)])
+def test_logits_match_transformers(name):
   """Padded batch of unequal lengths, sequence 24 > window 8, Gemma2 softcaps, Gemma3 RoPE x8."""
-  cfg = gemma.get_config(variant)
+  variant, overrides = PARITY_CONFIGS[name]
+  cfg = gemma.get_config(variant, **overrides)
   params = gemma.random_params(cfg)
   hf = gemma.hf_text_model(cfg, params)
   # Round trip: the HF weights convert back to exactly our params.
@@ -36,6 +60,18 @@ def test_logits_match_transformers(variant):
   got = np.asarray(fwd(params))
   assert np.abs(want[input_mask]).max() > 1.0  # Non-trivial logits.
   np.testing.assert_allclose(got[input_mask], want[input_mask], atol=1e-4, rtol=0)
+
+
+def test_embedding_scale_follows_the_compute_dtype():
+  """sqrt(D) in the compute dtype, as transformers and big_vision: exact in float32, bf16-rounded in bf16."""
+  for dtype in ("float32", "bfloat16"):
+    cfg = gemma.get_config("gemma2_tiny", width=96, head_dim=16, dtype=dtype)
+    params = gemma.random_params(cfg)
+    model = gemma.Model(cfg)
+    x = model.apply({"params": params}, jnp.array([[3]]), method=model.embed_tokens)
+    row = jnp.asarray(params["embedder"]["input_embedding"][3], dtype)
+    np.testing.assert_array_equal(x[0, 0], row * jnp.asarray(np.sqrt(96.0), dtype))
+    assert x.dtype == jnp.dtype(dtype)
 
 
 def test_params_from_hf_errors():

@@ -107,6 +107,8 @@ def test_bad_accumulation():
   tx, _ = optim.make_optimizer(dict(lr=0.1))
   with pytest.raises(ValueError):
     step.make_train_step(loss_fn, tx, grad_accum_steps=0)
+  with pytest.raises(ValueError, match="loss_reduction"):
+    step.make_train_step(loss_fn, tx, loss_reduction="median")
   train_step = step.make_train_step(loss_fn, tx, grad_accum_steps=3)
   with pytest.raises(ValueError, match="grad_accum_steps"):
     train_step(PARAMS, tx.init(PARAMS), BATCH, jax.random.key(0))

@@ -6,7 +6,9 @@ strings; every component of the reward is returned separately so it can be logge
 """
 import collections
 import dataclasses
+import numbers
 import re
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,14 +26,22 @@ _PUNCT = re.compile(r"[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$:|~]")
 # A period ends a sentence unless it is part of a number ("2.5").
 _PERIOD = re.compile(r"\.(?!\d)")
 _COMMA_NUMBER = re.compile(r"(\d)(,)(\d)")
+_WHOLE_DECIMAL = re.compile(r"^(\d+)\.0+$")  # "2.0" -> "2", as the number 2.0.
 
 
 def normalize_answer(text):
   """Canonical form of a short answer: lower case, no punctuation/articles, number words as digits.
 
+  Numbers are accepted as well as strings (2, 2.0 and "two" are all "2"). A failed answer (None) is not text: it
+  raises TypeError, so it can never be mistaken for an answer (`str(None)` would read as the number word "none").
+
   >>> normalize_answer("Two red Circles.")
   '2 red circles'
   """
+  if isinstance(text, bool) or not isinstance(text, (str, numbers.Real)):
+    raise TypeError(f"an answer is a string or a number, got {type(text).__name__}: {text!r}")
+  if isinstance(text, numbers.Real) and not isinstance(text, str) and float(text).is_integer():
+    text = int(text)
   text = str(text).strip().lower().replace("\n", " ").replace("\t", " ")
   text = _COMMA_NUMBER.sub(r"\1\3", text)  # "1,000" -> "1000" before commas become spaces.
   text = _PUNCT.sub(" ", text)
@@ -40,44 +50,73 @@ def normalize_answer(text):
   for word in text.split():
     word = _NUMBER_WORDS.get(word, word)
     word = _CONTRACTIONS.get(word, word)
+    word = _WHOLE_DECIMAL.sub(r"\1", word)
     if word not in _ARTICLES:
       words.append(word)
   return " ".join(words)
 
 
-def consensus(answers, threshold=0.5):
-  """Majority answer of the references after normalisation.
+def answered(answer):
+  """Whether a reference produced an answer: None (a failed request) or an exception object is absent."""
+  return answer is not None and not isinstance(answer, BaseException)
+
+
+class Consensus(NamedTuple):
+  """label: the unique most frequent normalised answer ("" on a tie or when nothing non-empty was answered);
+  agreement: its count / the number of references that answered; agreed: whether that is a consensus;
+  answered: how many references answered (failed ones are absent, never an answer); too_few: fewer than
+  `min_references` answered (then `agreed` is False)."""
+  label: str
+  agreement: float
+  agreed: bool
+  answered: int
+  too_few: bool
+
+
+def consensus(answers, threshold=0.5, min_references=None):
+  """The references' consensus on one (image, question) pair.
+
+  A consensus needs (1) at least `min_references` answers (None = more than half of the references; failed
+  references, None or an exception object, are absent and count for nothing), (2) a unique most frequent
+  non-empty normalised answer: a tie is never a consensus, whatever the threshold, and (3) that answer given by at
+  least `threshold` of the references that answered. With 3 references, 0.5 is "at least 2 agree", 1.0 is "all
+  agree"; with 2, 0.5 is "both agree" (1 : 1 is a tie). Too few answers is a value (`agreed` False), never an
+  exception.
 
   Args:
-    answers: the references' answers to one (image, question) pair (strings).
-    threshold: minimal fraction of references that must give the majority answer for a consensus. With 3
-      references, 0.5 is "at least 2 agree", 1.0 is "all agree".
+    answers: the references' answers (strings or numbers; None / exception for a failed reference).
+    threshold: minimal fraction of the answering references that must give the top answer.
+    min_references: minimal number of references that must have answered; None = len(answers) // 2 + 1.
   Returns:
-    (majority normalised answer, its agreement fraction in [0, 1], whether agreement >= threshold). Ties are broken
-    by the first-seen answer so results are deterministic. Empty answers never form a consensus.
+    A `Consensus`.
   """
   if not answers:
     raise ValueError("consensus needs at least one reference answer")
-  normed = [normalize_answer(a) for a in answers]
-  counts = collections.Counter(n for n in normed if n)
+  need = len(answers) // 2 + 1 if min_references is None else min_references
+  normed = [normalize_answer(a) for a in answers if answered(a)]
+  too_few = len(normed) < need
+  counts = collections.Counter(n for n in normed if n).most_common()
   if not counts:
-    return "", 0.0, False
-  best = max(counts.items(), key=lambda kv: (kv[1], -normed.index(kv[0])))[0]
-  agreement = counts[best] / len(normed)
-  return best, agreement, agreement >= threshold - 1e-9
+    return Consensus("", 0.0, False, len(normed), too_few)
+  (best, top), tied = counts[0], len(counts) > 1 and counts[1][1] == counts[0][1]
+  agreement = top / len(normed)
+  agreed = not tied and not too_few and agreement >= threshold - 1e-9
+  return Consensus("" if tied else best, agreement, agreed, len(normed), too_few)
 
 
 @dataclasses.dataclass(frozen=True)
 class RewardConfig:
   """How divergence becomes reward.
 
-  threshold: reference agreement needed for a consensus (majority fraction).
+  threshold: fraction of the answering references that must give the (unique) top answer for a consensus.
+  min_references: references that must have answered for a consensus (None: more than half of them).
   soft_agreement: when True a consensus pays its agreement fraction (2/3 agree -> 0.67) instead of 1.
-  partial_credit: reward factor (times agreement) when the target differs from the references' plurality answer
-    but the agreement threshold is not reached; 0 is the paper's strict rule.
+  partial_credit: reward factor (times agreement) when the target differs from the references' unique top answer
+    but its agreement is under the threshold (enough references answered); 0 is the paper's strict rule.
   format_penalty: subtracted from the reward of a malformed auditor output (which gets no divergence reward).
   """
   threshold: float = 0.5
+  min_references: int | None = None
   soft_agreement: bool = False
   partial_credit: float = 0.0
   format_penalty: float = 0.5
@@ -85,6 +124,8 @@ class RewardConfig:
   def __post_init__(self):
     if not 0.0 < self.threshold <= 1.0:
       raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+    if self.min_references is not None and self.min_references < 1:
+      raise ValueError(f"min_references must be >= 1 or None, got {self.min_references}")
     if not 0.0 <= self.partial_credit <= 1.0:
       raise ValueError(f"partial_credit must be in [0, 1], got {self.partial_credit}")
     if self.format_penalty < 0:
@@ -92,35 +133,38 @@ class RewardConfig:
 
 
 def reward(target_answer, reference_answers, well_formed=True, config=RewardConfig()):
-  """Reward of one audited pair; returns a dict of all components (floats/bools/strings).
+  """Reward of one audited pair; returns a dict of all components (floats/bools/strings/ints).
 
   Keys: reward (total), divergence (reward before the format penalty), format_penalty, consensus (bool: the
-  references agree), agreement, target_disagrees (bool), failure (bool: consensus AND target disagrees, the
-  paper's "failure found"), label (the consensus answer, usable as a training label), target (normalised).
+  references agree), agreement, answered (references that answered), too_few_references (bool: fewer than
+  `min_references` answered), target_disagrees (bool), failure (bool: consensus AND target disagrees, the paper's
+  "failure found"), label (the consensus answer, usable as a training label), target (normalised; "" when the
+  target failed, None, which never disagrees).
   """
-  label, agreement, agreed = consensus(reference_answers, config.threshold)
-  target = normalize_answer(target_answer)
-  disagrees = bool(label) and target != label
+  c = consensus(reference_answers, config.threshold, config.min_references)
+  target = normalize_answer(target_answer) if answered(target_answer) else ""
+  disagrees = bool(c.label) and answered(target_answer) and target != c.label
   if not well_formed:
     divergence = 0.0
-  elif agreed and disagrees:
-    divergence = agreement if config.soft_agreement else 1.0
-  elif disagrees:
-    divergence = config.partial_credit * agreement
+  elif c.agreed and disagrees:
+    divergence = c.agreement if config.soft_agreement else 1.0
+  elif disagrees and not c.too_few:
+    divergence = config.partial_credit * c.agreement
   else:
     divergence = 0.0
   penalty = 0.0 if well_formed else config.format_penalty
-  return dict(reward=divergence - penalty, divergence=divergence, format_penalty=penalty, consensus=agreed,
-              agreement=agreement, target_disagrees=disagrees, failure=bool(well_formed and agreed and disagrees),
-              label=label, target=target)
+  return dict(reward=divergence - penalty, divergence=divergence, format_penalty=penalty, consensus=c.agreed,
+              agreement=c.agreement, answered=c.answered, too_few_references=c.too_few,
+              target_disagrees=disagrees, failure=bool(well_formed and c.agreed and disagrees), label=c.label,
+              target=target)
 
 
 def batch_rewards(target_answers, reference_answers, well_formed=None, config=RewardConfig()):
   """Vectorised `reward` over N pairs.
 
   Args:
-    target_answers: N strings.
-    reference_answers: R lists of N strings (one list per reference model).
+    target_answers: N answers (strings or numbers; None where the target failed).
+    reference_answers: R lists of N answers (one list per reference model; None where a reference failed).
     well_formed: N bools (default all True).
   Returns:
     dict of numpy arrays [N] per numeric component plus lists for `label` and `target`.
@@ -135,7 +179,8 @@ def batch_rewards(target_answers, reference_answers, well_formed=None, config=Re
   out = {}
   for key in ("reward", "divergence", "format_penalty", "agreement"):
     out[key] = np.array([row[key] for row in rows], np.float32)
-  for key in ("consensus", "target_disagrees", "failure"):
+  out["answered"] = np.array([row["answered"] for row in rows], np.int32)
+  for key in ("consensus", "too_few_references", "target_disagrees", "failure"):
     out[key] = np.array([row[key] for row in rows], bool)
   out["label"] = [row["label"] for row in rows]
   out["target"] = [row["target"] for row in rows]

@@ -41,26 +41,29 @@ def loss_config(config):
 
 def make_loss_fn(policy, cfg):
   """GRPO loss over the auditor actions of a rollout. batch: tuple of per-action dicts (each N rows) with the
-  policy's inputs plus old_logp [N, L], mask [N, L], adv [N] and (beta > 0) ref_logp [N, L]."""
+  policy's inputs plus old_logp [N, L], mask [N, L], adv [N], the whole batch's `grpo.loss_weights` agg_weight and
+  token_weight [N, L], and (beta > 0) ref_logp [N, L]. Any row subset gives its share of the whole batch's loss
+  (use with `make_train_step(loss_reduction="sum")`)."""
   def loss_fn(params, batch, rng):
     del rng
     total, metrics = 0.0, {}
     for i, action in enumerate(batch):
       logp = policy.logprobs(params, action)
-      loss, m = grpo.policy_loss(logp, action["old_logp"], action["adv"], action["mask"],
-                                 action.get("ref_logp"), cfg)
+      loss, m = grpo.policy_loss(logp, action["old_logp"], action["adv"], action["mask"], action.get("ref_logp"),
+                                 cfg, weights=(action["agg_weight"], action["token_weight"]))
       total += loss / len(batch)
       metrics.update({f"{k}/action{i}" if i else k: v for k, v in m.items()})
     return total, metrics
   return loss_fn
 
 
-def training_batch(result, advs, ref_logp_fn=None, ref_params=None):
-  """Per-action numpy batches with advantages (and reference logprobs) attached."""
+def training_batch(result, advs, cfg, ref_logp_fn=None, ref_params=None):
+  """Per-action numpy batches with advantages, the whole batch's loss weights (and reference logprobs) attached."""
   out = []
   for comp in result.actions:
     action = dict(comp.batch)
     action["adv"] = np.asarray(advs, np.float32)
+    action["agg_weight"], action["token_weight"] = map(np.asarray, grpo.loss_weights(action["mask"], cfg))
     if ref_logp_fn is not None:
       action["ref_logp"] = np.asarray(ref_logp_fn(ref_params, action))
     out.append(action)
@@ -103,7 +106,8 @@ def train(config, workdir, system=None):
   ref_params = sharding.shard_params(init_params, shardings=shardings) if lcfg.beta > 0 else None
   opt_state = step_lib.init_opt_state(tx, params, mesh, shardings)
   train_step = step_lib.make_train_step(make_loss_fn(system.policy, lcfg), tx, mesh=mesh, param_shardings=shardings,
-                                        schedule_fn=schedule_fn, grad_accum_steps=config.grad_accum_steps)
+                                        schedule_fn=schedule_fn, grad_accum_steps=config.grad_accum_steps,
+                                        loss_reduction="sum")
   ref_logp_fn = jax.jit(system.policy.logprobs) if ref_params is not None else None
 
   ckpt = checkpoint_lib.Checkpointer(workdir, save_every_steps=config.ckpt_every, keep=config.get("ckpt_keep", 5),
@@ -123,7 +127,7 @@ def train(config, workdir, system=None):
     result = run_rollout(params, source, rng_rollout, seed=config.seed * 100_003 + step)
     # Reward -> group-normalised advantages (dropped samples excluded).
     advs = grpo.advantages(result.rewards, config.group_size, result.valid, lcfg)
-    batch = training_batch(result, advs, ref_logp_fn, ref_params)
+    batch = training_batch(result, advs, lcfg, ref_logp_fn, ref_params)
     # Update.
     t_train = time.perf_counter()
     params, opt_state, train_metrics = train_step(params, opt_state, sharding.shard_batch(batch, mesh), rng_train)

@@ -55,7 +55,9 @@ def eval_text_pp(tokenizer, text_len, keep=()):
 def base_config(task, arg_spec):
   """Shared fields of a transfer config; `arg_spec` is the parsed `res,tokenizer,data_dir,model_init,...` arg."""
   c = ml_collections.ConfigDict()
-  c.model = dict(variant=arg_spec.get("variant", "paligemma2_3b"), res=arg_spec.res, llm={}, img={})
+  # No final logit softcap, as big_vision's PaliGemma2 transfers ("better for transfer", transfers/forkme.py).
+  c.model = dict(variant=arg_spec.get("variant", "paligemma2_3b"), res=arg_spec.res, llm=dict(final_softcap=None),
+                 img={})
   c.model_init = arg_spec.model_init or None
   c.tokenizer = arg_spec.tokenizer
   c.input = ml_collections.ConfigDict(dict(data=[], pp="", batch_size=BATCH_SIZE, shuffle_buffer=50_000))

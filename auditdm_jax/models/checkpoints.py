@@ -185,17 +185,16 @@ class SafetensorsDir:
     return _to_numpy(self._handles[self.where[key]].get_tensor(key))
 
 
-class NpzFile:
-  """Lazy big_vision .npz reader keyed by param path ("params/" prefix dropped). bf16 is stored as raw 2-byte
-  void ("|V2") and viewed back. Keeps the last array read, as per-layer leaves read one stacked array L times."""
+class _FlatReader:
+  """Lazy checkpoint reader keyed by param path ("a/b/c"): `_names` maps it to the stored name, `_read(name)` reads
+  one array. Keeps the last array read, as per-layer leaves read one stacked array L times."""
 
-  def __init__(self, path):
-    self._z = np.load(path, allow_pickle=False)
-    self._names = {re.sub(r"^params/", "", k): k for k in self._z.files}
+  def __init__(self, names):
+    self._names = names
     self._last = (None, None)
 
   def close(self):
-    self._z.close()
+    pass
 
   def __contains__(self, key):
     return key in self._names
@@ -205,9 +204,49 @@ class NpzFile:
 
   def __getitem__(self, key):
     if self._last[0] != key:
-      a = self._z[self._names[key]]
-      self._last = (key, a.view(ml_dtypes.bfloat16) if a.dtype.kind == "V" and a.dtype.itemsize == 2 else a)
+      self._last = (key, self._read(self._names[key]))
     return self._last[1]
+
+
+class NpzFile(_FlatReader):
+  """big_vision .npz ("params/" prefix dropped). bf16 is stored as raw 2-byte void ("|V2") and viewed back."""
+
+  def __init__(self, path):
+    self._z = np.load(path, allow_pickle=False)
+    super().__init__({re.sub(r"^params/", "", k): k for k in self._z.files})
+
+  def close(self):
+    self._z.close()
+
+  def _read(self, name):
+    a = self._z[name]
+    return a.view(ml_dtypes.bfloat16) if a.dtype.kind == "V" and a.dtype.itemsize == 2 else a
+
+
+class TensorstoreCheckpoint(_FlatReader):
+  """big_vision's `utils.save_checkpoint_ts` layout: a `<prefix>-<step>` directory with one zarr array per leaf
+  named `params~llm~layers~0~...` ("/" written as "~"), or `<prefix>` itself, resolved through the `<prefix>-LAST`
+  file big_vision writes. Only the "params" subtree is read."""
+
+  def __init__(self, path):
+    path = os.fspath(path)
+    if os.path.isfile(path + "-LAST"):
+      with open(path + "-LAST") as f:
+        path = f"{path}-{f.read().strip()}"
+    self.path = path
+    super().__init__({n[len("params~"):].replace("~", "/"): n for n in os.listdir(path) if n.startswith("params~")})
+
+  def _read(self, name):
+    import tensorstore  # pylint: disable=g-import-not-at-top
+    spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": os.path.join(self.path, name)}}
+    return np.asarray(tensorstore.open(spec, open=True).result().read().result())
+
+
+def is_big_vision_ts(path):
+  """Whether `path` is a big_vision tensorstore checkpoint (`save_checkpoint_ts`): a step directory or its prefix."""
+  path = os.fspath(path)
+  return os.path.isfile(path + "-LAST") or os.path.isdir(path) and any(
+      n.startswith("params~") for n in os.listdir(path))
 
 
 # ------------------------------------------------------------------------------------------------------ loading
@@ -303,12 +342,14 @@ def _fit_vocab(ours, value, shape):
 
 
 def load_npz(path, abstract_params, shardings=None):
-  """Loads a big_vision .npz (names like ours, "params/" prefix optional, layers scanned or not) into our params.
+  """Loads a big_vision .npz (names like ours, "params/" prefix optional, layers scanned or not) into our params;
+  also a big_vision tensorstore checkpoint (`is_big_vision_ts`, see `TensorstoreCheckpoint`).
 
   A stacked checkpoint leaf `.../encoderblock/x` [L, ...] feeds unscanned leaves `.../encoderblock_{i}/x`
-  and vice versa, so a checkpoint saved with either `scan` setting loads into a model with either.
+  and vice versa, so a checkpoint saved with either `scan` setting loads into a model with either; an unscanned
+  big_vision Gemma's `llm/layers/{i}/x` stack into our `llm/layers/x`.
   """
-  flat = NpzFile(path)
+  flat = TensorstoreCheckpoint(path) if is_big_vision_ts(path) else NpzFile(path)
   try:
     return _load_npz(flat, os.fspath(path), abstract_params, shardings)
   finally:
@@ -343,12 +384,14 @@ def _npz_value(flat, ours, shape):
     stacked_key = ours[:m.start(2)] + m.group(2) + ours[m.end(3):]
     if stacked_key in flat:
       return flat[stacked_key][int(m.group(3))], [stacked_key]
-  # Ours scanned (".../name/..." with a leading layer axis), checkpoint per layer (".../name_{i}/...").
+  # Ours scanned (".../name/..." with a leading layer axis), checkpoint per layer: ".../name_{i}/..." (big_vision's
+  # unscanned ViT) or ".../name/{i}/..." (its unscanned Gemma, `llm/layers/{i}/...`).
   for m in re.finditer(r"(^|/)([A-Za-z]\w*)(?=/)", ours):
-    fmt = ours[:m.end(2)] + "_{}" + ours[m.end(2):]
-    keys = [fmt.format(i) for i in range(shape[0])] if shape else []
-    if keys and all(k in flat for k in keys):
-      return np.stack([flat[k] for k in keys]), keys
+    for sep in ("_", "/"):
+      fmt = ours[:m.end(2)] + sep + "{}" + ours[m.end(2):]
+      keys = [fmt.format(i) for i in range(shape[0])] if shape else []
+      if keys and all(k in flat for k in keys):
+        return np.stack([flat[k] for k in keys]), keys
   return None, []
 
 
@@ -468,6 +511,8 @@ def config_from_hf(hf, **img_overrides):
   """Our VLM config from a HF config.json (dict or directory): PaliGemma(2) with Gemma2, or Gemma3 multimodal.
 
   img_overrides: ViT runtime fields (scan, remat_policy, dtype). Padded vocabularies map to the real size.
+  PaliGemma2 gets big_vision's global attention (no sliding window, see models/vlm.py) whatever the HF config says;
+  give `load_vlm_hf` a cfg with `llm.sliding_window` set for transformers' windowed layers.
   """
   from auditdm_jax.models import gemma, vlm  # pylint: disable=g-import-not-at-top
   if isinstance(hf, (str, os.PathLike)):
@@ -483,9 +528,10 @@ def config_from_hf(hf, **img_overrides):
   llm = dict(width=t["hidden_size"], depth=t["num_hidden_layers"], mlp_dim=t["intermediate_size"],
              num_heads=t["num_attention_heads"], num_kv_heads=t["num_key_value_heads"], head_dim=t["head_dim"],
              vocab_size=vocab, query_pre_attn_scalar=t["query_pre_attn_scalar"], norm_eps=t["rms_norm_eps"],
-             sliding_window=t.get("sliding_window"), attn_softcap=t.get("attn_logit_softcapping"),
+             sliding_window=t.get("sliding_window") if family == "gemma3" else None,
+             attn_softcap=t.get("attn_logit_softcapping"),
              final_softcap=t.get("final_logit_softcapping"))
-  if kinds:
+  if kinds and family == "gemma3":  # PaliGemma2 has no window: its layer kinds do not matter.
     period = next((p for p in range(1, len(kinds) + 1)
                    if all(kinds[i] == kinds[i % p] for i in range(len(kinds)))), len(kinds))
     llm["attn_pattern"] = tuple("local" if k == "sliding_attention" else "global" for k in kinds[:period])

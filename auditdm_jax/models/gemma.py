@@ -71,7 +71,6 @@ VARIANTS = {
 _DEFAULTS = dict(
     query_pre_attn_scalar=None,  # None: head_dim.
     norm_eps=1e-6,
-    embed_scale_bf16=True,  # sqrt(D) rounded through bf16, as the bf16-trained checkpoints.
     scan_layers=False,
     remat_policy="none",
     dropout=0.0,  # Residual dropout rate (training only: `deterministic=False`).
@@ -99,6 +98,8 @@ def get_config(variant, **overrides):
   if unknown:
     raise ValueError(f"Unknown Gemma config fields {sorted(unknown)}; known: {sorted(cfg)}")
   cfg.update(overrides)
+  for cap in ("attn_softcap", "final_softcap"):  # 0 means no softcap, as big_vision's `final_logits_softcap=0.0`.
+    cfg[cap] = cfg[cap] or None
   if cfg["query_pre_attn_scalar"] is None:
     cfg["query_pre_attn_scalar"] = cfg["head_dim"]
   if cfg["remat_policy"] != "none" and cfg["remat_policy"] not in _REMAT_POLICIES:
@@ -162,8 +163,10 @@ def attend(q, k, v, mask, attn_softcap=None):
 def window_mask(q_pos, k_pos, window):
   """[B, T, S] True where |q_pos - k_pos| < window.
 
-  Symmetric as in big_vision's Gemma2 (PaliGemma2 was trained with it): causal attention only ever looks back, but
-  a bidirectional prefix longer than the window (PaliGemma2 at 896px) must not see further than it ahead either.
+  Under a causal mask this is transformers' sliding window. Pairs that look ahead (a bidirectional image or prefix
+  block) are banded too, where transformers lets a block see across the window; the two agree whenever each
+  bidirectional block fits in the window (Gemma3's 256-token images in its 1024 window). PaliGemma2 runs without a
+  window by default, as big_vision (see models/vlm.py).
   """
   return jnp.abs(q_pos[:, :, None] - k_pos[:, None, :]) < window
 
@@ -297,11 +300,14 @@ class Model(nn.Module):
     self.final_norm = self.param("final_norm", lambda rng: dict(scale=jnp.zeros(cfg.width, dt)))
 
   def embed_tokens(self, tokens):
-    """tokens [B, T] int -> [B, T, D], scaled by sqrt(D) (rounded through bf16 by default)."""
+    """tokens [B, T] int -> [B, T, D], scaled by sqrt(D) in the compute dtype.
+
+    As transformers (`torch.tensor(D ** 0.5, dtype=hidden.dtype)`) and big_vision / the Gemma reference
+    (`jnp.sqrt(D).astype(x.dtype)`): exact in float32, rounded through bf16 only when computing in bf16.
+    """
     cfg = self.config
     x = self.embedder["input_embedding"][tokens].astype(cfg.dtype)
-    scale = jnp.asarray(math.sqrt(cfg.width), jnp.bfloat16 if cfg.embed_scale_bf16 else jnp.float32)
-    return x * scale.astype(cfg.dtype)
+    return x * jnp.asarray(math.sqrt(cfg.width), cfg.dtype)
 
   def unembed(self, x):
     """Final-normed hidden [B, T, D] -> float32 logits [B, T, V] (tied embedding, softcap)."""

@@ -2,7 +2,10 @@
 
 PaliGemma: SigLIP patch tokens -> Dense head (with bias) -> prepended to the text; attention is bidirectional
 over image + prefix (+ the "\n" separator) and causal over the suffix (`make_attn_mask`). Only text token
-embeddings are scaled by sqrt(D); image tokens enter the decoder as they come out of the head.
+embeddings are scaled by sqrt(D); image tokens enter the decoder as they come out of the head. Every PaliGemma2
+layer attends globally by default, as big_vision's Gemma2 (which has no sliding window; PaliGemma2 is trained and
+transferred with it); `llm=dict(sliding_window=4096)` gives transformers' PaliGemma2 instead. The two differ only
+when a sequence is longer than the window (PaliGemma2 at 896px: 4096 image tokens + text).
 Gemma3: SigLIP at 896px -> 4x4 average pool -> 256 soft tokens -> RMSNorm -> linear projection, written into the
 text at the `<image_soft_token>` placeholders; attention is causal except bidirectional within each image.
 
@@ -49,6 +52,8 @@ def get_config(variant, res=None, llm=None, img=None, **overrides):
   if res not in resolutions:
     raise ValueError(f"{variant} supports resolutions {resolutions}, got {res}")
   llm = dict(llm or {})
+  if family == "paligemma":
+    llm.setdefault("sliding_window", None)  # big_vision's attention (module docstring).
   if family == "paligemma" and not variant.endswith("tiny"):
     llm.setdefault("vocab_size", PALIGEMMA_VOCAB)
   img_cfg = dict(variant=vit_variant, scan=False, remat_policy="none", dtype="float32", param_dtype="float32")

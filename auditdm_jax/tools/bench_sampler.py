@@ -25,7 +25,7 @@ def build_models(args):
   """The same random Gemma3-style decoder in transformers and in ours."""
   cfg = gemma.get_config("gemma3_tiny", width=args.width, depth=args.depth, mlp_dim=4 * args.width,
                          num_heads=8, num_kv_heads=4, head_dim=args.width // 8,
-                         vocab_size=args.vocab, sliding_window=1024, embed_scale_bf16=False)
+                         vocab_size=args.vocab, sliding_window=1024)
   torch.manual_seed(args.seed)
   hf = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
       **gemma.hf_text_config(cfg), attn_implementation="eager")).eval()

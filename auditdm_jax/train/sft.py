@@ -7,7 +7,7 @@ over the original split mixed with generated JSONL data, `config.input.data` wit
 
 Config (see configs/paligemma2/transfers/*.py):
   model = dict(variant, res, llm={...}, img={...})     models.vlm.get_config arguments
-  model_init: None (random init), a .npz (big_vision names) or a HF PaliGemma2 / Gemma3 directory
+  model_init: None (random init), a big_vision .npz / tensorstore checkpoint or a HF PaliGemma2 / Gemma3 directory
   tokenizer: sentencepiece .model path (its vocab must fit the model's)
   input = dict(data=[{name|jsonl|folder, split, weight, pp?}], pp, batch_size, shuffle_buffer)
   total_epochs or total_steps; lr, wd, schedule, optimizer, grad_clip_norm, grad_accum_steps, trainable
@@ -67,7 +67,8 @@ def model_config(config):
 
 
 def load_params(config, cfg, model, mesh, rng):
-  """Params placed on `mesh`: random init, or loaded from `config.model_init` (.npz or HF directory)."""
+  """Params placed on `mesh`: random init, or loaded from `config.model_init` (a big_vision .npz or tensorstore
+  checkpoint, or a HF directory)."""
   abstract = vlm.abstract_params(cfg)
   shardings = sharding.param_shardings(abstract, mesh)
   init_path = config.get("model_init")
@@ -78,7 +79,7 @@ def load_params(config, cfg, model, mesh, rng):
       tokens = jnp.full((1, cfg.mm_tokens_per_image), cfg.image_token_id, jnp.int32)
     init = jax.jit(lambda r: model.init(r, images, tokens, tokens)["params"], out_shardings=shardings)
     return init(rng), shardings
-  if os.path.isdir(init_path):
+  if os.path.isdir(init_path) and not checkpoints.is_big_vision_ts(init_path):
     _, params = checkpoints.load_vlm_hf(init_path, cfg, shardings)
   else:
     params = checkpoints.load_npz(init_path, abstract, shardings)

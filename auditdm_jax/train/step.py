@@ -80,14 +80,17 @@ def _split_microbatches(batch, steps, mesh):
   return micro
 
 
+LOSS_REDUCTIONS = ("mean", "sum")
+
+
 def make_train_step(loss_fn, tx, *, mesh=None, param_shardings=None, opt_shardings=None, donate=True,
-                    grad_accum_steps=1, trainable=None, schedule_fn=None, batch_sharding=None):
+                    grad_accum_steps=1, trainable=None, schedule_fn=None, batch_sharding=None,
+                    loss_reduction="mean"):
   """Builds `step(params, opt_state, batch, rng) -> (params, opt_state, metrics)`, jitted.
 
   Args:
     loss_fn: `loss_fn(params, batch, rng) -> (scalar loss, dict of scalar aux metrics)` (or just the loss). With
-      `grad_accum_steps > 1` it sees micro-batches and the loss should be a per-example mean, so the averaged
-      micro-batch gradients equal the big-batch gradient.
+      `grad_accum_steps > 1` it sees micro-batches (equal row subsets of the batch); see `loss_reduction`.
     tx: optax transformation (e.g. from `optim.make_optimizer`).
     mesh, param_shardings: when given, the step is jitted with these in/out shardings (params and optimizer
       state stay sharded, the batch is split over `data` x `fsdp`). `opt_shardings` defaults to
@@ -100,12 +103,19 @@ def make_train_step(loss_fn, tx, *, mesh=None, param_shardings=None, opt_shardin
       the same `trainable` regex so no optimizer state is kept for frozen params.
     schedule_fn: if given, metrics include `lr` = schedule at the optimizer's update count.
     batch_sharding: sharding (or tree prefix) of the batch; default split of the leading dim over the batch axes.
+    loss_reduction: how micro-batch results (loss, aux, grads) combine into the batch's. "mean": the loss is a
+      per-example mean over the rows it sees, micro-batches are averaged (exact for equal-size micro-batches).
+      "sum": the loss of a row subset is that subset's share of the whole batch's loss (its normalisers, e.g.
+      GRPO's `loss_weights`, were computed on the whole batch and travel in it), micro-batches are summed; needed
+      by losses whose normaliser is not per example, such as DAPO's token mean over the whole batch.
   Returns:
     The jitted step; metrics: `loss`, `grad_norm` (trainable grads, before clipping), `lr`, and the aux metrics
-    (averaged over micro-batches).
+    (combined over micro-batches as the loss).
   """
   if grad_accum_steps < 1:
     raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
+  if loss_reduction not in LOSS_REDUCTIONS:
+    raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {loss_reduction!r}")
 
   def loss_and_aux(params, batch, rng):
     out = loss_fn(params, batch, rng)
@@ -143,7 +153,7 @@ def make_train_step(loss_fn, tx, *, mesh=None, param_shardings=None, opt_shardin
     (loss, aux), grads = jax.eval_shape(lambda: grads_fn(params, mask, jax.tree.map(lambda x: x[0], micro), rng))
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.promote_types(s.dtype, jnp.float32)), (loss, aux, grads))
     (loss, aux, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
-    scale = 1.0 / grad_accum_steps
+    scale = 1.0 / grad_accum_steps if loss_reduction == "mean" else 1.0
     grads = jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), grads, params)
     return (loss * scale, jax.tree.map(lambda a: a * scale, aux)), grads
 

@@ -48,8 +48,7 @@ def model_config(vocab_size, res=96, width=128, depth=2, img_width=128, img_dept
       "paligemma2_tiny", res=res,
       img=dict(variant=f"mu/{patch}", width=img_width, depth=img_depth, mlp_dim=2 * img_width, num_heads=4),
       llm=dict(width=width, depth=depth, mlp_dim=2 * width, num_heads=4, num_kv_heads=1, head_dim=width // 4,
-               vocab_size=vocab_size, sliding_window=None, query_pre_attn_scalar=width // 4,
-               embed_scale_bf16=False))
+               vocab_size=vocab_size, sliding_window=None, query_pre_attn_scalar=width // 4))
   return cfg
 
 

@@ -14,7 +14,7 @@ PREFIX = 'strfmt("answer en {question}", outkey="prefix")'
 def get_config(arg=None):
   arg = t.common_args(arg, res=32, variant="paligemma2_tiny", vocab=256, steps=4, batch_size=8)
   c = t.base_config("vqav2", arg)
-  c.model.llm = dict(vocab_size=arg.vocab)
+  c.model.llm.vocab_size = arg.vocab
   c.input.batch_size = arg.batch_size
   c.input.shuffle_buffer = 16
   c.input.data = [dict(name="vqav2", split="train", data_dir=arg.data_dir or None, weight=1.0)]
