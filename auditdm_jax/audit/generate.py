@@ -117,6 +117,9 @@ def load_auditor(system, auditor_workdir):
   """The auditor params of the latest checkpoint in `auditor_workdir` ("" = the system's initial params)."""
   if not auditor_workdir:
     return system.params
+  if not os.path.isdir(os.path.join(auditor_workdir, "checkpoints")):
+    raise FileNotFoundError(2, "no auditor checkpoints (generate.auditor_workdir must be a train-auditor workdir)",
+                            os.path.join(auditor_workdir, "checkpoints"))
   ckpt = checkpoint_lib.Checkpointer(auditor_workdir, handle_sigterm=False)
   # Restored onto one device, whatever mesh the auditor was trained on (rollouts run unsharded here).
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -8,7 +8,14 @@ DEFAULT_WORKDIR = "runs/demo"
 
 def add_arguments(parser):
   parser.add_argument("--fast", action="store_true",
-                      help="shorthand for --config configs/audit/demo.py:fast (a small, minutes-long run)")
+                      help="the config's `fast` argument, e.g. configs/audit/demo.py:fast (a small, minutes-long run)")
+
+
+def config_spec(args):
+  """--fast adds the `fast` argument to the config spec (so the workdir records the fast config)."""
+  if not args.fast:
+    return args.config
+  return args.config + (",fast" if ":" in args.config else ":fast")
 
 
 def run(args):
@@ -17,9 +24,6 @@ def run(args):
   from auditdm_jax.audit import demo  # pylint: disable=g-import-not-at-top
   from auditdm_jax.demo import pretrain as pretrain_lib  # pylint: disable=g-import-not-at-top
   config = args.config
-  if args.fast:
-    config = config_lib.load(main._resolve_spec(DEFAULT_CONFIG + ":fast"))  # pylint: disable=protected-access
-    config_lib.dump(config, args.workdir)
 
   def ensure_models(models_dir):
     names = [config.system.auditor, config.system.target, *config.system.references]
