@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from auditdm_jax import io as io_lib
+from auditdm_jax import progress
 from auditdm_jax.audit import divergence
 from auditdm_jax.audit import rollout
 from auditdm_jax.audit import trainer
@@ -159,7 +160,7 @@ def generate(config, workdir, system=None, use_ray=False):
   else:
     params = load_auditor(system, config.generate.auditor_workdir)
     totals = {}
-    for k in todo:
+    for k in progress.track(todo, initial=num - len(todo), desc="generate", unit="shard"):
       n, counters = generate_shard(system, params, config, k, root)
       totals = {c: totals.get(c, 0) + v for c, v in counters.items()}
       log.info("shard %d: %d records %s", k, n, counters)

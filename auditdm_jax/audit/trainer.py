@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from auditdm_jax import metrics as metrics_lib
+from auditdm_jax import progress
 from auditdm_jax import sharding
 from auditdm_jax.audit import divergence
 from auditdm_jax.audit import grpo
@@ -97,7 +98,7 @@ def training_batch(result, advs, ref_logp_fn=None, ref_params=None):
 def evaluate(system, params, config, baseline=False, seed=0):
   """Failure-search success rate (and ground-truth precision) of the auditor on the fixed eval batches."""
   samples, results = [], []
-  for i, source in enumerate(system.eval_data):
+  for i, source in enumerate(progress.track(system.eval_data, desc="audit eval", unit="batch")):
     res = rollout.run(system.policy, params, source, system.generator, system.target, system.references,
                       jax.random.PRNGKey(seed * 7919 + i), mode=config.mode, group_size=config.group_size,
                       baseline=baseline, reward_config=reward_config(config), truth_fn=system.truth_fn,
@@ -143,7 +144,7 @@ def train(config, workdir, system=None):
     params, opt_state, rng, start = restored["params"], restored["opt_state"], restored["rng"], restored["step"]
   writer = metrics_lib.MetricWriter(workdir)
 
-  for step in range(start, config.total_steps):
+  for step in progress.track(range(start, config.total_steps), initial=start, desc="GRPO", unit="step"):
     t_step = time.perf_counter()
     rng, rng_rollout, rng_train = jax.random.split(rng, 3)
     # Data -> rollout: the auditor proposes, the generator renders, target and references answer.
