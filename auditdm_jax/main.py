@@ -113,7 +113,7 @@ def _one_line(exc):
     text = exc.strerror
   elif isinstance(exc, SyntaxError):
     text = f"syntax error: {exc.msg}"
-  elif isinstance(exc, (errors.InputError, config_lib.ConfigError, OSError, ValueError, KeyError)):
+  elif isinstance(exc, (OSError, ValueError, KeyError, ImportError)):  # InputError and ConfigError are ValueErrors.
     text = str(exc) or type(exc).__name__
   else:  # Not an expected failure: name the exception type, and say how to see where it came from.
     text = f"{type(exc).__name__}: {exc} (--debug shows the traceback)"

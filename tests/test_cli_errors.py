@@ -3,6 +3,7 @@ the existing workdirs are byte-identical afterwards. Cases run in-process (one j
 import json
 import os
 import signal
+import socket
 
 import numpy as np
 import pytest
@@ -176,6 +177,15 @@ def test_ctrl_c_saves_a_checkpoint_then_exits_130(monkeypatch, tmp_path, capsys)
     raise KeyboardInterrupt
   monkeypatch.setattr(info, "run", interrupted)
   assert main.main(["info"]) == 130
+
+
+def test_serve_images_checks_the_port_before_loading_pipelines(capsys):
+  with socket.create_server(("127.0.0.1", 0)) as busy:
+    port = busy.getsockname()[1]
+    # The pipeline directory does not exist either: the port is what must fail first.
+    rc = main.main(["serve-images", "--flux-dir", "/nonexistent/flux", "--port", str(port), *QUIET])
+  assert rc == 1
+  assert capsys.readouterr().err.startswith(f"auditdm serve-images: error: cannot listen on 127.0.0.1:{port}: ")
 
 
 def test_generate_refuses_a_missing_auditor_workdir_without_creating_it(tmp_path):
