@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -177,6 +178,18 @@ def test_ctrl_c_saves_a_checkpoint_then_exits_130(monkeypatch, tmp_path, capsys)
     raise KeyboardInterrupt
   monkeypatch.setattr(info, "run", interrupted)
   assert main.main(["info"]) == 130
+
+
+def test_resuming_a_model_of_another_shape_is_one_line(monkeypatch, tmp_path, capsys):
+  def resume(args):
+    with checkpoint_lib.Checkpointer(str(tmp_path), async_save=False) as ckpt:
+      ckpt.save(1, params={"w": jnp.zeros((2, 3))})
+      ckpt.restore(1, params=checkpoint_lib.abstract({"w": jnp.zeros((4, 3))}))
+  monkeypatch.setattr(info, "run", resume)
+  assert main.main(["info", *QUIET]) == 1
+  err = capsys.readouterr().err
+  assert len(err.splitlines()) == 1 and "checkpoint 1 does not fit" in err and "(4, 3)" in err
+  assert err.rstrip().endswith(f"({tmp_path}/checkpoints/1)")
 
 
 def test_serve_images_checks_the_port_before_loading_pipelines(capsys):

@@ -24,6 +24,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from auditdm_jax.errors import InputError
+
 log = logging.getLogger(__name__)
 
 
@@ -152,7 +154,10 @@ class Checkpointer:
     items = {"params": ocp.args.StandardRestore(abstract(params)), "meta": ocp.args.JsonRestore()}
     if opt_state is not None:
       items["opt_state"] = ocp.args.StandardRestore(abstract(opt_state))
-    out = self._mngr.restore(step, args=ocp.args.Composite(**items))
+    try:
+      out = self._mngr.restore(step, args=ocp.args.Composite(**items))
+    except ValueError as e:  # E.g. a model of another shape: orbax's message does not say which checkpoint.
+      raise InputError(f"checkpoint {step} does not fit: {e}", os.path.join(self.directory, str(step))) from None
     meta = out["meta"]
     return {"step": step, "params": out["params"], "opt_state": out["opt_state"] if opt_state is not None else None,
             "rng": _rng_from_json(meta["rng"]), "data_state": meta["data_state"], "metadata": meta["metadata"]}
