@@ -103,6 +103,7 @@ CASES = [
     # A workdir that cannot be made; a command that needs one.
     (["show-config", "--config", TOY, "--workdir", "{root}/a_file/run"], 2, "Not a directory", "a_file"),
     (["finetune"], 2, "--workdir is required", None),
+    (["show-config"], 1, "--config is required", None),
 ]
 
 

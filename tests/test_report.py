@@ -72,6 +72,12 @@ def test_report_renders(tmp_path):
   assert "src=\"images/" not in text  # nothing references external files
 
 
+def test_an_audit_that_found_nothing_still_renders(tmp_path):
+  (tmp_path / "data.jsonl").write_text("")
+  out = report.write(str(tmp_path / "r.html"), report.read_records(str(tmp_path / "data.jsonl")))
+  assert "0 audited pairs, 0 failures" in open(out).read()
+
+
 def test_report_command(tmp_path):
   from auditdm_jax import main  # pylint: disable=g-import-not-at-top
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")

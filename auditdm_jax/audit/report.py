@@ -25,7 +25,7 @@ _STOP = ("a an the is are of to in on what which how there this that image pictu
 
 def read_records(path):
   """The records of a generated data.jsonl (errors name the file and line)."""
-  return jsonl_source.read_jsonl(path)
+  return jsonl_source.read_jsonl(path, allow_empty=True)  # An audit may find nothing.
 
 
 def cluster_texts(texts, max_k=6, seed=0):

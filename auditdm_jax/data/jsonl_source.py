@@ -26,7 +26,7 @@ class SourceError(InputError):
   """A JSONL file or image folder is malformed (`path`, `line` say where)."""
 
 
-def read_jsonl(path, with_lines=False):
+def read_jsonl(path, with_lines=False, allow_empty=False):
   """The row dicts of a JSONL file (blank lines skipped); with_lines: (line number, row) pairs."""
   if not tf.io.gfile.exists(path):
     raise SourceError("JSONL file not found", path)
@@ -41,7 +41,7 @@ def read_jsonl(path, with_lines=False):
         if not isinstance(row, dict):
           raise SourceError(f"a row must be a JSON object, got {type(row).__name__}", path, lineno)
         rows.append((lineno, row))
-  if not rows:
+  if not rows and not allow_empty:
     raise SourceError("JSONL file has no rows", path)
   return rows if with_lines else [row for _, row in rows]
 
