@@ -163,17 +163,12 @@ def main(argv=None):
                       force=True)  # absl (imported by jax/tf) installs a WARNING handler first
   logging.getLogger("absl").setLevel(max(logging.WARNING, logging.getLogger().level))  # orbax's chatter
   module, prefix = modules[args.command], f"auditdm {args.command}"
-  # The error boundary: expected failures are one line, never a traceback (unless --debug).
+  # The error boundary: failures are one line, never a traceback (unless --debug).
+  usage_error = True  # Until the config is resolved and the workdir claimed.
   try:
-    with _Interrupts() as interrupts:
-      try:
-        _prepare(module, args, overrides)
-      except Exception as e:  # pylint: disable=broad-except
-
-        if args.debug:
-          raise
-        print(f"{prefix}: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+    with _Interrupts():
+      _prepare(module, args, overrides)
+      usage_error = False
       rc = module.run(args) or 0
   except KeyboardInterrupt:
     if args.debug:
@@ -184,7 +179,7 @@ def main(argv=None):
     if args.debug:
       raise
     print(f"{prefix}: error: {_one_line(e)}", file=sys.stderr)
-    return 1
+    return 2 if usage_error else 1
   return rc
 
 

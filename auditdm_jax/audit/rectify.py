@@ -93,7 +93,8 @@ def rectify(config, workdir, system=None, dataset_jsonl=None):
   """Fine-tunes the system's target on original + generated data; returns before/after evaluations."""
   dataset_jsonl = dataset_jsonl or config.rectify.dataset
   if not dataset_jsonl or not os.path.exists(dataset_jsonl):
-    raise FileNotFoundError(2, "generated dataset not found: set --config.rectify.dataset=<generate workdir>/dataset/data.jsonl", dataset_jsonl)
+    raise FileNotFoundError(2, "generated dataset not found: set --config.rectify.dataset=<generate workdir>/"
+                            "dataset/data.jsonl", dataset_jsonl)
   train_jsonl = os.path.join(workdir, "rectify_data", "generated.jsonl")
   n = write_training_jsonl(dataset_jsonl, train_jsonl)  # Bad data fails here, before any model is loaded.
   system = system or trainer.build_system(config, workdir)

@@ -14,7 +14,8 @@ import os
 import re
 
 import numpy as np
-from sklearn import cluster, feature_extraction, metrics
+from sklearn import cluster, feature_extraction
+from sklearn import metrics as sk_metrics
 
 from auditdm_jax import io as io_lib
 from auditdm_jax.data import jsonl_source
@@ -41,7 +42,7 @@ def cluster_texts(texts, max_k=6, seed=0):
   best = (None, np.zeros(len(texts), int), np.asarray(x.mean(0)))
   for k in range(2, min(max_k, distinct, len(texts) - 1) + 1):  # silhouette needs 2 <= k <= N - 1
     km = cluster.KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x)
-    score = metrics.silhouette_score(x, km.labels_, random_state=seed)
+    score = sk_metrics.silhouette_score(x, km.labels_, random_state=seed)
     if best[0] is None or score > best[0]:
       best = (score, km.labels_, km.cluster_centers_)
   return best[1], best[2], list(vocab)
