@@ -181,6 +181,16 @@ def test_ctrl_c_saves_a_checkpoint_then_exits_130(monkeypatch, tmp_path, capsys)
   assert main.main(["info"]) == 130
 
 
+def test_a_full_disk_names_the_file(monkeypatch, tmp_path, capsys):
+  def no_space(fd):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(os, "fsync", no_space)
+  assert main.main(["show-config", "--config", TOY, "--workdir", str(tmp_path), *QUIET]) == 2
+  err = capsys.readouterr().err
+  assert err == f"auditdm show-config: error: No space left on device ({tmp_path}/workdir.json)\n"
+  assert os.listdir(tmp_path) == []  # No half-written file left behind.
+
+
 def test_resuming_a_model_of_another_shape_is_one_line(monkeypatch, tmp_path, capsys):
   def resume(args):
     with checkpoint_lib.Checkpointer(str(tmp_path), async_save=False) as ckpt:
