@@ -19,9 +19,11 @@ def write_bytes(path, data):
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     if os.path.exists(tmp):
       os.unlink(tmp)
+    if isinstance(e, OSError) and e.filename is None:  # E.g. a full disk: say which file could not be written.
+      raise OSError(e.errno, e.strerror, path) from e
     raise
 
 

@@ -2,8 +2,12 @@
 
 Every module in `auditdm_jax/commands/` is one subcommand (file `train_auditor.py` -> `auditdm train-auditor`). A
 command module defines `HELP` (one line), optionally `DEFAULT_CONFIG` (a config spec relative to the repository),
-`DEFAULT_WORKDIR`, `WORKDIR_REQUIRED` and `add_arguments(parser)`, and `run(args)`, where `args.config` is the
-resolved ConfigDict (or None) and `args.workdir` exists and holds the resolved `config.json`.
+`DEFAULT_WORKDIR`, `WORKDIR_REQUIRED`, `add_arguments(parser)` and `config_spec(args)` (the spec to resolve, when a
+flag picks it), and `run(args)`, where `args.config` is the resolved ConfigDict (or None) and `args.workdir` exists
+and holds the resolved `config.json` (claimed by that config: see auditdm_jax/workdir.py).
+
+Errors: `run` raises; main prints one line `auditdm <cmd>: error: <what> (<file>:<line>)` and exits 1 (2 for bad
+usage, a bad config or a workdir made by another config; 130 on Ctrl-C); `--debug` shows the traceback instead.
 
 Config flags follow big_vision: `--config configs/x.py:arg` and any number of `--config.key=value` overrides.
 """
@@ -12,13 +16,17 @@ import importlib
 import logging
 import os
 import pkgutil
+import signal
 import sys
+import threading
 
 from auditdm_jax import commands as commands_pkg
 from auditdm_jax import config as config_lib
+from auditdm_jax import errors
+from auditdm_jax import workdir as workdir_lib
 
 log = logging.getLogger("auditdm")
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = workdir_lib.REPO_ROOT
 
 
 def discover():
@@ -63,38 +71,111 @@ def build_parser(modules):
     p.add_argument("--config", default=default_config,
                    help="config spec path/to/config.py[:arg]" + (f" (default {default_config})" if default_config
                                                                  else ""))
+    change = p.add_mutually_exclusive_group()
+    change.add_argument("--resume-with-changes", dest="on_change", action="store_const", const="resume",
+                        default="refuse", help="the workdir was made by another config: keep its data and go on")
+    change.add_argument("--overwrite", dest="on_change", action="store_const", const="overwrite",
+                        help="the workdir was made by another config: delete its contents and start over")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     if hasattr(module, "add_arguments"):
       module.add_arguments(p)
   return parser
 
 
+def _prepare(module, args, overrides):
+  """Resolves the config and claims the workdir (see auditdm_jax/workdir.py)."""
+  spec = module.config_spec(args) if hasattr(module, "config_spec") else args.config
+  args.config_spec = spec
+  if spec:
+    args.config = config_lib.resolve(_resolve_spec(spec), overrides)
+  elif overrides:
+    raise config_lib.ConfigError(f"--config.* overrides given but `{args.command}` takes no --config")
+  if getattr(module, "WORKDIR_REQUIRED", False) and not args.workdir:
+    raise errors.InputError("--workdir is required (outputs, checkpoints and metrics go there)")
+  if args.workdir:
+    args.workdir = os.path.abspath(os.path.expanduser(args.workdir))
+    if args.config is not None:
+      log.info("resolved config written to %s",
+               workdir_lib.claim(args.workdir, args.config, args.command, args.on_change))
+    else:
+      os.makedirs(args.workdir, exist_ok=True)
+
+
+def _one_line(exc):
+  """The error message of `exc` on one line, with the file (and line) it points at."""
+  if isinstance(exc, OSError) and exc.strerror:
+    text = exc.strerror
+  elif isinstance(exc, SyntaxError):
+    text = f"syntax error: {exc.msg}"
+  elif isinstance(exc, (OSError, ValueError, KeyError, ImportError)):  # InputError and ConfigError are ValueErrors.
+    text = str(exc) or type(exc).__name__
+  else:  # Not an expected failure: name the exception type, and say how to see where it came from.
+    text = f"{type(exc).__name__}: {exc} (--debug shows the traceback)"
+  text = " ".join(text.split())
+  text = text if len(text) <= 600 else text[:597] + "..."
+  where = errors.location(exc)
+  return f"{text} ({where})" if where and where not in text else text
+
+
+class _Interrupts:
+  """Ctrl-C while a checkpointing loop runs asks it to save and stop (as its SIGTERM handler does, see
+  train/checkpoint.py); a second Ctrl-C, or one outside such a loop, stops at once (KeyboardInterrupt)."""
+
+  def __init__(self):
+    self.count, self._previous = 0, None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+
+  def _on_sigint(self, signum, frame):
+    self.count += 1
+    on_sigterm = signal.getsignal(signal.SIGTERM)
+    if self.count > 1 or not callable(on_sigterm):
+      raise KeyboardInterrupt
+    log.warning("Ctrl-C: saving a checkpoint at the end of this step, then stopping (Ctrl-C again: stop now)")
+    on_sigterm(signum, frame)
+
+
 def main(argv=None):
+  """Runs one command; returns its exit code: 0, 1 (error), 2 (bad usage, config or workdir), 130 (Ctrl-C)."""
   argv = sys.argv[1:] if argv is None else list(argv)
   modules = {name: importlib.import_module(path) for name, path in discover().items()}
   parser = build_parser(modules)
   try:
     argv, overrides = _split_overrides(argv)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname).1s %(name)s] %(message)s", datefmt="%H:%M:%S",
-                        force=True)  # absl (imported by jax/tf) installs a WARNING handler first
-    logging.getLogger("absl").setLevel(max(logging.WARNING, logging.getLogger().level))  # orbax's chatter
-    args.config_spec = args.config
-    if args.config:
-      args.config = config_lib.resolve(_resolve_spec(args.config), overrides)
-    elif overrides:
-      raise config_lib.ConfigError(f"--config.* overrides given but `{args.command}` takes no --config")
   except config_lib.ConfigError as e:
-    parser.exit(2, f"auditdm: config error: {e}\n")
-  if getattr(modules[args.command], "WORKDIR_REQUIRED", False) and not args.workdir:
-    parser.exit(2, f"auditdm {args.command}: --workdir is required (outputs, checkpoints and metrics go there)\n")
-  if args.workdir:
-    args.workdir = os.path.abspath(os.path.expanduser(args.workdir))
-    os.makedirs(args.workdir, exist_ok=True)
-    if args.config is not None:
-      log.info("resolved config written to %s", config_lib.dump(args.config, args.workdir))
-  return modules[args.command].run(args) or 0
+    parser.exit(2, f"auditdm: error: {e}\n")
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                      format="%(asctime)s %(levelname).1s %(name)s] %(message)s", datefmt="%H:%M:%S",
+                      force=True)  # absl (imported by jax/tf) installs a WARNING handler first
+  logging.getLogger("absl").setLevel(max(logging.WARNING, logging.getLogger().level))  # orbax's chatter
+  module, prefix = modules[args.command], f"auditdm {args.command}"
+  # The error boundary: failures are one line, never a traceback (unless --debug).
+  usage_error = True  # Until the config is resolved and the workdir claimed.
+  try:
+    with _Interrupts():
+      _prepare(module, args, overrides)
+      usage_error = False
+      rc = module.run(args) or 0
+  except KeyboardInterrupt:
+    if args.debug:
+      raise
+    print(f"{prefix}: interrupted; finished work is saved, rerun the same command to resume", file=sys.stderr)
+    return 130
+  except Exception as e:  # pylint: disable=broad-except
+    if args.debug:
+      raise
+    print(f"{prefix}: error: {_one_line(e)}", file=sys.stderr)
+    return 2 if usage_error else 1
+  return rc
 
 
 if __name__ == "__main__":

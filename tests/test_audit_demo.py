@@ -29,3 +29,7 @@ def test_demo_fast_end_to_end(tmp_path):
   subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
   assert {s: os.path.getmtime(tmp_path / s / "done.json") for s in stages} == mtimes
   assert json.load(open(tmp_path / "summary.json")) == summary
+  # The full demo in the fast run's workdir is refused (it used to skip every stage and print the fast numbers).
+  full = subprocess.run(cmd[:-3] + ["--workdir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+  assert full.returncode == 2 and "was made by another config (" in full.stderr and "Traceback" not in full.stderr
+  assert {s: os.path.getmtime(tmp_path / s / "done.json") for s in stages} == mtimes

@@ -44,10 +44,9 @@ def test_config_error_exits_2_with_message(tmp_path):
   assert "unknown config key 'nope'" in proc.stderr
 
 
-def test_overrides_without_config_are_rejected():
-  with pytest.raises(SystemExit) as e:
-    cli.main(["info", "--config.lr=1"])
-  assert e.value.code == 2
+def test_overrides_without_config_are_rejected(capsys):
+  assert cli.main(["info", "--config.lr=1"]) == 2
+  assert "auditdm info: error: --config.* overrides given but `info` takes no --config" in capsys.readouterr().err
 
 
 def test_info_reports_devices(capsys):
@@ -58,7 +57,5 @@ def test_info_reports_devices(capsys):
 
 
 def test_commands_that_need_a_workdir_say_so(capsys):
-  with pytest.raises(SystemExit) as e:
-    cli.main(["generate"])
-  assert e.value.code == 2
-  assert "auditdm generate: --workdir is required" in capsys.readouterr().err
+  assert cli.main(["generate"]) == 2
+  assert "auditdm generate: error: --workdir is required" in capsys.readouterr().err

@@ -129,7 +129,10 @@ def test_finetune_evaluate_resume(setup):
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
 
   # Resume: continues at step 5 with the data iterator where it stopped.
-  assert main_lib.main(["finetune", "--workdir", workdir, "--config", spec, "--config.total_steps=6"]) == 0
+  # More steps is another config: refused unless asked for, then resumed from step 4.
+  assert main_lib.main(["finetune", "--workdir", workdir, "--config", spec, "--config.total_steps=6"]) == 2
+  assert main_lib.main(["finetune", "--workdir", workdir, "--config", spec, "--config.total_steps=6",
+                        "--resume-with-changes"]) == 0
   rows = metrics_lib.read(os.path.join(workdir, "metrics.jsonl"))
   assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
   meta = json.load(open(os.path.join(workdir, "checkpoints", "6", "meta", "metadata")))

@@ -1,6 +1,7 @@
 """The client (retries, backoff, cache, per-item errors) and the service's backpressure, auth and timeouts, against
 the real app and Batcher with a scripted engine (fast and controllable: it can block, stall or fail on cue)."""
 import concurrent.futures
+import signal
 import threading
 import time
 
@@ -16,19 +17,23 @@ from auditdm_jax.imagegen.errors import GenerationError
 
 class ScriptedEngine(engine_lib.Engine):
   """Engine whose `run` paints each job's seed into a solid image; `gate` blocks it, `stall_s` delays the first
-  call, and the text "boom" raises (so Engine.run_jobs' failure isolation runs for real)."""
+  call, and the text "boom" raises (so Engine.run_jobs' failure isolation runs for real). Like the pipelines it
+  checks `should_stop` as it goes (every 10 ms) and returns early when told (counted in `stopped`)."""
 
   def __init__(self, stall_s=0.0):
     super().__init__({})
     self.gate = threading.Event()
     self.gate.set()
-    self.stall_s, self.calls = stall_s, 0
+    self.stall_s, self.calls, self.stopped = stall_s, 0, 0
 
-  def run(self, jobs):
+  def run(self, jobs, should_stop=None):
     self.calls += 1
-    if self.calls == 1:
-      time.sleep(self.stall_s)
-    self.gate.wait(30)
+    deadline = time.monotonic() + (self.stall_s if self.calls == 1 else 0.0)
+    while time.monotonic() < deadline or not self.gate.wait(0.01):
+      if should_stop is not None and should_stop():
+        self.stopped += 1
+        break
+      time.sleep(0.01)
     if any(j.text == "boom" for j in jobs):
       raise RuntimeError("the pipeline exploded")
     return [Image.new("RGB", (j.width, j.height), (j.seed % 256, 7, 9)) for j in jobs]
@@ -92,12 +97,14 @@ def test_client_retries_429_until_the_queue_drains(make_server):
 
 
 def test_timeout_gives_504_and_the_client_retry_succeeds(make_server):
-  url = make_server(ScriptedEngine(stall_s=1.0), request_timeout_s=0.3)
+  engine = ScriptedEngine(stall_s=1.0)
+  url = make_server(engine, request_timeout_s=0.3)
   gen = get_generator("flux-http", url=url, max_retries=5, backoff_s=0.05, max_backoff_s=1.5, height=8, width=8)
   [image] = gen.generate(["a cat"], [42])
   assert image.shape == (8, 8, 3) and image[0, 0, 0] == 42
   counts = _metrics(url)["requests"]
   assert counts["generate/504"] >= 1 and counts["generate/200"] == 1 and gen.stats["retries"] >= 1
+  assert engine.stopped == 1  # The timed-out request's pipeline call was interrupted, not run to the end.
 
 
 def test_client_side_timeout_is_retried(make_server):
@@ -157,6 +164,58 @@ def test_bearer_token(make_server):
   denied = get_generator("flux-http", url=url, height=8, width=8).generate(["x"], [1])[0]
   assert isinstance(denied, GenerationError) and denied.status == 401
   assert get_generator("flux-http", url=url, token="s3cret", height=8, width=8).generate(["x"], [1])[0].shape
+
+
+def test_disconnected_clients_cancel_their_queued_and_running_work(make_server):
+  engine = ScriptedEngine()
+  engine.gate.clear()  # Never opens: only cancellation ends the work.
+  url = make_server(engine, max_batch_size=1)
+  give_up = lambda seed: httpx.post(url + "/v1/generate", json=dict(prompt="x", seed=seed), timeout=1.0)
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    clients = [pool.submit(give_up, s) for s in (1, 2)]  # One runs, one waits in the queue.
+    for c in clients:
+      with pytest.raises(httpx.ReadTimeout):
+        c.result()
+  _wait_for(lambda: _metrics(url)["requests"].get("generate/499") == 2)
+  _wait_for(lambda: _metrics(url)["in_flight"] == 0 and _metrics(url)["queue_depth"] == 0)
+  assert engine.calls >= 1 and engine.stopped == engine.calls  # Every started job was interrupted.
+
+
+def test_one_signal_shuts_down_with_a_job_running():
+  engine = ScriptedEngine()
+  engine.gate.clear()
+  settings = service.Settings(batch_wait_ms=0, default_size=8, max_batch_size=1)
+  metrics = service.Metrics()
+  app = service.create_app(settings, {"generate": 2}, service.LocalBackend(engine, settings, metrics), metrics)
+  with service.serve_in_thread(app) as url:
+    post = lambda seed: httpx.post(url + "/v1/generate", json=dict(prompt="x", seed=seed), timeout=30)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+      running = pool.submit(post, 0)
+      _wait_for(lambda: _metrics(url)["in_flight"] == 1)
+      queued = pool.submit(post, 1)
+      _wait_for(lambda: _metrics(url)["queue_depth"] == 1)
+      start = time.monotonic()
+      app.state.server.handle_exit(signal.SIGINT, None)  # What uvicorn calls on Ctrl-C.
+      assert [f.result().status_code for f in (running, queued)] == [503, 503]
+    assert time.monotonic() - start < 5 and engine.stopped == 1
+    _wait_for(lambda: _refused(url))
+
+
+def _refused(url):
+  try:
+    httpx.get(url + "/healthz", timeout=1)
+  except httpx.TransportError:
+    return True
+  return False
+
+
+def test_default_size_stays_within_max_side_and_max_pixels():
+  body = dict(prompt="x", seed=0)
+  assert service.parse_generate(body, service.Settings(max_side=512), 16).height == 512  # not 1024
+  job = service.parse_generate(body, service.Settings(max_side=512, max_pixels=300 * 300), 16)
+  assert (job.height, job.width) == (288, 288)
+  assert service.parse_generate(body, service.Settings(), 16).height == 1024
+  assert service.parse_generate(dict(body, width=64), service.Settings(max_side=512), 16).width == 64
 
 
 def test_sync_api_refuses_to_run_inside_an_event_loop():

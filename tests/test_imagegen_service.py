@@ -121,6 +121,12 @@ def test_run_jobs_groups_mixed_jobs_like_single_calls(dirs):
     a, b = (np.asarray(Image.open(io.BytesIO(x)), dtype=int) for x in (a, b))
     assert a.shape == b.shape and np.abs(a - b).max() <= 1
   assert np.asarray(Image.open(io.BytesIO(mixed[3]))).shape == (8, 16, 3)
+  # should_stop is asked after every denoising step; True interrupts the rest of the call.
+  for stop, asked in ((False, 4), (True, 1)):
+    calls = []
+    engine.run([engine_lib.Job("generate", "a red circle", 1, 4, 3.5, 16, 16)],
+               should_stop=lambda stop=stop, calls=calls: calls.append(1) or stop)
+    assert len(calls) == asked
 
 
 @pytest.mark.parametrize("path,body,message", [

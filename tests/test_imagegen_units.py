@@ -137,10 +137,10 @@ def test_serve_images_command_errors(capsys):
   import argparse  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser()
   serve_images.add_arguments(parser)
-  with pytest.raises(SystemExit, match="give --flux-dir and/or --kontext-dir"):
+  with pytest.raises(ValueError, match="give --flux-dir and/or --kontext-dir"):
     serve_images.run(parser.parse_args([]))
   if importlib.util.find_spec("ray") is None:
-    with pytest.raises(SystemExit, match="needs Ray Serve"):
+    with pytest.raises(ImportError, match="needs Ray Serve"):
       serve_images.run(parser.parse_args(["--backend", "ray", "--flux-dir", "/x"]))
   settings = serve_images.settings_from_args(parser.parse_args(["--max-side", "512", "--port", "9000"]))
   assert (settings.host, settings.port, settings.max_pixels, settings.token) == ("127.0.0.1", 9000, 512 * 512,

@@ -9,10 +9,37 @@ from PIL import Image
 from auditdm_jax.audit import report
 
 
-def test_kmeans_separates_obvious_clusters():
-  x = np.concatenate([np.zeros((5, 2)), np.ones((5, 2)) * 10])
-  assign, _ = report.kmeans(x, 2)
-  assert len(set(assign[:5])) == 1 and len(set(assign[5:])) == 1 and assign[0] != assign[5]
+def test_failure_types_pick_k_by_silhouette_and_are_named_by_top_terms():
+  topics = {
+      "count": ["how many stars are there?", "how many red stars?", "how many blue stars?", "how many small stars?",
+                "how many big stars?"],
+      "color": ["what color is the circle?", "which color has the small circle?", "what color is the big circle?",
+                "the circle color?", "color of the left circle?"],
+      "relation": ["is the square left of the triangle?", "is the square right of the triangle?",
+                   "is the triangle above the square?", "is the square below the triangle?"]}
+  records = [dict(question=q, failure=True, topic=t) for t, qs in topics.items() for q in qs]
+  types = report.failure_types(records + [dict(question="ignored", failure=False, topic="none")], k=6)
+  # Three clusters (the silhouette's choice among k = 2..6), one per topic, named by its top terms.
+  assert [c["count"] for c in types] == [5, 5, 4]
+  assert [{m["topic"] for m in c["members"]} for c in types] == [{"color"}, {"count"}, {"relation"}]
+  assert [c["name"].split(" / ")[:2] for c in types] == [["color", "circle"], ["stars", "many"],
+                                                         ["square", "triangle"]]
+  assert len(report.failure_types([dict(question="how many?", failure=True)] * 3)) == 1  # one distinct text
+
+
+def test_summary_is_formatted_and_checked_against_targets():
+  s = dict(success_ratio=4.4, precision_trained=0.917, weakness_gap_closed=0.4, target_outside_weakness_before=0.743,
+           target_outside_weakness_after=0.743, stage_seconds=dict(pretrain=1358.2, rectify=65.0))
+  assert report.fmt("precision_trained", 0.917) == "91.7%" and report.fmt("success_ratio", 4.4) == "4.40x"
+  assert report.fmt("stage_seconds", s["stage_seconds"]) == "pretrain 1358 s, rectify 65 s"
+  assert report.fmt("generated_pairs", 444) == "444" and report.fmt("precision_baseline", None) == "n/a"
+  checks = {c["name"]: (c["value"], c["passed"]) for c in report.check_targets(s)}
+  assert checks["failure-search success, trained vs baseline"] == ("4.40x", True)
+  assert checks["audit precision vs ground truth (trained)"] == ("91.7%", True)
+  assert checks["weakness gap closed by rectification"] == ("40.0%", False)
+  assert checks["target outside the weakness, after - before"] == ("+0.0 points", True)
+  assert checks["wall time"] == ("23.7 min", True)
+  assert report.check_targets({}) == []
 
 
 def test_report_renders(tmp_path):
@@ -31,17 +58,25 @@ def test_report_renders(tmp_path):
   path.write_text("".join(json.dumps(r) + "\n" for r in records))
   metrics = [dict(step=s, reward=0.1 * s, success_rate=0.05 * s, reward_baseline=0.1) for s in range(5)]
   out = report.write(str(tmp_path / "report.html"), report.read_records(path), metrics,
-                     summary=dict(precision=0.9, success_vs_baseline=3.2), k=2)
+                     summary=dict(precision_trained=0.9, success_ratio=3.2, generated_pairs=8), k=2)
   text = open(out).read()
   png = base64.b64encode((tmp_path / "images" / "1.png").read_bytes()).decode()
   assert png in text  # images inlined
   assert text.count('alt="mean reward" src="data:image/png;base64,') == 1  # plots inlined
   assert 'alt="failure-search success rate"' in text
-  assert "Failure types (2 clusters" in text
+  assert "Failure types (2 clusters" in text and "Legend" in text
+  assert "<td>precision_trained</td><td>90.0%</td>" in text  # percentages
+  assert "<td>3.20x</td><td>&gt;= 3x</td><td class=pass>pass" in text  # targets
   assert "how many red circles" in text and "make the star blue" in text
   assert "<td>count</td><td>3</td>" in text  # failures by skill
-  assert "precision" in text and "6 failures" in text
+  assert "6 failures" in text
   assert "src=\"images/" not in text  # nothing references external files
+
+
+def test_an_audit_that_found_nothing_still_renders(tmp_path):
+  (tmp_path / "data.jsonl").write_text("")
+  out = report.write(str(tmp_path / "r.html"), report.read_records(str(tmp_path / "data.jsonl")))
+  assert "0 audited pairs, 0 failures" in open(out).read()
 
 
 def test_report_command(tmp_path):

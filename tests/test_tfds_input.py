@@ -1,5 +1,6 @@
 """Input pipelines: JSONL / folder / TFDS sources, weighted mixing, per-process sharding, exact resume, eval."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -50,16 +51,40 @@ def test_jsonl_source_reads_images_and_fields(files):
   assert n1 == 3  # rows 1, 4, 7
 
 
-def test_jsonl_errors(tmp_path):
+def test_jsonl_errors_name_file_and_line(tmp_path):
+  for name in ("x.png", "y.png"):
+    (tmp_path / name).write_bytes(b"png")
   bad = tmp_path / "bad.jsonl"
-  bad.write_text('{"image": "x.png", "q": "a"}\n{"image": "y.png"}\n')
-  with pytest.raises(jsonl_source.SourceError, match="row 1 has keys"):
-    jsonl_source.jsonl_dataset(str(bad))
-  bad.write_text('{"image": "x.png", "q": {"nested": 1}}\n')
-  with pytest.raises(jsonl_source.SourceError, match="unsupported value"):
-    jsonl_source.jsonl_dataset(str(bad))
+  cases = [('{"image": "x.png", "q": "a"}\n\n{"image": "y.png"}\n', "row has keys", 3),
+           ('{"image": "x.png", "q": {"nested": 1}}\n', "unsupported value", 1),
+           ('{"image": "x.png", "q": "a"}\n{"image": "y.png", "q": "b"', "invalid JSON", 2),
+           ('{"image": "x.png", "q": "a"}\n[1, 2]\n', "must be a JSON object", 2),
+           ('{"q": "a"}\n', "no 'image' path", 1)]
+  for text, message, line in cases:
+    bad.write_text(text)
+    with pytest.raises(jsonl_source.SourceError, match=message) as e:
+      jsonl_source.jsonl_dataset(str(bad))
+    assert (e.value.path, e.value.line) == (str(bad), line), text
   with pytest.raises(jsonl_source.SourceError, match="not found"):
     jsonl_source.jsonl_dataset(str(tmp_path / "missing.jsonl"))
+
+
+def test_jsonl_rows_with_missing_images_are_counted_and_skipped(files, caplog):
+  rows = [json.loads(line) for line in open(files["a"])]
+  rows[2]["image"] = "gone/2.png"
+  rows[5]["image"] = "gone/5.png"
+  path = os.path.join(os.path.dirname(files["a"]), "some_missing.jsonl")
+  with open(path, "w") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in rows))
+  ds, n = jsonl_source.jsonl_dataset(path)
+  assert n == 8 and [e["id"] for e in ds.as_numpy_iterator()] == [0, 1, 3, 4, 6, 7, 8, 9]
+  assert "skipped 2 of 10 rows whose image file is missing (lines 3, 6)" in caplog.text
+  with pytest.raises(jsonl_source.SourceError, match="image file not found") as e:
+    jsonl_source.jsonl_dataset(path, on_missing_image="error")
+  assert e.value.line == 3
+  # A training mixture reads the policy from its source dict.
+  with pytest.raises(jsonl_source.SourceError, match="image file not found"):
+    tfds_input.raw_dataset(dict(jsonl=path, on_missing_image="error"))
 
 
 def test_folder_source(files):

@@ -21,6 +21,7 @@ import numpy as np
 
 from auditdm_jax import images as images_lib
 from auditdm_jax import io as io_lib
+from auditdm_jax import progress
 from auditdm_jax.audit import divergence
 from auditdm_jax.audit import rollout
 from auditdm_jax.audit import trainer
@@ -108,6 +109,9 @@ def load_auditor(system, auditor_workdir):
   """The auditor params of the latest checkpoint in `auditor_workdir` ("" = the system's initial params)."""
   if not auditor_workdir:
     return system.params
+  if not os.path.isdir(os.path.join(auditor_workdir, "checkpoints")):
+    raise FileNotFoundError(2, "no auditor checkpoints (generate.auditor_workdir must be a train-auditor workdir)",
+                            os.path.join(auditor_workdir, "checkpoints"))
   ckpt = checkpoint_lib.Checkpointer(auditor_workdir, handle_sigterm=False)
   # Restored onto one device, whatever mesh the auditor was trained on (rollouts run unsharded here).
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -147,7 +151,7 @@ def generate(config, workdir, system=None, use_ray=False):
   else:
     params = load_auditor(system, config.generate.auditor_workdir)
     totals = {}
-    for k in todo:
+    for k in progress.track(todo, initial=num - len(todo), desc="generate", unit="shard"):
       n, counters = generate_shard(system, params, config, k, root)
       totals = {c: totals.get(c, 0) + v for c, v in counters.items()}
       log.info("shard %d: %d records %s", k, n, counters)

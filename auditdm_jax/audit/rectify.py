@@ -4,8 +4,8 @@ Rectification = the SFT loop (`train/sft.py`, the PaliGemma transfer recipe) ove
 `[original split (weight 1 - mix), generated data.jsonl (weight mix)]`, starting from the target's weights, then an
 evaluation of the fine-tuned target. What is model/world specific comes from the system's `rectification`
 (`audit.system.Rectification`: target_spec, original_data, evaluate_target, with_target).
-`iterate` runs N refinement iterations (train auditor -> generate -> rectify), each stage in its own directory with
-a `done.json` marker: a rerun skips finished stages and resumes the unfinished one from its checkpoints.
+`iterate` runs N refinement iterations (train auditor -> generate -> rectify), each a `workdir.stage` in its own
+directory: a rerun with the same config skips finished stages and resumes the unfinished one from its checkpoints.
 """
 import json
 import logging
@@ -15,8 +15,10 @@ import jax
 import ml_collections
 
 from auditdm_jax import io as io_lib
+from auditdm_jax import workdir as workdir_lib
 from auditdm_jax.audit import generate as generate_lib
 from auditdm_jax.audit import trainer
+from auditdm_jax.data import jsonl_source
 from auditdm_jax.data import transfers
 from auditdm_jax.models import checkpoints
 from auditdm_jax.models import vlm
@@ -32,13 +34,13 @@ def write_training_jsonl(dataset_jsonl, out_path):
   """data.jsonl records -> rows {image (path relative to out_path's dir), question, answer} for the SFT input."""
   src_dir, out_dir = os.path.dirname(os.path.abspath(dataset_jsonl)), os.path.dirname(os.path.abspath(out_path))
   rows = []
-  with open(dataset_jsonl, encoding="utf-8") as f:
-    for line in f:
-      r = json.loads(line)
-      image = os.path.relpath(os.path.join(src_dir, r["image"]), out_dir)
-      rows.append(json.dumps(dict(image=image, question=r["question"], answer=r["answer"], id=r["id"])) + "\n")
-  if not rows:
-    raise ValueError(f"{dataset_jsonl} has no generated pairs to rectify with")
+  for line, r in jsonl_source.read_jsonl(dataset_jsonl, with_lines=True):
+    missing = [k for k in ("image", "question", "answer", "id") if k not in r]
+    if missing:
+      raise jsonl_source.SourceError(f"record has no {missing} (not written by `auditdm generate`?)",
+                                     dataset_jsonl, line)
+    image = os.path.relpath(os.path.join(src_dir, r["image"]), out_dir)
+    rows.append(json.dumps(dict(image=image, question=r["question"], answer=r["answer"], id=r["id"])) + "\n")
   io_lib.write_text(out_path, "".join(rows))
   return len(rows)
 
@@ -86,12 +88,13 @@ def finetune(target_spec, original_data, generated_jsonl, rc, workdir):
 
 def rectify(config, workdir, system=None, dataset_jsonl=None):
   """Fine-tunes the system's target on original + generated data; returns before/after evaluations."""
-  system = system or trainer.build_system(config, workdir)
   dataset_jsonl = dataset_jsonl or config.rectify.dataset
   if not dataset_jsonl or not os.path.exists(dataset_jsonl):
-    raise FileNotFoundError(f"generated dataset not found: {dataset_jsonl!r} (run `auditdm generate` first)")
+    raise FileNotFoundError(2, "generated dataset not found: set --config.rectify.dataset=<generate workdir>/"
+                            "dataset/data.jsonl", dataset_jsonl)
   train_jsonl = os.path.join(workdir, "rectify_data", "generated.jsonl")
-  n = write_training_jsonl(dataset_jsonl, train_jsonl)
+  n = write_training_jsonl(dataset_jsonl, train_jsonl)  # Bad data fails here, before any model is loaded.
+  system = system or trainer.build_system(config, workdir)
   log.info("rectifying with %d generated pairs (mix %.2f)", n, config.rectify.mix)
   hooks = system.require("rectification", "rectification")
   before = hooks.evaluate_target(None)
@@ -103,18 +106,6 @@ def rectify(config, workdir, system=None, dataset_jsonl=None):
   return out
 
 
-def _stage(path, fn):
-  """Runs `fn()` unless `path/done.json` exists; returns its (recorded) result."""
-  marker = os.path.join(path, "done.json")
-  if os.path.exists(marker):
-    log.info("stage %s already done", path)
-    return io_lib.read_json(marker)
-  os.makedirs(path, exist_ok=True)
-  result = fn()
-  io_lib.write_json(marker, result)
-  return result
-
-
 def iterate(config, workdir, system=None):
   """`config.iterations` refinement iterations: train auditor on the latest target -> generate -> rectify."""
   system = system or trainer.build_system(config, workdir)
@@ -122,13 +113,13 @@ def iterate(config, workdir, system=None):
   for it in range(config.iterations):
     base = os.path.join(workdir, f"iter{it}")
     aud_dir = os.path.join(base, "auditor")
-    _stage(aud_dir, lambda: trainer.train(config, aud_dir, system)[1])
+    workdir_lib.stage(aud_dir, config, lambda: trainer.train(config, aud_dir, system)[1])
     gen_cfg = ml_collections.ConfigDict(config.to_dict())
     gen_cfg.generate.auditor_workdir = aud_dir
-    gen = _stage(os.path.join(base, "generate"),
-                 lambda: generate_lib.generate(gen_cfg, os.path.join(base, "generate"), system))
-    rect = _stage(os.path.join(base, "rectify"),
-                  lambda: rectify(config, os.path.join(base, "rectify"), system, gen["dataset"]))
+    gen = workdir_lib.stage(os.path.join(base, "generate"), gen_cfg,
+                            lambda: generate_lib.generate(gen_cfg, os.path.join(base, "generate"), system))
+    rect = workdir_lib.stage(os.path.join(base, "rectify"), config,
+                             lambda: rectify(config, os.path.join(base, "rectify"), system, gen["dataset"]))
     history.append(dict(iteration=it, generated=gen["records"], before=rect["before"], after=rect["after"]))
     system = system.require("rectification", "the next refinement iteration").with_target(rect["target_npz"])
   io_lib.write_json(os.path.join(workdir, "iterate_results.json"), history)

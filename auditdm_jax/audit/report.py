@@ -3,82 +3,64 @@
 Input: the audited pairs (JSONL records written by `generate`, see `generate.RECORD_KEYS`), the auditor's training
 metrics (metrics.jsonl) and an optional summary dict (the demo's numbers). Output: exemplars (original vs
 counterfactual image, question, target vs reference answers), failure types found by clustering the failures'
-questions/edits (TF-IDF bag of words + k-means, numpy only) with counts and examples, and reward / success-rate
-curves.
+questions/edits (scikit-learn TF-IDF + k-means, k by silhouette, named by top terms) with counts and examples,
+reward / success-rate curves, the summary in percentages with the demo's targets (pass/fail) and a legend.
 """
 import base64
 import collections
 import html
 import io
-import json
 import os
 import re
 
 import numpy as np
+from sklearn import cluster, feature_extraction
+from sklearn import metrics as sk_metrics
 
 from auditdm_jax import io as io_lib
+from auditdm_jax.data import jsonl_source
 
-_STOP = frozenset("a an the is are of to in on what which how there this that image picture does do any".split())
+_STOP = ("a an the is are of to in on what which how there this that image picture does do any".split()
+         + "make change turn add remove".split())  # Edit verbs say nothing about the kind of failure.
 
 
 def read_records(path):
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The records of a generated data.jsonl (errors name the file and line)."""
+  return jsonl_source.read_jsonl(path, allow_empty=True)  # An audit may find nothing.
 
 
-def _tokens(text):
-  return [w for w in re.findall(r"[a-z]+", (text or "").lower()) if w not in _STOP]
-
-
-def tfidf(texts):
-  """Bag-of-words TF-IDF of `texts` -> ([N, V] L2-normalised float32, vocabulary list)."""
-  docs = [_tokens(t) for t in texts]
-  vocab = sorted({w for d in docs for w in d})
-  index = {w: i for i, w in enumerate(vocab)}
-  x = np.zeros((len(docs), max(len(vocab), 1)), np.float32)
-  for i, d in enumerate(docs):
-    for w in d:
-      x[i, index[w]] += 1.0
-  df = (x > 0).sum(0)
-  x *= np.log((1.0 + len(docs)) / (1.0 + df)) + 1.0
-  x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
-  return x, vocab
-
-
-def kmeans(x, k, iters=50, seed=0):
-  """k-means++ initialised Lloyd iterations on rows of x [N, D] -> (assignments [N], centroids [k, D])."""
-  n = x.shape[0]
-  k = max(1, min(k, n))
-  rng = np.random.default_rng(seed)
-  centroids = [x[rng.integers(n)]]
-  for _ in range(1, k):
-    d2 = np.min(((x[:, None] - np.stack(centroids)[None]) ** 2).sum(-1), axis=1)
-    if d2.sum() <= 0:
-      break
-    centroids.append(x[rng.choice(n, p=d2 / d2.sum())])
-  c = np.stack(centroids)
-  assign = np.zeros(n, int)
-  for _ in range(iters):
-    new = ((x[:, None] - c[None]) ** 2).sum(-1).argmin(1)
-    if _ and np.array_equal(new, assign):
-      break
-    assign = new
-    c = np.stack([x[assign == j].mean(0) if np.any(assign == j) else c[j] for j in range(len(c))])
-  return assign, c
+def cluster_texts(texts, max_k=6, seed=0):
+  """TF-IDF + k-means over `texts`, k in [2, max_k] chosen by silhouette (1 cluster when there are too few
+  distinct texts). Returns (assignments [N], centroids [k, V], vocabulary)."""
+  vec = feature_extraction.text.TfidfVectorizer(token_pattern=r"[a-z]+", stop_words=_STOP)
+  try:
+    x = vec.fit_transform(texts)
+  except ValueError:  # Only stop words: nothing to cluster on.
+    return np.zeros(len(texts), int), np.zeros((1, 1)), ["(no words)"]
+  vocab = vec.get_feature_names_out()
+  distinct = len({tuple(row) for row in x.toarray().round(6)})
+  best = (None, np.zeros(len(texts), int), np.asarray(x.mean(0)))
+  for k in range(2, min(max_k, distinct, len(texts) - 1) + 1):  # silhouette needs 2 <= k <= N - 1
+    km = cluster.KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x)
+    score = sk_metrics.silhouette_score(x, km.labels_, random_state=seed)
+    if best[0] is None or score > best[0]:
+      best = (score, km.labels_, km.cluster_centers_)
+  return best[1], best[2], list(vocab)
 
 
 def failure_types(records, k=6, seed=0, top_terms=4):
-  """Clusters the failures' question + edit/caption text. Returns [{name, count, members}] largest first."""
+  """Clusters the failures' question + edit/caption text (k <= `k`, by silhouette); each type is named by its
+  centroid's top TF-IDF terms. Returns [{name, count, members}] largest first."""
   fails = [r for r in records if r.get("failure")]
   if not fails:
     return []
-  x, vocab = tfidf([f"{r.get('question', '')} {r.get('instruction') or ''}" for r in fails])
-  assign, centroids = kmeans(x, k, seed=seed)
+  assign, centroids, vocab = cluster_texts([f"{r.get('question', '')} {r.get('instruction') or ''}" for r in fails],
+                                           k, seed)
   clusters = []
-  for j in range(len(centroids)):
+  for j, centroid in enumerate(centroids):
     members = [fails[i] for i in np.flatnonzero(assign == j)]
     if members:
-      terms = [vocab[t] for t in np.argsort(-centroids[j])[:top_terms] if centroids[j][t] > 0]
+      terms = [vocab[t] for t in np.argsort(-centroid)[:top_terms] if centroid[t] > 0]
       clusters.append(dict(name=" / ".join(terms) or "(no words)", count=len(members), members=members))
   return sorted(clusters, key=lambda c: -c["count"])
 
@@ -134,7 +116,7 @@ def _row(r, root):
 _HEAD = ("<tr><th>original</th><th>counterfactual</th><th>edit / caption</th><th>question</th><th>target</th>"
          "<th>references</th></tr>")
 _CSS = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:4px;vertical-align:top;font-size:13px}.bad{color:#b00}"
+        "td,th{border:1px solid #ccc;padding:4px;vertical-align:top;font-size:13px}.bad{color:#b00}.pass{color:#070}"
         "h2{border-bottom:1px solid #999}")
 
 
@@ -148,8 +130,15 @@ def render(records, metrics=(), summary=None, root=".", title="AuditDM report", 
            f"({100.0 * len(fails) / max(len(records), 1):.1f}%).</p>"]
   if summary:
     parts.append("<h2>Summary</h2><table>" + "".join(
-        f"<tr><td>{html.escape(str(k_))}</td><td>{html.escape(_fmt(v))}</td></tr>" for k_, v in summary.items())
+        f"<tr><td>{html.escape(str(k_))}</td><td>{html.escape(fmt(k_, v))}</td></tr>" for k_, v in summary.items())
         + "</table>")
+    checks = check_targets(summary)
+    if checks:
+      parts.append("<h2>Targets</h2><table><tr><th>target</th><th>measured</th><th>goal</th><th></th></tr>" + "".join(
+          f"<tr><td>{html.escape(t['name'])}</td><td>{html.escape(t['value'])}</td><td>{html.escape(t['goal'])}</td>"
+          f"<td class={'pass' if t['passed'] else 'bad'}>{'pass' if t['passed'] else 'FAIL'}</td></tr>"
+          for t in checks) + "</table>")
+  parts.append(_LEGEND)
   plots = [_plot(list(metrics), ["reward", "reward_baseline"], "mean reward"),
            _plot(list(metrics), ["success_rate", "success_rate_baseline"], "failure-search success rate")]
   if any(plots):
@@ -169,8 +158,62 @@ def render(records, metrics=(), summary=None, root=".", title="AuditDM report", 
   return "\n".join(parts)
 
 
-def _fmt(v):
-  return f"{v:.4g}" if isinstance(v, float) else str(v)
+_PERCENT = re.compile(r"rate|precision|weakness|overall|gap|accuracy")
+
+
+def fmt(key, value):
+  """A summary value for people: fractions as percentages, ratios as `x`, seconds rounded, dicts inline."""
+  if isinstance(value, dict):
+    return ", ".join(f"{k} {fmt(key, v)}" for k, v in value.items())
+  if not isinstance(value, float):
+    return "n/a" if value is None else str(value)
+  if "ratio" in key:
+    return f"{value:.2f}x"
+  if "seconds" in key:
+    return f"{value:.0f} s"
+  if _PERCENT.search(key):
+    return f"{100 * value:.1f}%"
+  return f"{value:.4g}"
+
+
+# The demo's targets (README): (name, value of the summary or None when not measured, goal, formatted, passes).
+TARGETS = (
+    ("failure-search success, trained vs baseline", lambda s: s.get("success_ratio"), ">= 3x",
+     lambda v: f"{v:.2f}x", lambda v: v >= 3.0),
+    ("audit precision vs ground truth (trained)", lambda s: s.get("precision_trained"), ">= 85%",
+     lambda v: f"{100 * v:.1f}%", lambda v: v >= 0.85),
+    ("weakness gap closed by rectification", lambda s: s.get("weakness_gap_closed"), ">= 50%",
+     lambda v: f"{100 * v:.1f}%", lambda v: v >= 0.5),
+    ("target outside the weakness, after - before",
+     lambda s: (s["target_outside_weakness_after"] - s["target_outside_weakness_before"]
+                if "target_outside_weakness_after" in s else None), ">= -1 point (no regression)",
+     lambda v: f"{100 * v:+.1f} points", lambda v: v >= -0.01),
+    ("wall time", lambda s: sum(s["stage_seconds"].values()) / 60 if "stage_seconds" in s else None, "<= 30 min",
+     lambda v: f"{v:.1f} min", lambda v: v <= 30),
+)
+
+
+def check_targets(summary, targets=TARGETS):
+  """[{name, value, goal, passed}] for the targets the summary measures."""
+  out = []
+  for name, get, goal, show, passes in targets:
+    value = get(summary)
+    if value is not None:
+      out.append(dict(name=name, value=show(value), goal=goal, passed=bool(passes(value))))
+  return out
+
+
+_LEGEND = """<h2>Legend</h2><dl>
+<dt>failure</dt><dd>the target's answer differs from the references' consensus answer (the label).</dd>
+<dt>consensus</dt><dd>the references agree (above the reward's threshold); their answer is the label.</dd>
+<dt>success rate</dt><dd>share of the auditor's samples that are failures; the baseline is the initial auditor
+with the prompt-only instructions.</dd>
+<dt>precision</dt><dd>share of flagged failures where the world's ground truth says the target is wrong and the
+consensus right.</dd>
+<dt>original / counterfactual</dt><dd>the source image and the image the auditor's edit or caption produced
+("(original image)" when the question is about the source).</dd>
+<dt>failure types</dt><dd>k-means clusters (k by silhouette) of the TF-IDF of the failures' questions and edits,
+named by their top terms.</dd></dl>"""
 
 
 def write(path, records, metrics=(), summary=None, root=None, **kw):

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from auditdm_jax import metrics as metrics_lib
+from auditdm_jax import progress
 from auditdm_jax import sharding
 from auditdm_jax.audit import grpo
 from auditdm_jax.audit import rollout
@@ -74,7 +75,7 @@ def evaluate(system, params, config, baseline=False, seed=0):
   """Failure-search success rate (and ground-truth precision) of the auditor on the fixed eval batches."""
   run_rollout = rollout.Rollout.from_config(system, config)
   samples, results = [], []
-  for i, source in enumerate(system.eval_data):
+  for i, source in enumerate(progress.track(system.eval_data, desc="audit eval", unit="batch")):
     res = run_rollout(params, source, jax.random.PRNGKey(seed * 7919 + i), seed=seed + i, baseline=baseline)
     results.append(res)
     samples.extend(res.samples)
@@ -119,7 +120,7 @@ def train(config, workdir, system=None):
     params, opt_state, rng, start = restored["params"], restored["opt_state"], restored["rng"], restored["step"]
   writer = metrics_lib.MetricWriter(workdir)
 
-  for step in range(start, config.total_steps):
+  for step in progress.track(range(start, config.total_steps), initial=start, desc="GRPO", unit="step"):
     t_step = time.perf_counter()
     rng, rng_rollout, rng_train = jax.random.split(rng, 3)
     # Data -> rollout: the auditor proposes, the generator renders, target and references answer.

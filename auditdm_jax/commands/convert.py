@@ -10,6 +10,11 @@ layouts transformers has used). Writing .npz also writes `<dst>.json`: our VLM c
 import json
 import logging
 import os
+import zipfile
+
+import safetensors
+
+from auditdm_jax import errors
 
 HELP = "convert PaliGemma2 / Gemma3 checkpoints: HF safetensors dir <-> our .npz (big_vision names)"
 log = logging.getLogger(__name__)
@@ -34,7 +39,7 @@ def _npz_config(args):
     return vlm.get_config(args.variant, res=args.res)
   sidecar = args.src + ".json"
   if not os.path.exists(sidecar):
-    raise SystemExit(f"auditdm convert: {args.src} needs --variant (no {sidecar})")
+    raise errors.InputError(f"needs --variant (no {sidecar})", args.src)
   with open(sidecar, encoding="utf-8") as f:
     return ml_collections.ConfigDict(json.load(f))
 
@@ -51,14 +56,18 @@ def run(args):
   dtype = {"bfloat16": ml_dtypes.bfloat16}.get(args.dtype, args.dtype and np.dtype(args.dtype))
   # Conversion is host work: keep the params in host memory, not on an accelerator.
   on_host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-  if _kind(src) == "hf":
-    cfg = checkpoints.config_from_hf(src)
-    abstract = vlm.abstract_params(cfg)
-    _, params = checkpoints.load_vlm_hf(src, cfg, shardings=jax.tree.map(lambda _: on_host, abstract))
-  else:
-    cfg = _npz_config(args)
-    abstract = vlm.abstract_params(cfg)
-    params = checkpoints.load_npz(src, abstract, shardings=jax.tree.map(lambda _: on_host, abstract))
+  try:
+    if _kind(src) == "hf":
+      cfg = checkpoints.config_from_hf(src)
+      abstract = vlm.abstract_params(cfg)
+      _, params = checkpoints.load_vlm_hf(src, cfg, shardings=jax.tree.map(lambda _: on_host, abstract))
+    else:
+      cfg = _npz_config(args)
+      abstract = vlm.abstract_params(cfg)
+      params = checkpoints.load_npz(src, abstract, shardings=jax.tree.map(lambda _: on_host, abstract))
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile, safetensors.SafetensorError) as e:
+    # Truncated or foreign files fail deep in numpy / safetensors with messages that do not name the file.
+    raise errors.InputError(f"cannot read the checkpoint: {type(e).__name__}: {e}", src) from e
   log.info("loaded %s (%s, %d params)", src, cfg.variant, sum(x.size for x in jax.tree.leaves(params)))
   if _kind(dst) == "npz":
     if dtype is not None:

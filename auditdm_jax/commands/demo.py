@@ -1,8 +1,6 @@
 """`auditdm demo`: the whole AuditDM loop on the embedded shapes world, on CPU (resumable stage by stage)."""
 import os
 
-from auditdm_jax import config as config_lib
-
 HELP = "run the whole loop on the shapes world: pretrain -> GRPO auditor -> generate -> rectify -> report"
 DEFAULT_CONFIG = "configs/audit/demo.py"
 DEFAULT_WORKDIR = "runs/demo"
@@ -10,16 +8,19 @@ DEFAULT_WORKDIR = "runs/demo"
 
 def add_arguments(parser):
   parser.add_argument("--fast", action="store_true",
-                      help="shorthand for --config configs/audit/demo.py:fast (a small, minutes-long run)")
+                      help="the config's `fast` argument, e.g. configs/audit/demo.py:fast (a small, minutes-long run)")
+
+
+def config_spec(args):
+  """--fast adds the `fast` argument to the config spec (so the workdir records the fast config)."""
+  if not args.fast:
+    return args.config
+  return args.config + (",fast" if ":" in args.config else ":fast")
 
 
 def run(args):
   # In run(): `auditdm --help` imports every command module and must not load the model stack.
   from auditdm_jax.worlds.shapes import demo  # pylint: disable=g-import-not-at-top
-  config = args.config
-  if args.fast:
-    config = config_lib.load(config_lib.find_spec(DEFAULT_CONFIG + ":fast"))
-    config_lib.dump(config, args.workdir)
-  summary = demo.run(config, args.workdir)
+  summary = demo.run(args.config, args.workdir)
   print(demo.format_summary(summary))
   print(f"report: {os.path.join(args.workdir, 'report.html')}")

@@ -28,7 +28,7 @@ def load_checkpoint_params(config, path, step=None):
     ckpt = checkpoint_lib.Checkpointer(path, handle_sigterm=False)
     step = ckpt.latest_step() if step is None else step
     if step is None:
-      raise SystemExit(f"auditdm evaluate: no checkpoint in {path}/checkpoints")
+      raise FileNotFoundError(2, "no checkpoint in the finetune workdir", os.path.join(path, "checkpoints"))
     params = ckpt.restore(step, params=checkpoint_lib.abstract(abstract, shardings))["params"]
     ckpt.close()
     return cfg, params, step

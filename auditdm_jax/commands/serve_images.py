@@ -49,16 +49,15 @@ def settings_from_args(args):
 
 def run(args):
   if not args.flux_dir and not args.kontext_dir:
-    raise SystemExit("auditdm serve-images: give --flux-dir and/or --kontext-dir (local diffusers directories)")
+    raise ValueError("give --flux-dir and/or --kontext-dir (local diffusers directories)")
   settings = settings_from_args(args)
   pipelines = dict(flux_dir=args.flux_dir, kontext_dir=args.kontext_dir, device=args.device, dtype=args.dtype,
                    max_sequence_length=args.max_sequence_length, share_encoders=args.share_encoders)
+  sock = service.bind(settings.host, settings.port)  # A busy port fails now, not after loading the pipelines.
   if args.backend == "ray":
     from auditdm_jax.imagegen import ray_serve  # pylint: disable=g-import-not-at-top
-    try:
-      ray_serve.require_ray()
-    except ImportError as e:
-      raise SystemExit(f"auditdm serve-images: {e}") from None
+    sock.close()  # Ray Serve binds its own.
+    ray_serve.require_ray()
     ray_serve.run(settings, num_replicas=args.num_replicas, gpus_per_replica=args.gpus_per_replica, **pipelines)
   else:
-    service.serve(service.build_local_app(settings, **pipelines), settings)
+    service.serve(service.build_local_app(settings, **pipelines), settings, sock)

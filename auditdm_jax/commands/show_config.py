@@ -8,5 +8,5 @@ HELP = "resolve a config file with its arg and --config.* overrides and print it
 
 def run(args):
   if args.config is None:
-    raise SystemExit("auditdm show-config: --config is required")
+    raise config_lib.ConfigError("--config is required")
   print(json.dumps(config_lib.to_dict(args.config), indent=2, sort_keys=True))

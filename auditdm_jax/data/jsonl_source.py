@@ -3,37 +3,47 @@
 JSONL: one object per line, e.g. `{"image": "imgs/0001.png", "question": "...", "answer": "...", "id": "g0"}`.
 `image` is a path, relative to the JSONL file's directory unless absolute; the source yields its encoded bytes
 (decode with the `decode` pp op). Other fields may be strings, numbers, bools or lists of strings/numbers; every
-row must have the same keys and the same types (a clear error names the first offending row otherwise).
+row must have the same keys and the same types (a clear error names the file and line otherwise). A row whose
+image file is missing is a per-row error: counted and skipped (`on_missing_image="skip"`, the default; a source
+dict sets it as `on_missing_image`), or an error at once ("error").
 
 Folder: every image file under a directory (recursively, sorted), yielding `{"image": bytes, "image/id": relpath}`.
 """
 import json
+import logging
 import os
 
 import tensorflow as tf
 
+from auditdm_jax.errors import InputError
+
+log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+ON_MISSING_IMAGE = ("skip", "error")
 
 
-class SourceError(ValueError):
-  """A JSONL file or image folder is malformed."""
+class SourceError(InputError):
+  """A JSONL file or image folder is malformed (`path`, `line` say where)."""
 
 
-def read_jsonl(path):
-  """Returns the list of row dicts of a JSONL file (blank lines skipped)."""
+def read_jsonl(path, with_lines=False, allow_empty=False):
+  """The row dicts of a JSONL file (blank lines skipped); with_lines: (line number, row) pairs."""
   if not tf.io.gfile.exists(path):
-    raise SourceError(f"JSONL file not found: {path!r}")
+    raise SourceError("JSONL file not found", path)
   rows = []
   with tf.io.gfile.GFile(path) as f:
     for lineno, line in enumerate(f, 1):
       if line.strip():
         try:
-          rows.append(json.loads(line))
+          row = json.loads(line)
         except json.JSONDecodeError as e:
-          raise SourceError(f"{path}:{lineno}: invalid JSON: {e}") from None
-  if not rows:
-    raise SourceError(f"JSONL file {path!r} has no rows")
-  return rows
+          raise SourceError(f"invalid JSON: {e.msg} at column {e.colno}", path, lineno) from None
+        if not isinstance(row, dict):
+          raise SourceError(f"a row must be a JSON object, got {type(row).__name__}", path, lineno)
+        rows.append((lineno, row))
+  if not rows and not allow_empty:
+    raise SourceError("JSONL file has no rows", path)
+  return rows if with_lines else [row for _, row in rows]
 
 
 def _kind(value):
@@ -52,19 +62,19 @@ def _kind(value):
   return None
 
 
-def _columns(rows, path):
+def _columns(rows, lines, path):
   keys = sorted(rows[0])
   kinds = {}
-  for i, row in enumerate(rows):
+  for row, line in zip(rows, lines):
     if sorted(row) != keys:
-      raise SourceError(f"{path}: row {i} has keys {sorted(row)}, row 0 has {keys}")
+      raise SourceError(f"row has keys {sorted(row)}, the first row has {keys}", path, line)
     for k in keys:
       kind = _kind(row[k])
       if kind is None:
-        raise SourceError(f"{path}: row {i} field {k!r} has unsupported value {row[k]!r}")
+        raise SourceError(f"field {k!r} has unsupported value {row[k]!r}", path, line)
       # Ints widen to float when a column mixes them.
       if kinds.setdefault(k, kind) != kind and {kinds[k], kind} != {"int", "float"}:
-        raise SourceError(f"{path}: row {i} field {k!r} is {kind}, row 0 has {kinds[k]}")
+        raise SourceError(f"field {k!r} is {kind}, the first row has {kinds[k]}", path, line)
       if {kinds[k], kind} == {"int", "float"}:
         kinds[k] = "float"
   cols = {}
@@ -80,21 +90,42 @@ def _columns(rows, path):
   return cols
 
 
-def jsonl_dataset(path, image_key="image", process_index=0, process_count=1):
+def _with_images(numbered, path, image_key, on_missing_image):
+  """Rows with their image path made absolute; rows whose image file is missing are skipped (counted) or raise."""
+  if on_missing_image not in ON_MISSING_IMAGE:
+    raise ValueError(f"on_missing_image must be one of {ON_MISSING_IMAGE}, got {on_missing_image!r}")
+  base = os.path.dirname(os.path.abspath(path))
+  kept, missing = [], []
+  for line, row in numbered:
+    if not isinstance(row.get(image_key), str):
+      raise SourceError(f"row has no {image_key!r} path", path, line)
+    row[image_key] = os.path.join(base, row[image_key])
+    if tf.io.gfile.exists(row[image_key]):
+      kept.append((line, row))
+    elif on_missing_image == "error":
+      raise SourceError(f"image file not found: {row[image_key]}", path, line)
+    else:
+      missing.append(line)
+  if missing:
+    log.warning("%s: skipped %d of %d rows whose image file is missing (lines %s)", path, len(missing),
+                len(numbered), ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else ""))
+  if not kept:
+    raise SourceError(f"none of the {len(numbered)} rows has an existing image file", path)
+  return kept
+
+
+def jsonl_dataset(path, image_key="image", process_index=0, process_count=1, on_missing_image="skip"):
   """A finite, ordered tf.data.Dataset over this process's rows (rows[process_index::process_count]).
 
   Returns (dataset, num_rows_of_this_process).
   """
-  rows = read_jsonl(path)[process_index::process_count]
-  if not rows:
-    raise SourceError(f"{path}: no rows for process {process_index} of {process_count}")
-  base = os.path.dirname(os.path.abspath(path))
+  numbered = read_jsonl(path, with_lines=True)[process_index::process_count]
+  if not numbered:
+    raise SourceError(f"no rows for process {process_index} of {process_count}", path)
   if image_key:
-    for i, row in enumerate(rows):
-      if image_key not in row or not isinstance(row[image_key], str):
-        raise SourceError(f"{path}: row {i} has no {image_key!r} path")
-      row[image_key] = os.path.join(base, row[image_key])
-  ds = tf.data.Dataset.from_tensor_slices(_columns(rows, path))
+    numbered = _with_images(numbered, path, image_key, on_missing_image)
+  rows = [row for _, row in numbered]
+  ds = tf.data.Dataset.from_tensor_slices(_columns(rows, [line for line, _ in numbered], path))
   if image_key:
     def read_image(ex):
       ex = dict(ex)
@@ -107,14 +138,14 @@ def jsonl_dataset(path, image_key="image", process_index=0, process_count=1):
 def list_images(folder):
   """Sorted relative paths of the image files under `folder`."""
   if not tf.io.gfile.isdir(folder):
-    raise SourceError(f"image folder not found: {folder!r}")
+    raise SourceError("image folder not found", folder)
   found = []
   for root, _, files in tf.io.gfile.walk(folder):
     for name in files:
       if name.lower().endswith(IMAGE_EXTENSIONS):
         found.append(os.path.relpath(os.path.join(root, name), folder))
   if not found:
-    raise SourceError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder!r}")
+    raise SourceError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under the folder", folder)
   return sorted(found)
 
 

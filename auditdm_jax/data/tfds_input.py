@@ -65,7 +65,8 @@ def _read(source, process_index, process_count, shuffle_files, seed):
   kind = source_kind(source)
   if kind == "jsonl":
     return jsonl_source.jsonl_dataset(source["jsonl"], image_key=_get(source, "image_key", "image"),
-                                      process_index=process_index, process_count=process_count)
+                                      process_index=process_index, process_count=process_count,
+                                      on_missing_image=_get(source, "on_missing_image", "skip"))
   if kind == "folder":
     return jsonl_source.folder_dataset(source["folder"], process_index, process_count)
   builder = tfds.builder(source["name"], data_dir=_get(source, "data_dir"))

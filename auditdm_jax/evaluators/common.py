@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from auditdm_jax import io as io_lib
+from auditdm_jax import progress
 from auditdm_jax.data import tfds_input
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ class BaseEvaluator:
   def predict(self, params):
     """Per-example records `{**fields, "prediction": str, "scores": {...}}` of this process."""
     records = []
-    for batch, valid in tfds_input.eval_batches(self.data, self.pp_fn, self.batch_size):
+    for batch, valid in progress.track(tfds_input.eval_batches(self.data, self.pp_fn, self.batch_size),
+                                       desc=f"eval {self.name}", unit="batch"):
       missing = [f for f in self.fields + self.score_fields if f not in batch]
       if missing:
         raise ValueError(f"eval {self.name}: pp_fn must keep {missing} for the metric; batch has {sorted(batch)}")

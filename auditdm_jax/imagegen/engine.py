@@ -116,8 +116,12 @@ class Engine:
                                                        **shared).to(device)
     return cls(pipelines, max_sequence_length)
 
-  def run(self, jobs):
-    """Runs jobs sharing one `batch_key` in a single pipeline call; returns their PIL images in order."""
+  def run(self, jobs, should_stop=None):
+    """Runs jobs sharing one `batch_key` in a single pipeline call; returns their PIL images in order.
+
+    should_stop: `() -> bool` checked after every denoising step; True interrupts the pipeline (its requests were
+    abandoned), which then returns unfinished images nobody will read.
+    """
     import torch  # pylint: disable=g-import-not-at-top
     mode, height, width, steps, guidance = jobs[0].batch_key
     if any(j.batch_key != jobs[0].batch_key for j in jobs):
@@ -129,19 +133,26 @@ class Engine:
       # max_area = height * width keeps Kontext's aspect-ratio rescaling a no-op; no snapping of the source to
       # Kontext's preferred resolutions, because the source was resized to (width, height) already.
       kwargs.update(image=[j.image for j in jobs], max_area=height * width, _auto_resize=False)
+    if should_stop is not None:
+      def on_step_end(pipe, step, timestep, tensors):
+        del step, timestep
+        pipe._interrupt = pipe._interrupt or should_stop()  # pylint: disable=protected-access
+        return tensors
+      kwargs["callback_on_step_end"] = on_step_end
     with torch.inference_mode():
       return self.pipelines[mode](**kwargs).images
 
-  def run_jobs(self, jobs):
+  def run_jobs(self, jobs, should_stop=None):
     """Runs any jobs: groups them by batch_key, one pipeline call per group; a failed group is retried item by item
-    so one bad item fails alone. Returns PNG bytes or the exception, per job, in order."""
+    so one bad item fails alone. Returns PNG bytes or the exception, per job, in order (see `run` for
+    should_stop)."""
     groups = {}
     for i, job in enumerate(jobs):
       groups.setdefault(job.batch_key, []).append(i)
     results = [None] * len(jobs)
     for indices in groups.values():
       try:
-        images = self.run([jobs[i] for i in indices])
+        images = self.run([jobs[i] for i in indices], should_stop)
         for i, image in zip(indices, images):
           results[i] = images_lib.png_bytes(image, compress_level=1)  # Level 1: the serving path.
       except Exception as e:  # pylint: disable=broad-except
@@ -151,5 +162,5 @@ class Engine:
           continue
         log.warning("batch of %d failed (%s); retrying its items one by one", len(indices), e)
         for i in indices:
-          results[i] = self.run_jobs([jobs[i]])[0]
+          results[i] = self.run_jobs([jobs[i]], should_stop)[0]
     return results

@@ -8,7 +8,11 @@ Endpoints (JSON in, JSON out; images travel as base64 PNG):
   GET  /metrics      Prometheus text; `?format=json` for JSON (counts, latencies, batch sizes, queue depth)
 Answers: 200 {image, height, width, seed, mode}; 400 malformed request (message names the field); 401 bad or
 missing bearer token; 429 queue full (Retry-After); 503 mode not loaded / shutting down; 504 request timeout;
-500 pipeline failure.
+500 pipeline failure. A request without height/width gets the default size clipped to --max-side / max_pixels.
+
+A request's job is cancelled when its client disconnects or its timeout passes: dropped from the queue, or, once
+running, its pipeline call is interrupted at the next denoising step when every job of the batch is gone. One
+SIGINT / SIGTERM shuts the service down at once: queued and running requests get 503, the running batch stops.
 
 Requests wait in one bounded queue; a worker thread takes the oldest job plus every queued job with the same
 (mode, size, steps, guidance), up to `max_batch_size`, waiting at most `batch_wait_ms` for more, and runs them in
@@ -26,6 +30,7 @@ import hmac
 import io as _io
 import logging
 import math
+import socket
 import threading
 import time
 
@@ -99,8 +104,14 @@ def _text(body, name, settings):
   return text
 
 
+def default_side(settings, multiple):
+  """The side of a request without height/width: default_size, within max_side and max_pixels."""
+  side = min(settings.default_size, settings.max_side, math.isqrt(settings.max_pixels))
+  return max(multiple, side // multiple * multiple)
+
+
 def _side(body, name, settings, multiple):
-  side = _field(body, name, int, settings.default_size, multiple, settings.max_side)
+  side = _field(body, name, int, default_side(settings, multiple), multiple, settings.max_side)
   if side % multiple:
     raise InvalidRequest(f"`{name}` must be a multiple of {multiple} (VAE factor x 2 for latent packing), got {side}")
   return side
@@ -252,17 +263,17 @@ class Metrics:
 
 
 class _Entry:
-  __slots__ = ("job", "future")
+  __slots__ = ("job", "future", "abandoned")
 
   def __init__(self, job):
-    self.job, self.future = job, concurrent.futures.Future()
+    self.job, self.future, self.abandoned = job, concurrent.futures.Future(), False
 
 
 class Batcher:
   """A bounded queue and one worker thread running micro-batches of compatible jobs through `run_jobs`.
 
   Args:
-    run_jobs: list[Job] -> list[PNG bytes | Exception] (engine.Engine.run_jobs).
+    run_jobs: (list[Job], should_stop) -> list[PNG bytes | Exception] (engine.Engine.run_jobs).
   """
 
   def __init__(self, run_jobs, metrics, max_queue=64, max_batch_size=4, batch_wait_s=0.02):
@@ -271,6 +282,7 @@ class Batcher:
     self._pending = collections.deque()
     self._cond = threading.Condition()
     self._closed = False
+    self._running = []
     self.in_flight = 0
     self._thread = threading.Thread(target=self._loop, name="imagegen-batcher", daemon=True)
     self._thread.start()
@@ -291,7 +303,17 @@ class Batcher:
       self._cond.notify_all()
     return entry.future
 
+  def abandon(self, future):
+    """Nobody waits for `future` any more (client gone, timed out): a queued job is dropped; a running batch is
+    interrupted once all of its jobs are abandoned."""
+    future.cancel()  # Succeeds while queued.
+    with self._cond:
+      for entry in self._running:
+        if entry.future is future:
+          entry.abandoned = True
+
   def close(self):
+    """Refuses new jobs, fails the queued ones and interrupts the running batch (503 for all). Idempotent."""
     with self._cond:
       self._closed = True
       pending, self._pending = list(self._pending), collections.deque()
@@ -328,13 +350,25 @@ class Batcher:
     while (batch := self._next_batch()) is not None:
       if not batch:
         continue
+      with self._cond:
+        self._running = batch
       self.in_flight = len(batch)
-      start = time.perf_counter()
+      start, stopped = time.perf_counter(), []
+
+      def should_stop(batch=batch, stopped=stopped):
+        if self._closed or all(e.abandoned for e in batch):
+          stopped.append(True)
+        return bool(stopped)
       try:
-        results = self.run_jobs([e.job for e in batch])
+        results = self.run_jobs([e.job for e in batch], should_stop=should_stop)
       except Exception as e:  # pylint: disable=broad-except
         log.exception("batch failed")
         results = [e] * len(batch)
+      if stopped:  # Interrupted: the images are unfinished.
+        log.info("batch of %d stopped (%s)", len(batch), "shutting down" if self._closed else "abandoned")
+        results = [Unavailable("the request was cancelled before its image was finished")] * len(batch)
+      with self._cond:
+        self._running = []
       done = sum(not isinstance(r, BaseException) for r in results)
       self.metrics.batch(batch[0].job.mode, done, time.perf_counter() - start)
       self.in_flight = 0
@@ -354,7 +388,12 @@ class LocalBackend:
                            settings.batch_wait_ms / 1000)
 
   async def submit(self, job):
-    return await asyncio.wrap_future(self.batcher.submit(job))
+    future = self.batcher.submit(job)
+    try:
+      return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:  # Client gone or timed out (see create_app): stop the work too.
+      self.batcher.abandon(future)
+      raise
 
   def queue_depth(self):
     return self.batcher.queue_depth()
@@ -369,6 +408,30 @@ class LocalBackend:
 # ------------------------------------------------------------------------------------------------------- app
 
 _STATUS = {InvalidRequest: 400, QueueFull: 429, Unavailable: 503}
+CLIENT_GONE = 499  # Logged for requests whose client disconnected (nginx's code); never sent.
+
+
+class _ClientGone(Exception):
+  pass
+
+
+async def _unless_gone(request, coroutine, timeout_s, poll_s=0.2):
+  """Awaits `coroutine`, cancelling it when the client disconnects (_ClientGone) or after `timeout_s`
+  (asyncio.TimeoutError)."""
+  task = asyncio.ensure_future(coroutine)
+  deadline = time.monotonic() + timeout_s
+  try:
+    while True:
+      remaining = deadline - time.monotonic()
+      if remaining <= 0:
+        raise asyncio.TimeoutError
+      done, _ = await asyncio.wait({task}, timeout=min(poll_s, remaining))
+      if done:
+        return task.result()
+      if await request.is_disconnected():
+        raise _ClientGone
+  finally:
+    task.cancel()  # A no-op once done.
 
 
 def create_app(settings, multiples, backend, metrics=None):
@@ -415,10 +478,13 @@ def create_app(settings, multiples, backend, metrics=None):
         raise Unavailable(f"no {mode} pipeline is loaded (start the service with --"
                           f"{'flux' if mode == 'generate' else 'kontext'}-dir)")
       job = await asyncio.to_thread(PARSERS[mode], body, settings, multiples[mode])
-      png = await asyncio.wait_for(app.state.backend.submit(job), settings.request_timeout_s)
+      png = await _unless_gone(request, app.state.backend.submit(job), settings.request_timeout_s)
       status = 200
       return responses.JSONResponse({"image": base64.b64encode(png).decode("ascii"), "height": job.height,
                                      "width": job.width, "seed": job.seed, "mode": mode})
+    except _ClientGone:
+      status = CLIENT_GONE
+      return error(status, "the client disconnected")
     except asyncio.TimeoutError:
       status = 504
       return error(504, f"no result within the request timeout of {settings.request_timeout_s} s")
@@ -466,20 +532,46 @@ def build_local_app(settings, flux_dir=None, kontext_dir=None, device=None, dtyp
   return create_app(settings, multiples, LocalBackend(engine, settings, metrics), metrics)
 
 
-def serve(app, settings):
-  """Serves `app` on settings.host:settings.port until interrupted."""
+def bind(host, port):
+  """A socket bound to host:port, made before the pipelines load so that a busy port fails in a second, not after
+  minutes of loading. Raises OSError naming the address."""
+  try:
+    return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+  except OSError as e:
+    raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror} (another service there? pick --port)",
+                  f"{host}:{port}") from None
+
+
+def make_server(app, host="127.0.0.1", port=0, log_level="warning", **kwargs):
+  """A uvicorn server whose first SIGINT / SIGTERM also closes the app's backend, so the requests that wait for
+  a running pipeline get 503 at once instead of holding the shutdown until they finish."""
   import uvicorn  # pylint: disable=g-import-not-at-top
+
+  class Server(uvicorn.Server):
+
+    def handle_exit(self, sig, frame):
+      # In a thread: closing joins the worker, which may need one more denoising step to notice.
+      threading.Thread(target=app.state.backend.close, name="imagegen-close", daemon=True).start()
+      super().handle_exit(sig, frame)
+
+  return Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, **kwargs))
+
+
+def serve(app, settings, sock=None):
+  """Serves `app` on settings.host:settings.port (or the already bound `sock`) until SIGINT / SIGTERM."""
   if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.token:
     log.warning("serving on %s without a bearer token: anyone who can reach the port can use the GPUs",
                 settings.host)
-  uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_keep_alive=30)
+  server = make_server(app, settings.host, settings.port, log_level="info", timeout_keep_alive=30,
+                       timeout_graceful_shutdown=30)
+  server.run(sockets=[sock] if sock is not None else None)
 
 
 @contextlib.contextmanager
 def serve_in_thread(app, host="127.0.0.1", port=0):
-  """Serves `app` from a background thread; yields its base URL (port 0 picks a free port)."""
-  import uvicorn  # pylint: disable=g-import-not-at-top
-  server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+  """Serves `app` from a background thread; yields its base URL (port 0 picks a free port). The server is
+  `app.state.server` (tests call its `handle_exit` as a signal would)."""
+  server = app.state.server = make_server(app, host, port)
   thread = threading.Thread(target=server.run, name="imagegen-uvicorn", daemon=True)
   thread.start()
   deadline = time.monotonic() + 30

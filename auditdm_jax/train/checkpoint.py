@@ -24,6 +24,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from auditdm_jax.errors import InputError
+
 log = logging.getLogger(__name__)
 
 
@@ -71,7 +73,7 @@ class Checkpointer:
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.save_every_steps = save_every_steps
     self.save_every_seconds = save_every_seconds
-    self._sigterm = False
+    self._sigterm = None  # The signal number once SIGTERM (or a Ctrl-C forwarded by the CLI) arrived.
     self._preempted = False
     self._last_save_time = time.time()
     options = ocp.CheckpointManagerOptions(
@@ -79,13 +81,14 @@ class Checkpointer:
         cleanup_tmp_directories=True)
     self._mngr = ocp.CheckpointManager(self.directory, options=options,
                                        item_names=("params", "opt_state", "meta"))
+    self._previous_handler = None
     if handle_sigterm and threading.current_thread() is threading.main_thread():
-      signal.signal(signal.SIGTERM, self._on_sigterm)
+      self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
 
   def _on_sigterm(self, signum, frame):
     del frame
     log.warning("signal %d received: saving a final checkpoint at the next step", signum)
-    self._sigterm = True
+    self._sigterm = signum
 
   @property
   def preempted(self):
@@ -102,7 +105,7 @@ class Checkpointer:
     """(preemption, periodic) decisions, agreed by all hosts."""
     by_steps = bool(self.save_every_steps) and step % self.save_every_steps == 0
     by_time = self.save_every_seconds is not None and time.time() - self._last_save_time >= self.save_every_seconds
-    preempt = self._sigterm
+    preempt = self._sigterm is not None
     if jax.process_count() > 1:
       # Hosts see SIGTERM and wall-clock at different steps: OR the local flags so all save the same step.
       flags = multihost_utils.process_allgather(np.array([preempt, by_time], np.int32))
@@ -151,7 +154,10 @@ class Checkpointer:
     items = {"params": ocp.args.StandardRestore(abstract(params)), "meta": ocp.args.JsonRestore()}
     if opt_state is not None:
       items["opt_state"] = ocp.args.StandardRestore(abstract(opt_state))
-    out = self._mngr.restore(step, args=ocp.args.Composite(**items))
+    try:
+      out = self._mngr.restore(step, args=ocp.args.Composite(**items))
+    except ValueError as e:  # E.g. a model of another shape: orbax's message does not say which checkpoint.
+      raise InputError(f"checkpoint {step} does not fit: {e}", os.path.join(self.directory, str(step))) from None
     meta = out["meta"]
     return {"step": step, "params": out["params"], "opt_state": out["opt_state"] if opt_state is not None else None,
             "rng": _rng_from_json(meta["rng"]), "data_state": meta["data_state"], "metadata": meta["metadata"]}
@@ -169,8 +175,14 @@ class Checkpointer:
     self._mngr.wait_until_finished()
 
   def close(self):
+    """Waits for pending saves; restores the SIGTERM handler. After a Ctrl-C save, stops the program too."""
     self.wait()
     self._mngr.close()
+    if self._previous_handler is not None:
+      signal.signal(signal.SIGTERM, self._previous_handler)
+      self._previous_handler = None
+    if self._preempted and self._sigterm == signal.SIGINT:
+      raise KeyboardInterrupt
 
   def __enter__(self):
     return self

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from auditdm_jax import decode
 from auditdm_jax import evaluators
 from auditdm_jax import metrics as metrics_lib
+from auditdm_jax import progress
 from auditdm_jax import sharding
 from auditdm_jax.data import tfds_input
 from auditdm_jax.models import checkpoints
@@ -202,7 +203,7 @@ def train(config, workdir):
   results = {}
   log_every = config.get("log_every_steps") or 10
   t0 = time.time()
-  for step in range(start + 1, steps + 1):
+  for step in progress.track(range(start + 1, steps + 1), initial=start, desc="SFT", unit="step"):
     batch = {k: v for k, v in next(train_input).items() if k in MODEL_KEYS}
     params, opt_state, m = update_fn(params, opt_state, sharding.shard_batch(batch, mesh),
                                      jax.random.fold_in(rng, step))

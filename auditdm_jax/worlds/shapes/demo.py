@@ -1,5 +1,6 @@
 """The whole AuditDM loop on the shapes world: pretrain (cached) -> train auditor -> audit vs baseline ->
-generate -> rectify -> report. Every stage resumes (checkpoints / done markers) so a rerun skips finished work.
+generate -> rectify -> report. Every stage resumes (checkpoints, `workdir.stage` records keyed by the config), so a
+rerun with the same config skips finished work.
 
 Measured and printed:
   - failure-search success rate of the trained auditor vs the prompt-only baseline (initial auditor, p^b prompts),
@@ -10,7 +11,6 @@ Measured and printed:
 import json
 import logging
 import os
-import time
 
 import ml_collections
 import numpy as np
@@ -18,6 +18,7 @@ import numpy as np
 from auditdm_jax import config as config_lib
 from auditdm_jax import io as io_lib
 from auditdm_jax import metrics as metrics_lib
+from auditdm_jax import workdir as workdir_lib
 from auditdm_jax.audit import generate as generate_lib
 from auditdm_jax.audit import rectify as rectify_lib
 from auditdm_jax.audit import report
@@ -26,19 +27,6 @@ from auditdm_jax.worlds.shapes import pretrain
 from auditdm_jax.worlds.shapes import system as shapes_system
 
 log = logging.getLogger(__name__)
-
-
-def _stage(workdir, name, fn):
-  path = os.path.join(workdir, name, "done.json")
-  if os.path.exists(path):
-    log.info("demo stage %s: done before, skipped", name)
-    return io_lib.read_json(path)
-  t0 = time.time()
-  out = fn()
-  out["seconds"] = time.time() - t0
-  io_lib.write_json(path, out)
-  log.info("demo stage %s: %.0f s", name, out["seconds"])
-  return out
 
 
 def ensure_models(config, models_dir):
@@ -61,23 +49,24 @@ def run(config, workdir):
   config = ml_collections.ConfigDict(config.to_dict())
   if not config.system.models_dir:
     config.system.models_dir = os.path.join(workdir, "pretrain")
-  stages = [_stage(workdir, "pretrain", lambda: dict(models_dir=ensure_models(config, config.system.models_dir)))]
+  stage = lambda name, fn, cfg=config: workdir_lib.stage(os.path.join(workdir, name), cfg, fn)
+  stages = [stage("pretrain", lambda: dict(models_dir=ensure_models(config, config.system.models_dir)))]
   system = shapes_system.build(config.system, workdir)
 
   aud_dir = os.path.join(workdir, "auditor")
-  stages.append(_stage(workdir, "train_auditor", lambda: trainer.train(config, aud_dir, system)[1]))
+  stages.append(stage("train_auditor", lambda: trainer.train(config, aud_dir, system)[1]))
   params = generate_lib.load_auditor(system, aud_dir)
 
   def audit():
     trained, _ = trainer.evaluate(system, params, config)
     baseline, _ = trainer.evaluate(system, system.params, config, baseline=True)
     return dict(trained=trained, baseline=baseline)
-  audit_res = _stage(workdir, "audit", audit)
+  audit_res = stage("audit", audit)
 
   gen_cfg = ml_collections.ConfigDict(config.to_dict())
   gen_cfg.generate.auditor_workdir = aud_dir
   gen_dir = os.path.join(workdir, "generate")
-  gen = _stage(workdir, "generate", lambda: generate_lib.generate(gen_cfg, gen_dir, system))
+  gen = stage("generate", lambda: generate_lib.generate(gen_cfg, gen_dir, system), gen_cfg)
 
   def rect():
     if gen["records"]:
@@ -90,7 +79,7 @@ def run(config, workdir):
     out["reference_weakness"] = float(np.mean([
         shapes_system.skill_accuracies(r, *test_sets)["weakness"] for r in system.references.references]))
     return out
-  rect_res = _stage(workdir, "rectify", rect)
+  rect_res = stage("rectify", rect)
 
   tr, bl = audit_res["trained"], audit_res["baseline"]
   before, after = rect_res["before"], rect_res["after"]

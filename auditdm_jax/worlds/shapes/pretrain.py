@@ -23,6 +23,7 @@ import numpy as np
 
 from auditdm_jax import decode
 from auditdm_jax import io
+from auditdm_jax import progress
 from auditdm_jax.audit import prompts
 from auditdm_jax.worlds.shapes import scenes as shapes
 from auditdm_jax.worlds.shapes import tasks
@@ -178,7 +179,7 @@ def train(cfg, encoded, images, image_index, steps, batch_size, lr, seed, labels
   np_rng = np.random.default_rng(seed)
   n = len(image_index)
   t0, hist = time.time(), []
-  for i in range(steps):
+  for i in progress.track(range(steps), desc="pretrain", unit="step"):
     idx = np_rng.integers(n, size=batch_size)
     batch = {k: jnp.asarray(v[idx]) for k, v in encoded.items()}
     batch["images"] = decode.to_model_images(images[image_index[idx]])
@@ -186,11 +187,13 @@ def train(cfg, encoded, images, image_index, steps, batch_size, lr, seed, labels
       batch["cells"] = jnp.asarray(labels[image_index[idx]])
     state, opt_state, metrics = train_step(state, opt_state, batch, jax.random.fold_in(rng, i))
     hist.append(metrics)
-    if (i + 1) % max(1, steps // 10) == 0 or i + 1 == steps:
+    if i == 0:  # The first step compiles: steps/s counts from its end.
+      t0 = time.time()
+    if i and ((i + 1) % max(1, steps // 10) == 0 or i + 1 == steps):
       recent = jax.device_get(hist[-20:])
       log.info("step %d/%d %s (%.1f steps/s)", i + 1, steps, " ".join(
           f"{k} {np.mean([m[k] for m in recent]):.4f}" for k in recent[0] if k.endswith("loss")),
-               (i + 1) / (time.time() - t0))
+               i / (time.time() - t0))
   return jax.device_get(state["vlm"])
 
 

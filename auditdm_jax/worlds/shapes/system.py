@@ -149,6 +149,9 @@ def _model_spec(cfg):
 def build(sc, workdir, target_npz=None):
   """The System for `config.system` (sc); `target_npz` replaces the target's weights (refinement iterations)."""
   tok_path = os.path.join(sc.models_dir, "tokenizer.model")
+  if not os.path.exists(tok_path):  # E.g. configs/audit/demo.py outside `auditdm demo`, which fills models_dir in.
+    raise FileNotFoundError(2, "no shapes-world demo models: pass --config.system.models_dir=W/pretrain of an "
+                            "`auditdm demo-pretrain --workdir W` (or `auditdm demo`) run", tok_path)
   tok = tokenizer_lib.Tokenizer(tok_path)
   aud_cfg, aud_params, _ = load_model(sc.models_dir, sc.auditor)
   image_size = aud_cfg.res  # Scenes are rendered at the models' resolution.
