@@ -27,6 +27,8 @@ import sys
 
 import numpy as np
 
+from auditdm_jax.models import vlm
+
 # The tiny model, in big_vision's terms. Width 96 (sqrt(96) is not exact in bf16), Gemma2-2B's head counts (8 q /
 # 4 kv), both softcaps, 2 layers; the ViT is our "paligemma2_tiny" one. Both files stay under 1 MB.
 TINY_GEMMA2 = dict(variant="gemma2_fixture", width=96, depth=2, mlp_dim=128, num_heads=8, num_kv_heads=4,
@@ -39,7 +41,6 @@ PARAMS_FILE, LOGITS_FILE = "big_vision_paligemma2.npz", "big_vision_paligemma2_l
 
 def our_config():
   """Our `vlm` config of the fixture model (PaliGemma2's default global attention, as big_vision's Gemma)."""
-  from auditdm_jax.models import vlm  # pylint: disable=g-import-not-at-top
   g = TINY_GEMMA2
   llm = dict(width=g["width"], depth=g["depth"], mlp_dim=g["mlp_dim"], num_heads=g["num_heads"],
              num_kv_heads=g["num_kv_heads"], head_dim=g["head_dim"], vocab_size=g["vocab_size"],
