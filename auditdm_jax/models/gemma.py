@@ -200,15 +200,11 @@ def _write_kv(buf, slots, new):
   return buf.at[b, :, slots].set(new.astype(buf.dtype), mode="drop")
 
 
-def _local_len(cfg, max_len):
-  return min(cfg.sliding_window, max_len) if cfg.sliding_window else max_len
-
-
 def init_cache(cfg, batch, max_len, dtype=None):
   """Empty KV cache: per layer k/v [B, K, S_l, H] and the position held by each slot (-1: empty)."""
   dtype = jnp.dtype(dtype or cfg.dtype)
   kinds = attn_kinds(cfg)
-  local_len = _local_len(cfg, max_len)
+  local_len = min(cfg.sliding_window, max_len) if cfg.sliding_window else max_len
   layers = []
   for kind in kinds:
     s = local_len if kind == "local" else max_len
@@ -223,6 +219,21 @@ def dropout(x, rate, rng):
   """Inverted dropout of every element (as flax `nn.Dropout`): kept values are scaled by 1 / (1 - rate)."""
   keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
   return jax.lax.select(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
+
+
+def _project_weights_in_place(spec, h, weight):
+  """`jnp.einsum(spec, h, weight)` for spec "btd,<lead>d<out>-><...>": h [B, T, D] times a weight whose contracted
+  D sits between leading axes and an output axis (q [N, D, H], kv [2, K, D, H], gating [2, D, F]).
+
+  As a plain matmul such a weight needs its leading axes moved next to the output axis, and XLA materialises
+  that transposed copy of the weight on every call: inside a decode loop, every step. Broadcasting the (one
+  token per row) activations over the leading axes instead makes them batch axes of a batched matmul that
+  reads the weight where it lies.
+  """
+  ins, out = spec.split("->")
+  lead = ins.split(",")[1].split("d")[0]
+  x = jnp.broadcast_to(h, weight.shape[:len(lead)] + h.shape)
+  return jnp.einsum(f"{lead}btd,{ins.split(',')[1]}->{out}", x, weight)
 
 
 def _layer(p, x, positions, local, cfg, mask_fn, rng=None):
@@ -240,9 +251,10 @@ def _layer(p, x, positions, local, cfg, mask_fn, rng=None):
     drop_attn = drop_ffw = lambda a: a
   dtype = jnp.dtype(cfg.dtype)
   w = lambda a: a.astype(dtype)
+  proj = _project_weights_in_place if x.shape[1] == 1 else jnp.einsum
   h = rms_norm(x, p["pre_attention_norm"]["scale"], cfg.norm_eps)
-  q = jnp.einsum("btd,ndh->btnh", h, w(p["attn"]["q_einsum"]["w"]))
-  k, v = jnp.einsum("btd,ckdh->cbtkh", h, w(p["attn"]["kv_einsum"]["w"]))
+  q = proj("btd,ndh->btnh", h, w(p["attn"]["q_einsum"]["w"]))
+  k, v = proj("btd,ckdh->cbtkh", h, w(p["attn"]["kv_einsum"]["w"]))
   if cfg.qk_norm:
     q = rms_norm(q, p["attn"]["_query_norm"]["scale"], cfg.norm_eps)
     k = rms_norm(k, p["attn"]["_key_norm"]["scale"], cfg.norm_eps)
@@ -257,8 +269,8 @@ def _layer(p, x, positions, local, cfg, mask_fn, rng=None):
   x = x + drop_attn(rms_norm(o, p["post_attention_norm"]["scale"], cfg.norm_eps))
 
   h = rms_norm(x, p["pre_ffw_norm"]["scale"], cfg.norm_eps)
-  gate = w(p["mlp"]["gating_einsum"])
-  h = jax.nn.gelu(h @ gate[0], approximate=True) * (h @ gate[1])
+  gate, up = proj("btd,cdf->cbtf", h, w(p["mlp"]["gating_einsum"]))
+  h = jax.nn.gelu(gate, approximate=True) * up
   h = drop_ffw(h @ w(p["mlp"]["linear"]))  # Before the post-FFW norm, as big_vision.
   return x + rms_norm(h, p["post_ffw_norm"]["scale"], cfg.norm_eps)
 
@@ -383,7 +395,7 @@ class Model(nn.Module):
       return x, new_cache
     return self.unembed(x), new_cache
 
-  def prefill(self, x, positions, attn_mask, cache_len, cache_dtype=None, return_hidden=False, layers=None):
+  def prefill(self, x, positions, attn_mask, cache_len, cache_dtype=None, return_hidden=False):
     """A prompt's forward pass and the fresh cache it fills, for `cache_len` positions in all.
 
     Same result as `__call__` with an empty `init_cache(B, cache_len)`, at the cost of a cache-free forward:
@@ -396,8 +408,7 @@ class Model(nn.Module):
     cfg = self.config
     x = x.astype(cfg.dtype)
     kinds = attn_kinds(cfg)
-    layers = self.layers if layers is None else layers
-    x, kv = self._run_layers(x, positions, attn_mask, kinds, layers, collect_kv=True)
+    x, kv = self._run_layers(x, positions, attn_mask, kinds, self.layers, collect_kv=True)
     cache = init_cache(cfg, x.shape[0], cache_len, cache_dtype)
     valid = jnp.diagonal(attn_mask, axis1=1, axis2=2)
     slots = {}
@@ -406,7 +417,7 @@ class Model(nn.Module):
       cache[key] = _write(cache[key], slots[kind], positions)
     for i, kind in enumerate(kinds):
       entry = cache["layers"][i]
-      k, v = (kv[0][i], kv[1][i])
+      k, v = kv[0][i], kv[1][i]
       cache["layers"][i] = dict(k=_write_kv(entry["k"], slots[kind], k),
                                 v=_write_kv(entry["v"], slots[kind], v))
     x = rms_norm(x, self.final_norm["scale"], cfg.norm_eps)
