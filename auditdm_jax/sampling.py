@@ -165,7 +165,8 @@ class Sampler:
     def choose(logits, step):
       step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, step)
       tok = pick_tokens(logits, step_keys, temperature, top_k, top_p, greedy)
-      logp = jnp.take_along_axis(jax.nn.log_softmax(logits), tok[:, None], axis=-1)[:, 0]
+      # log_softmax at the chosen token only: no [B, V] array of log-probs written and read back each step.
+      logp = jnp.take_along_axis(logits, tok[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(logits, axis=-1)
       return tok, logp
 
     def record(state, tok, logp):

@@ -5,7 +5,6 @@ import subprocess
 import sys
 import types
 
-import jax
 import jax.numpy as jnp
 import pytest
 

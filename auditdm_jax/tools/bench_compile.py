@@ -6,7 +6,8 @@ Gemma decoder, and a VLM train step.
 
 Prints one JSON line: seconds to lower and to compile each function, the backend, and the machine's load before
 and after (compiling is CPU work: a busy machine stretches it). Decode: bf16, greedy, batch/prompt/new tokens as
-the GPU check's batch-64 case. Train step: `bench_train`'s loss and optimizer, bf16 compute, float32 params.
+the GPU check's batch-64 case. Train step: `bench_train`'s loss and optimizer, bf16 compute, float32 params, layers
+unrolled (`--scan`: scanned).
 """
 import argparse
 import json
@@ -45,8 +46,8 @@ def decode_compile(variant, batch, prompt_len, new_tokens):
   return out
 
 
-def train_compile(variant, res, seq, batch):
-  ns = types.SimpleNamespace(res=res, seq=seq, batch=batch, dtype="bfloat16", remat=None)
+def train_compile(variant, res, seq, batch, scan):
+  ns = types.SimpleNamespace(res=res, seq=seq, batch=batch, dtype="bfloat16", remat=None, scan=scan)
   setup = bench_train.vlm_setup(ns, variant)
   tx, _ = optim.make_optimizer(dict(lr=1e-4, wd=1e-4, grad_clip_norm=1.0))
   rng = jax.random.key(0)
@@ -71,14 +72,15 @@ def main(argv=None):
   parser.add_argument("--res", type=int, default=224)
   parser.add_argument("--seq", type=int, default=128)
   parser.add_argument("--train_batch", type=int, default=16)
+  parser.add_argument("--scan", action="store_true", help="train step: scan the ViT and decoder layers")
   args = parser.parse_args(argv)
   before = machine.check_idle()
   result = dict(bench="compile", backend=jax.default_backend(), jax=jax.__version__,
                 decode=dict(model=args.decoder, batch=args.batch, prompt_len=args.prompt_len,
                             new_tokens=args.new_tokens,
                             **decode_compile(args.decoder, args.batch, args.prompt_len, args.new_tokens)),
-                train=dict(model=f"{args.vlm}@{args.res}px", seq=args.seq, batch=args.train_batch,
-                           **train_compile(args.vlm, args.res, args.seq, args.train_batch)),
+                train=dict(model=f"{args.vlm}@{args.res}px", seq=args.seq, batch=args.train_batch, scan=args.scan,
+                           **train_compile(args.vlm, args.res, args.seq, args.train_batch, args.scan)),
                 machine_before=before, machine_after=machine.load())
   print(json.dumps(result))
   return result

@@ -61,8 +61,9 @@ def vlm_setup(args, variant):
   """PaliGemma-family VLM with random weights: images [B, res, res, 3] + text [B, seq] next-token loss."""
   from auditdm_jax.models import vlm  # pylint: disable=g-import-not-at-top
   remat = args.remat or "none"
-  cfg = vlm.get_config(variant, res=args.res, llm=dict(dtype=args.dtype, remat_policy=remat),
-                       img=dict(dtype=args.dtype, remat_policy=remat))
+  # Scanned layers compile once per stack instead of once per layer (the ViT's param layout changes with it).
+  cfg = vlm.get_config(variant, res=args.res, llm=dict(dtype=args.dtype, remat_policy=remat, scan_layers=args.scan),
+                       img=dict(dtype=args.dtype, remat_policy=remat, scan=args.scan))
   if cfg.family != "paligemma":
     raise ValueError(f"bench_train supports PaliGemma-family VLMs, got {variant} ({cfg.family})")
   model = vlm.get_model(cfg)
@@ -150,6 +151,7 @@ def main(argv=None):
   parser.add_argument("--grad_accum", type=int, default=1)
   parser.add_argument("--dtype", default="float32", help="compute dtype (params stay float32)")
   parser.add_argument("--remat", default=None, help="VLM remat policy, e.g. nothing_saveable")
+  parser.add_argument("--scan", action="store_true", help="VLM: scan the ViT and decoder layers")
   parser.add_argument("--res", type=int, default=224, help="VLM image resolution")
   parser.add_argument("--vocab", type=int, default=1024)
   parser.add_argument("--width", type=int, default=256)

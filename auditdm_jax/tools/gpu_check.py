@@ -129,7 +129,7 @@ def decode_section(args, bandwidth, emit_fn):
 def train_section(args, emit_fn):
   ns = types.SimpleNamespace(res=32 if args.small else 224, seq=16 if args.small else 128,
                              batch=2 if args.small else 16, dtype="bfloat16", remat=None, steps=3 if args.small else 5,
-                             grad_accum=1)
+                             grad_accum=1, scan=False)
   setup = bench_train.vlm_setup(ns, "paligemma2_tiny" if args.small else "paligemma2_3b")
   result = bench_train.run(setup, None, ns)
   emit_fn(dict(section="train", model=setup["name"], batch=ns.batch, seq=ns.seq, dtype=ns.dtype,
@@ -243,6 +243,19 @@ class AuditSmoke:
                 answer_compile_s={s: round(v, 2) for s, v in self.tgt_sampler.compile_seconds})
 
 
+def audit_section(args, start, emit_fn):
+  t = time.perf_counter()
+  smoke = AuditSmoke(args.small)
+  emit_fn(dict(section="audit", setup_s=round(time.perf_counter() - t, 1),
+               params=dict(auditor=vlm.count_params(smoke.aud_cfg)["total"],
+                           target=vlm.count_params(smoke.tgt_cfg)["total"])))
+  for k in range(args.audit_steps):
+    if k and time.perf_counter() - start > args.budget_s + 60:
+      emit_fn(dict(section="audit", skipped=f"steps after {k}: budget"))
+      break
+    emit_fn(smoke.step(k))
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sections", default="decode,train,audit")
@@ -253,16 +266,17 @@ def main(argv=None):
   start = time.perf_counter()
   results = []
   emit_fn = lambda r: emit(r, results)
+  sections = dict(decode=lambda: decode_section(args, bandwidth, emit_fn), train=lambda: train_section(args, emit_fn),
+                  audit=lambda: audit_section(args, start, emit_fn))
+  names = args.sections.split(",")
+  if set(names) - set(sections):
+    raise ValueError(f"unknown sections {sorted(set(names) - set(sections))}; known: {sorted(sections)}")
   device = jax.devices()[0]
   bandwidth = copy_bandwidth(1 << (22 if args.small else 32))
   emit_fn(dict(section="env", device=device.device_kind, platform=device.platform, jax=jax.__version__,
                copy_bytes_per_s=round(bandwidth), hbm_datasheet_bytes_per_s=hbm_peak(device),
                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **machine.load()))
-  sections = dict(decode=lambda: decode_section(args, bandwidth, emit_fn), train=lambda: train_section(args, emit_fn),
-                  audit=lambda: audit_section(args, start, emit_fn))
-  for name in args.sections.split(","):
-    if name not in sections:
-      raise ValueError(f"unknown section {name!r}; known: {sorted(sections)}")
+  for name in names:
     elapsed = time.perf_counter() - start
     if elapsed > args.budget_s:
       emit_fn(dict(section=name, skipped=f"budget: {elapsed:.0f} s used of {args.budget_s:.0f}"))
@@ -276,19 +290,6 @@ def main(argv=None):
     emit_fn(dict(section=name, wall_s=round(time.perf_counter() - t, 1)))
   print(json.dumps(dict(gpu_check=results)), flush=True)
   return results
-
-
-def audit_section(args, start, emit_fn):
-  t = time.perf_counter()
-  smoke = AuditSmoke(args.small)
-  emit_fn(dict(section="audit", setup_s=round(time.perf_counter() - t, 1),
-               params=dict(auditor=vlm.count_params(smoke.aud_cfg)["total"],
-                           target=vlm.count_params(smoke.tgt_cfg)["total"])))
-  for k in range(args.audit_steps):
-    if k and time.perf_counter() - start > args.budget_s + 60:
-      emit_fn(dict(section="audit", skipped=f"steps after {k}: budget"))
-      break
-    emit_fn(smoke.step(k))
 
 
 if __name__ == "__main__":
