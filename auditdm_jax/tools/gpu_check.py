@@ -1,6 +1,6 @@
 """One-command GPU check: decode and train speed at real sizes, and the audit loop's stages at the paper's sizes.
 
-  python -m auditdm_jax.tools.gpu_check                      # everything, ~8 min on one H200
+  python -m auditdm_jax.tools.gpu_check                      # everything; sized for ~8 min on one H200 (not yet run)
   python -m auditdm_jax.tools.gpu_check --sections decode --budget_s 200
   python -m auditdm_jax.tools.gpu_check --small              # the same code on tiny models (CPU, tests)
 
