@@ -12,9 +12,15 @@ batch and max_new_tokens are padded to buckets so that few shapes are ever compi
 (`Sampler.compile_count`). Logprobs are those of the sampled tokens under the unmodified model
 (log_softmax of the raw logits, before temperature / top-k / top-p), as GRPO needs. A
 sequence's generated tokens include its stop token; `lengths` counts it, `text` omits it.
+
+Speed (docs/gpu.md): the prefill is one cache-free forward over the prompt that then writes its k/v
+(`gemma.Model.prefill`); the decode loop reads weights cast once to the compute dtype and updates the donated cache
+in place. Each function is compiled ahead of time per input signature and its compile time logged and kept in
+`Sampler.compile_seconds`.
 """
 import dataclasses
 import logging
+import time
 
 import jax
 import jax.numpy as jnp
@@ -29,9 +35,16 @@ log = logging.getLogger(__name__)
 MAX_STOP_TOKENS = 8  # Stop tokens are a padded array so changing them never recompiles.
 
 
-def bucket(n, minimum=16):
-  """Smallest power of two >= max(n, minimum)."""
-  return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+def bucket(n, minimum=16, step=256):
+  """Smallest power of two >= max(n, minimum) up to `step`, then the next multiple of `step`.
+
+  Past `step` the padding stays under one `step`: a 448px PaliGemma prompt (1024 image tokens + text) pads to
+  1280, not 2048, which would double its prefill.
+  """
+  n = max(int(n), minimum)
+  if n > step:
+    return -(-n // step) * step
+  return 1 << max(0, n - 1).bit_length()
 
 
 @dataclasses.dataclass
@@ -97,10 +110,26 @@ class Sampler:
     self.mesh, self.data_axes = mesh, tuple(data_axes)
     self.cache_dtype, self.pad_id = cache_dtype, pad_id
     self.min_prompt_bucket, self.min_gen_bucket = min_prompt_bucket, min_gen_bucket
-    self.compile_count = 0  # Number of traces of the prefill and decode functions.
+    self.compile_count = 0  # Number of compilations of the prefill and decode functions.
+    self.compile_seconds = []  # (function name, seconds) of each compilation, in order.
+    self._compiled = {}
     self._prefill = jax.jit(self._prefill_fn, static_argnames=("cache_len", "num_samples"))
     self._decode = jax.jit(self._decode_fn, static_argnames=("gen_len", "top_k", "top_p", "greedy"),
                            donate_argnames=("cache",))
+
+  def _run(self, name, fn, *args, **static):
+    """Calls jitted `fn`, compiling it ahead of time (timed and logged) on the first call per signature."""
+    leaves, treedef = jax.tree.flatten(args)
+    key = (name, treedef, tuple(sorted(static.items())),
+           tuple((a.shape, a.dtype, getattr(a, "sharding", None)) for a in leaves))
+    if key not in self._compiled:
+      start = time.perf_counter()
+      self._compiled[key] = fn.lower(*args, **static).compile()
+      seconds = time.perf_counter() - start
+      self.compile_count += 1
+      self.compile_seconds.append((name, seconds))
+      log.info("Compiled %s in %.1f s: %s", name, seconds, static)
+    return self._compiled[key](*args)
 
   # --------------------------------------------------------------------------- jitted parts
 
@@ -112,14 +141,10 @@ class Sampler:
 
   def _prefill_fn(self, params, x, attn_mask, positions, *, cache_len, num_samples):
     """Prompt [B, T, D] -> (last logits [B*N, V], cache, next position [B*N])."""
-    self.compile_count += 1
-    log.info("Compiling prefill: batch %d, prompt %d, cache %d, %d samples", x.shape[0],
-             x.shape[1], cache_len, num_samples)
-    b = x.shape[0]
-    cache = self._shard_batch(
-        self.model.init_cache(b, cache_len, self.cache_dtype or self.model.config.dtype))
-    hidden, cache = self.model.apply({"params": params}, x, positions, attn_mask, cache,
-                                     return_hidden=True)
+    hidden, cache = self.model.apply({"params": params}, x, positions, attn_mask, cache_len,
+                                     self.cache_dtype or self.model.config.dtype, return_hidden=True,
+                                     method=self.model.prefill)
+    cache = self._shard_batch(cache)
     valid = jnp.diagonal(attn_mask, axis1=1, axis2=2)
     last_pos = jnp.where(valid, positions, -1)
     last = jnp.argmax(last_pos, axis=1)
@@ -133,16 +158,15 @@ class Sampler:
   def _decode_fn(self, params, cache, logits, next_pos, keys, temperature, stop_tokens,
                  max_new_tokens, *, gen_len, top_k, top_p, greedy):
     """while_loop decode -> tokens/logprobs [B, gen_len], lengths [B], stopped [B], cache."""
-    self.compile_count += 1
     b = logits.shape[0]
-    log.info("Compiling decode: batch %d, %d tokens, top_k %d, top_p %s, greedy %s", b, gen_len,
-             top_k, top_p, greedy)
-    layers = gemma.unstack_layers(params)  # Once, outside the loop.
+    params = gemma.compute_params(params, self.model.config)  # Once, outside the loop.
+    layers = gemma.unstack_layers(params)
 
     def choose(logits, step):
       step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, step)
       tok = pick_tokens(logits, step_keys, temperature, top_k, top_p, greedy)
-      logp = jnp.take_along_axis(jax.nn.log_softmax(logits), tok[:, None], axis=-1)[:, 0]
+      # log_softmax at the chosen token only: no [B, V] array of log-probs written and read back each step.
+      logp = jnp.take_along_axis(logits, tok[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(logits, axis=-1)
       return tok, logp
 
     def record(state, tok, logp):
@@ -193,10 +217,12 @@ class Sampler:
         its sample does not depend on the rest of the batch.
       temperature: 0 is greedy. top_k: 0 is off. top_p: 1 is off.
       stop_tokens: ids ending a sequence (default: the tokenizer's eos_id, if any).
-      params: the decoder's params for this call (default: those given at construction).
+      params: the decoder's params for this call (default: those given at construction); the compiled code is
+        reused as long as their shapes, dtypes and placement stay the same.
     Returns:
       SampleOutput with arrays [B, N, max_new_tokens].
     """
+    params = self._params(params)
     x, attn_mask = jnp.asarray(x), jnp.asarray(attn_mask, bool)
     positions = jnp.asarray(positions, jnp.int32)
     b, t, _ = x.shape
@@ -234,11 +260,10 @@ class Sampler:
     stops = np.full(MAX_STOP_TOKENS, -1, np.int32)
     stops[:len(stop_tokens)] = stop_tokens
 
-    params = self.params if params is None else params
-    logits, cache, next_pos = self._prefill(params, xp, mp, pp, cache_len=tp + gen_len,
-                                            num_samples=num_samples)
-    tokens, logprobs, lengths, stopped, _ = self._decode(
-        params, cache, logits, next_pos, keys, jnp.float32(max(temperature, 1e-6)),
+    logits, cache, next_pos = self._run("prefill", self._prefill, params, xp, mp, pp,
+                                        cache_len=tp + gen_len, num_samples=num_samples)
+    tokens, logprobs, lengths, stopped, _ = self._run(
+        "decode", self._decode, params, cache, logits, next_pos, keys, jnp.float32(max(temperature, 1e-6)),
         jnp.asarray(stops), jnp.int32(max_new_tokens), gen_len=gen_len, top_k=int(top_k),
         top_p=float(top_p), greedy=bool(greedy))
 
@@ -255,13 +280,44 @@ class Sampler:
     return SampleOutput(tokens, logprobs, lengths, reasons, text)
 
   def sample_tokens(self, tokens, input_mask=None, params=None, **kwargs):
-    """Text prompts: tokens [B, T] (left or right padded, `input_mask` [B, T] marks real tokens)."""
+    """Text prompts: tokens [B, T] (left or right padded, `input_mask` [B, T] marks real tokens).
+
+    `params` and `kwargs` as `sample`."""
+    params = self._params(params)
     tokens = np.asarray(tokens, np.int32)
     input_mask = np.ones(tokens.shape, bool) if input_mask is None else np.asarray(input_mask, bool)
     attn_mask, positions = causal_prompt(input_mask)
-    params = self.params if params is None else params
     x = self.model.apply({"params": params}, jnp.asarray(tokens), method=self.model.embed_tokens)
     return self.sample(x, attn_mask, positions, params=params, **kwargs)
+
+  def lower(self, params, batch, prompt_len, max_new_tokens, *, num_samples=1, top_k=0, top_p=1.0,
+            greedy=False):
+    """Ahead-of-time lowering of the prefill and decode functions for the buckets of these sizes.
+
+    `params` may be abstract (`jax.ShapeDtypeStruct` leaves): no weights are needed to compile or inspect the
+    code. Returns {"prefill": Lowered, "decode": Lowered}; `.compile()` each.
+    """
+    tp, gen_len = bucket(prompt_len, self.min_prompt_bucket), bucket(max_new_tokens, self.min_gen_bucket)
+    bp = bucket(batch, 1)
+    dt = self.model.config.dtype
+    spec = jax.ShapeDtypeStruct
+    prompt = (spec((bp, tp, self.model.config.width), dt), spec((bp, tp, tp), bool), spec((bp, tp), jnp.int32))
+    static = dict(cache_len=tp + gen_len, num_samples=num_samples)
+    logits, cache, next_pos = jax.eval_shape(lambda *a: self._prefill_fn(*a, **static), params, *prompt)
+    rows = bp * num_samples
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), rows))
+    scalar = lambda d: spec((), d)
+    return dict(
+        prefill=self._prefill.lower(params, *prompt, **static),
+        decode=self._decode.lower(params, cache, logits, next_pos, keys, scalar(jnp.float32),
+                                  spec((MAX_STOP_TOKENS,), jnp.int32), scalar(jnp.int32), gen_len=gen_len,
+                                  top_k=top_k, top_p=top_p, greedy=greedy))
+
+  def _params(self, params):
+    params = self.params if params is None else params
+    if params is None:
+      raise ValueError("No params: pass `params=` or give them to the Sampler at construction")
+    return params
 
   def _put(self, tree):
     if self.mesh is None:

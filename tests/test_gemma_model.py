@@ -117,8 +117,8 @@ def test_cache_chunks_and_steps_match_full_forward(variant):
   apply = jax.jit(model.apply)
   full = np.asarray(apply({"params": params}, x, positions, attn_mask)[0])
   cache = gemma.init_cache(cfg, 2, 32)
-  assert cache["layers"][0]["k"].shape == (2, 8, cfg.num_kv_heads, cfg.head_dim)  # Ring.
-  assert cache["layers"][1]["k"].shape == (2, 32, cfg.num_kv_heads, cfg.head_dim) or (
+  assert cache["layers"][0]["k"].shape == (2, cfg.num_kv_heads, 8, cfg.head_dim)  # Ring.
+  assert cache["layers"][1]["k"].shape == (2, cfg.num_kv_heads, 32, cfg.head_dim) or (
       cfg.family == "gemma3")
   outs = []
   for start, end in [(0, 11), (11, 20)] + [(t, t + 1) for t in range(20, 24)]:
@@ -189,3 +189,33 @@ def test_dropout_rate_and_scaling():
   y = np.asarray(gemma.dropout(x, 0.25, jax.random.key(0)))
   assert set(np.unique(y).tolist()) == {0.0, np.float32(1 / 0.75)}
   assert abs(np.mean(y == 0) - 0.25) < 0.03
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_prefill_equals_a_call_on_an_empty_cache(scan_layers):
+  """`Model.prefill` (cache-free forward, then k/v written) gives the logits and cache of `__call__` on an empty
+  cache, also when the prompt is longer than the local ring buffer (window 8); then one step agrees too."""
+  cfg = gemma.get_config("gemma3_tiny", scan_layers=scan_layers)
+  params = gemma.random_params(cfg)
+  model = gemma.Model(cfg)
+  tokens, attn_mask, positions, valid = _inputs(cfg, t=12)
+  x = model.apply({"params": params}, tokens, method=model.embed_tokens)
+  want, want_cache = jax.jit(model.apply)({"params": params}, x, positions, attn_mask, gemma.init_cache(cfg, 2, 16))
+  got, cache = jax.jit(model.apply, static_argnums=4, static_argnames="method")(
+      {"params": params}, x, positions, attn_mask, 16, method=model.prefill)
+  np.testing.assert_allclose(got[valid], want[valid], atol=2e-5)
+  for a, b in zip(jax.tree.leaves(cache), jax.tree.leaves(want_cache)):
+    np.testing.assert_allclose(a, b, atol=2e-5)
+  assert (np.asarray(cache["pos_local"]) >= 0).sum() == 2 * 8  # Ring of 8 holds the last 8 positions.
+  step = lambda c: jax.jit(model.apply)({"params": params}, x[:, -1:], positions[:, -1:] + 1,
+                                        np.ones((2, 1, 1), bool), c)[0]
+  np.testing.assert_allclose(step(cache), step(want_cache), atol=2e-5)
+
+
+def test_compute_params_casts_matmul_weights_only():
+  cfg = gemma.get_config("gemma3_tiny", dtype="bfloat16")
+  cast = gemma.compute_params(gemma.random_params(cfg), cfg)
+  assert cast["layers"]["attn"]["q_einsum"]["w"].dtype == jnp.bfloat16
+  assert cast["embedder"]["input_embedding"].dtype == jnp.bfloat16
+  assert cast["layers"]["pre_ffw_norm"]["scale"].dtype == np.float32
+  assert cast["layers"]["attn"]["_key_norm"]["scale"].dtype == np.float32

@@ -175,3 +175,19 @@ def test_bad_inputs():
                    temperature=1.0)
   with pytest.raises(ValueError, match="max_new_tokens"):
     sampler.sample(x, np.ones((2, 4, 4), bool), np.zeros((2, 4), int), max_new_tokens=0)
+
+
+def test_params_passed_per_call():
+  """`params=` replaces the construction-time params for one call, reusing the compiled code."""
+  cfg = gemma.get_config("gemma2_tiny")
+  p0, p1 = gemma.random_params(cfg, seed=0), gemma.random_params(cfg, seed=1)
+  tokens, mask = _prompts(cfg, [5, 3], 5)
+  kw = dict(max_new_tokens=6, stop_tokens=())
+  sampler = sampling.Sampler(gemma.Model(cfg), p0)
+  own = sampler.sample_tokens(tokens, mask, **kw).tokens
+  other = sampler.sample_tokens(tokens, mask, params=p1, **kw).tokens
+  np.testing.assert_array_equal(other, sampling.Sampler(gemma.Model(cfg), p1).sample_tokens(tokens, mask, **kw).tokens)
+  assert not np.array_equal(own, other) and sampler.compile_count == 2
+  assert [name for name, _ in sampler.compile_seconds] == ["prefill", "decode"]
+  with pytest.raises(ValueError, match="params"):
+    sampling.Sampler(gemma.Model(cfg), None).sample_tokens(tokens, mask, **kw)

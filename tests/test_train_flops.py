@@ -5,7 +5,6 @@ import subprocess
 import sys
 import types
 
-import jax
 import jax.numpy as jnp
 import pytest
 
@@ -34,11 +33,9 @@ def test_peak_flops_table():
   assert flops.mfu(989e12 / 2, 1.0, num_devices=1, device=_device("H100")) == pytest.approx(0.5)
 
 
-def test_count_params_and_compiled_flops():
+def test_count_params():
   params = {"embedder": {"input_embedding": jnp.zeros((10, 4))}, "w": jnp.zeros((4, 3))}
   assert flops.count_params(params) == 52 and flops.count_params(params, exclude="embedder") == 12
-  lowered = jax.jit(lambda a, b: a @ b).lower(jnp.ones((64, 128)), jnp.ones((128, 32)))
-  assert flops.compiled_flops(lowered) == 2 * 64 * 128 * 32
 
 
 def test_step_meter():
@@ -65,5 +62,5 @@ def test_bench_train_prints_one_json_line():
     assert r["step_time_s"] > 0 and r["mfu"] is None and r["tokens_per_s"] > 0
   # Same init, same batch: the sharded run computes the same loss.
   assert result["runs"][0]["loss"] == pytest.approx(result["runs"][1]["loss"], rel=1e-5)
-  # XLA's per-device FLOPs agree with the analytic model FLOPs to within 25%.
-  assert result["runs"][0]["xla_flops_per_device"] == pytest.approx(result["model_flops_per_step"], rel=0.25)
+  cores = result["machine_before"]["cores"]
+  assert cores >= 1 and len(result["machine_after"]["load_avg"]) == 3 and "mfu_xla" not in result["runs"][0]

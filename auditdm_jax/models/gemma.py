@@ -12,7 +12,9 @@ Params (always stacked over layers, leading axis L, as big_vision's scanned layo
 `scan_layers=True` runs the layers with `lax.scan` (the per-layer attention kind is a scanned
 input); `False` unrolls them. The layout is the same either way. The KV cache keeps one
 ring buffer of `min(sliding_window, max_len)` slots per sliding-window layer and `max_len`
-slots per global layer; slots are addressed by position (slot = position % size).
+slots per global layer, k/v as [B, K, S, H] (batch and kv-head leading, so attention reads the cache
+as a batched matmul without a transpose copy); slots are addressed by position (slot = position % size).
+`Model.prefill` fills a fresh cache from a prompt at the cost of a cache-free forward.
 
 `dropout` > 0 is residual dropout as big_vision's Gemma: on the attention output (after the post-attention norm)
 and on the MLP output (before the post-FFW norm), active only with `Model(...)(..., deterministic=False)` and a
@@ -149,15 +151,21 @@ def softcap(x, cap):
 
 
 def attend(q, k, v, mask, attn_softcap=None):
-  """Grouped-query attention. q [B, T, N, H] (pre-scaled), k/v [B, S, K, H], mask [B, T, S]."""
+  """Grouped-query attention. q [B, T, N, H] (pre-scaled), k/v [B, K, S, H], mask [B, T, S]."""
   b, t, n, h = q.shape
-  kh = k.shape[2]
+  kh = k.shape[1]
   q = q.reshape(b, t, kh, n // kh, h)  # Query head n uses key head n // (N / K).
-  logits = jnp.einsum("btkgh,bskh->bkgts", q, k).astype(jnp.float32)
+  # Scores accumulate and stay in float32 (no bf16 round trip before the softmax).
+  logits = jnp.einsum("btkgh,bksh->bkgts", q, k, preferred_element_type=jnp.float32)
   logits = softcap(logits, attn_softcap)
   logits = jnp.where(mask[:, None, None], logits, _MASK)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bkgts,bskh->btkgh", probs, v).reshape(b, t, n, h)
+  return jnp.einsum("bkgts,bksh->btkgh", probs, v).reshape(b, t, n, h)
+
+
+def heads_first(x):
+  """[B, T, K, H] -> [B, K, T, H], the cache layout."""
+  return jnp.swapaxes(x, 1, 2)
 
 
 def window_mask(q_pos, k_pos, window):
@@ -183,19 +191,27 @@ def cache_slots(positions, valid, size):
 
 
 def _write(buf, slots, new):
+  """Writes new [B, T, ...] at slots [B, T] of buf [B, S, ...] (slot S: dropped)."""
   b = jnp.arange(buf.shape[0])[:, None]
   return buf.at[b, slots].set(new.astype(buf.dtype), mode="drop")
 
 
+def _write_kv(buf, slots, new):
+  """Writes new [B, T, K, H] at slots [B, T] of a cache buffer [B, K, S, H] (slot S: dropped), in place."""
+  b = jnp.arange(buf.shape[0])[:, None]
+  # Advanced indices split by a slice: the update is indexed [B, T, K, H], as `new` already is.
+  return buf.at[b, :, slots].set(new.astype(buf.dtype), mode="drop")
+
+
 def init_cache(cfg, batch, max_len, dtype=None):
-  """Empty KV cache: per layer k/v [B, S_l, K, H] and the position held by each slot (-1: empty)."""
+  """Empty KV cache: per layer k/v [B, K, S_l, H] and the position held by each slot (-1: empty)."""
   dtype = jnp.dtype(dtype or cfg.dtype)
   kinds = attn_kinds(cfg)
   local_len = min(cfg.sliding_window, max_len) if cfg.sliding_window else max_len
   layers = []
   for kind in kinds:
     s = local_len if kind == "local" else max_len
-    shape = (batch, s, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.num_kv_heads, s, cfg.head_dim)
     layers.append(dict(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype)))
   return dict(layers=layers,
               pos_global=jnp.full((batch, max_len), -1, jnp.int32),
@@ -208,8 +224,24 @@ def dropout(x, rate, rng):
   return jax.lax.select(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
 
 
+def _project_weights_in_place(spec, h, weight):
+  """`jnp.einsum(spec, h, weight)` for spec "btd,<lead>d<out>-><...>": h [B, T, D] times a weight whose contracted
+  D sits between leading axes and an output axis (q [N, D, H], kv [2, K, D, H], gating [2, D, F]).
+
+  As a plain matmul such a weight needs its leading axes moved next to the output axis, and XLA materialises
+  that transposed copy of the weight on every call: inside a decode loop, every step. Broadcasting the (one
+  token per row) activations over the leading axes instead makes them batch axes of a batched matmul that
+  reads the weight where it lies.
+  """
+  ins, out = spec.split("->")
+  lead = ins.split(",")[1].split("d")[0]
+  x = jnp.broadcast_to(h, weight.shape[:len(lead)] + h.shape)
+  return jnp.einsum(f"{lead}btd,{ins.split(',')[1]}->{out}", x, weight)
+
+
 def _layer(p, x, positions, local, cfg, mask_fn, rng=None):
-  """One decoder layer. `mask_fn(k, v) -> (k_all, v_all, mask)` says what the queries see.
+  """One decoder layer. `mask_fn(k, v) -> (k_all, v_all, mask)` says what the queries see: the new k/v
+  [B, T, K, H] in, the keys/values attended [B, K, S, H] and mask [B, T, S] out.
 
   `local` may be a Python bool or a traced scalar (scan). x [B, T, D] -> [B, T, D]. `rng`: this layer's dropout
   key, or None for no dropout (then the computation is exactly the dropout-free one).
@@ -222,9 +254,10 @@ def _layer(p, x, positions, local, cfg, mask_fn, rng=None):
     drop_attn = drop_ffw = lambda a: a
   dtype = jnp.dtype(cfg.dtype)
   w = lambda a: a.astype(dtype)
+  proj = _project_weights_in_place if x.shape[1] == 1 else jnp.einsum
   h = rms_norm(x, p["pre_attention_norm"]["scale"], cfg.norm_eps)
-  q = jnp.einsum("btd,ndh->btnh", h, w(p["attn"]["q_einsum"]["w"]))
-  k, v = jnp.einsum("btd,ckdh->cbtkh", h, w(p["attn"]["kv_einsum"]["w"]))
+  q = proj("btd,ndh->btnh", h, w(p["attn"]["q_einsum"]["w"]))
+  k, v = proj("btd,ckdh->cbtkh", h, w(p["attn"]["kv_einsum"]["w"]))
   if cfg.qk_norm:
     q = rms_norm(q, p["attn"]["_query_norm"]["scale"], cfg.norm_eps)
     k = rms_norm(k, p["attn"]["_key_norm"]["scale"], cfg.norm_eps)
@@ -239,8 +272,8 @@ def _layer(p, x, positions, local, cfg, mask_fn, rng=None):
   x = x + drop_attn(rms_norm(o, p["post_attention_norm"]["scale"], cfg.norm_eps))
 
   h = rms_norm(x, p["pre_ffw_norm"]["scale"], cfg.norm_eps)
-  gate = w(p["mlp"]["gating_einsum"])
-  h = jax.nn.gelu(h @ gate[0], approximate=True) * (h @ gate[1])
+  gate, up = proj("btd,cdf->cbtf", h, w(p["mlp"]["gating_einsum"]))
+  h = jax.nn.gelu(gate, approximate=True) * up
   h = drop_ffw(h @ w(p["mlp"]["linear"]))  # Before the post-FFW norm, as big_vision.
   return x + rms_norm(h, p["post_ffw_norm"]["scale"], cfg.norm_eps)
 
@@ -254,6 +287,20 @@ def unstack_layers(params):
   layers = params["layers"]
   depth = jax.tree.leaves(layers)[0].shape[0]
   return tuple(jax.tree.map(lambda a, i=i: a[i], layers) for i in range(depth))
+
+
+def compute_params(params, cfg):
+  """params with every matmul weight cast to the compute dtype `cfg.dtype` (norm scales left as they are).
+
+  The layers cast their weights at each use; a decode loop that runs them hundreds of times reads float32
+  weights twice over unless they are cast once before the loop (the result is the same: casts are elementwise).
+  """
+  dtype = jnp.dtype(cfg.dtype)
+
+  def cast(path, a):
+    narrower = jnp.issubdtype(a.dtype, jnp.floating) and a.dtype.itemsize > dtype.itemsize
+    return a.astype(dtype) if narrower and "scale" not in jax.tree_util.keystr(path) else a
+  return jax.tree_util.tree_map_with_path(cast, params)
 
 
 def _layer_params(layers, i):
@@ -354,24 +401,63 @@ class Model(nn.Module):
       return x, new_cache
     return self.unembed(x), new_cache
 
-  def _run_layers(self, x, positions, attn_mask, kinds, layers, rngs=None):
+  def prefill(self, x, positions, attn_mask, cache_len, cache_dtype=None, return_hidden=False):
+    """A prompt's forward pass and the fresh cache it fills, for `cache_len` positions in all.
+
+    Same result as `__call__` with an empty `init_cache(B, cache_len)`, at the cost of a cache-free forward:
+    attention spans the T prompt tokens only (not the empty cache slots too), and each layer's k/v are then
+    written into the cache. x [B, T, D], positions [B, T], attn_mask [B, T, T] as `__call__`.
+
+    Returns:
+      (logits [B, T, V] float32 or hidden [B, T, D], cache).
+    """
+    cfg = self.config
+    x = x.astype(cfg.dtype)
+    kinds = attn_kinds(cfg)
+    x, kv = self._run_layers(x, positions, attn_mask, kinds, self.layers, collect_kv=True)
+    cache = init_cache(cfg, x.shape[0], cache_len, cache_dtype)
+    valid = jnp.diagonal(attn_mask, axis1=1, axis2=2)
+    slots = {}
+    for kind, key in (("local", "pos_local"), ("global", "pos_global")):
+      slots[kind] = cache_slots(positions, valid, cache[key].shape[1])
+      cache[key] = _write(cache[key], slots[kind], positions)
+    for i, kind in enumerate(kinds):
+      entry = cache["layers"][i]
+      k, v = kv[0][i], kv[1][i]
+      cache["layers"][i] = dict(k=_write_kv(entry["k"], slots[kind], k),
+                                v=_write_kv(entry["v"], slots[kind], v))
+    x = rms_norm(x, self.final_norm["scale"], cfg.norm_eps)
+    return (x if return_hidden else self.unembed(x)), cache
+
+  def _run_layers(self, x, positions, attn_mask, kinds, layers, rngs=None, collect_kv=False):
+    """Cache-free layers -> x, or (x, (k [L][B, T, K, H], v [L][...])) with `collect_kv`."""
     cfg = self.config
     local_mask = attn_mask & window_mask(positions, positions, cfg.sliding_window or 1)
 
     def body(x, p_local_rng):
       p, local, rng = p_local_rng
       mask = jnp.where(local, local_mask, attn_mask)
-      return _layer(p, x, positions, local, cfg, lambda k, v: (k, v, mask), rng), None
+      kv = {}
+
+      def mask_fn(k, v):
+        kv.update(k=k, v=v)
+        return heads_first(k), heads_first(v), mask
+
+      x = _layer(p, x, positions, local, cfg, mask_fn, rng)
+      return x, ((kv["k"], kv["v"]) if collect_kv else None)
 
     if cfg.remat_policy != "none":
       body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
     is_local = np.array([k == "local" for k in kinds])
     if cfg.scan_layers and not isinstance(layers, tuple):
-      x, _ = jax.lax.scan(body, x, (layers, jnp.asarray(is_local), rngs))
+      x, kv = jax.lax.scan(body, x, (layers, jnp.asarray(is_local), rngs))
     else:
+      kv = []
       for i, local in enumerate(is_local):
-        x, _ = body(x, (_layer_params(layers, i), bool(local), None if rngs is None else rngs[i]))
-    return x
+        x, kv_i = body(x, (_layer_params(layers, i), bool(local), None if rngs is None else rngs[i]))
+        kv.append(kv_i)
+      kv = (tuple(k for k, _ in kv), tuple(v for _, v in kv)) if collect_kv else None
+    return (x, kv) if collect_kv else x
 
   def _run_layers_cached(self, x, positions, attn_mask, kinds, cache, layers, rngs=None):
     """Unrolled layers with a cache (each layer's cache has its own length)."""
@@ -392,8 +478,8 @@ class Model(nn.Module):
         if window:
           mask &= window_mask(positions, new_pos, window)
       else:
-        # Chunk (prefill): attend over [old cache; new tokens] with the caller's mask for the
-        # new tokens, then write; this works even when the chunk is longer than a ring buffer.
+        # Chunk: attend over [old cache; new tokens] with the caller's mask for the new tokens,
+        # then write; this works even when the chunk is longer than a ring buffer.
         old = (old_pos[:, None, :] >= 0) & (old_pos[:, None, :] < positions[:, :, None])
         new = attn_mask
         if window:
@@ -409,11 +495,11 @@ class Model(nn.Module):
       written = {}
 
       def mask_fn(k, v, entry=entry, slots=slots, mask=mask, written=written):
-        written.update(k=_write(entry["k"], slots, k), v=_write(entry["v"], slots, v))
+        written.update(k=_write_kv(entry["k"], slots, k), v=_write_kv(entry["v"], slots, v))
         if t == 1:
           return written["k"], written["v"], mask
-        return (jnp.concatenate([entry["k"], k.astype(entry["k"].dtype)], 1),
-                jnp.concatenate([entry["v"], v.astype(entry["v"].dtype)], 1), mask)
+        cat = lambda old, new: jnp.concatenate([old, heads_first(new).astype(old.dtype)], 2)
+        return cat(entry["k"], k), cat(entry["v"], v), mask
 
       x = _layer(_layer_params(layers, i), x, positions, kind == "local", cfg, mask_fn,
                  None if rngs is None else rngs[i])

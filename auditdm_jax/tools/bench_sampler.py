@@ -4,8 +4,10 @@
 
 Prints one JSON line: decode throughput (generated tokens / s, wall clock of a warm call,
 prefill included) for ours and for transformers (PyTorch eager, fp32, same weights, same
-left-padded prompts, greedy, no early stop; best of --repeats calls each), their ratio, our compile time and count, whether
-the greedy tokens agree, and the process's peak RSS.
+left-padded prompts, greedy, no early stop; best of --repeats calls each, the two sides alternating so a drifting
+load hits both), their ratio, our compile time and count, whether the greedy tokens agree, the process's peak RSS,
+and the load average and thread counts before and after (a ratio taken on a machine busier than its cores is not a
+figure to quote: torch's threads suffer far more from load than XLA's; `--require_idle` refuses to run then).
 """
 import argparse
 import json
@@ -19,6 +21,7 @@ import transformers
 
 from auditdm_jax import sampling
 from auditdm_jax.models import gemma
+from auditdm_jax.tools import machine
 
 
 def build_models(args):
@@ -32,14 +35,16 @@ def build_models(args):
   return cfg, hf, gemma.params_from_hf(hf.state_dict(), cfg)
 
 
-def best_of(fn, repeats):
-  """(result, best wall time of `repeats` calls): the machine may be shared, keep the least disturbed."""
-  times = []
+def best_of_alternating(fns, repeats):
+  """[(result, best wall time of `repeats` calls)] per function, the functions called in turn each round so that
+  a load that drifts during the run falls on all of them alike."""
+  results, times = [None] * len(fns), [[] for _ in fns]
   for _ in range(repeats):
-    start = time.perf_counter()
-    result = fn()
-    times.append(time.perf_counter() - start)
-  return result, min(times)
+    for i, fn in enumerate(fns):
+      start = time.perf_counter()
+      results[i] = fn()
+      times[i].append(time.perf_counter() - start)
+  return [(r, min(t)) for r, t in zip(results, times)]
 
 
 def main(argv=None):
@@ -52,7 +57,9 @@ def main(argv=None):
   parser.add_argument("--vocab", type=int, default=32_768)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--repeats", type=int, default=3, help="timed calls per side; best is kept")
+  parser.add_argument("--require_idle", action="store_true", help="refuse to run when load average > cores")
   args = parser.parse_args(argv)
+  machine_before = machine.check_idle(args.require_idle)
 
   cfg, hf, params = build_models(args)
   rng = np.random.default_rng(args.seed)
@@ -66,14 +73,14 @@ def main(argv=None):
   start = time.perf_counter()
   run()
   compile_s = time.perf_counter() - start
-  ours, ours_s = best_of(run, args.repeats)
 
   with torch.no_grad():
     kw = dict(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64)),
               do_sample=False, max_new_tokens=n, min_new_tokens=n, pad_token_id=0,
               eos_token_id=None)
     hf.generate(**{**kw, "max_new_tokens": 2, "min_new_tokens": 2})  # Warm-up.
-    theirs, hf_s = best_of(lambda: hf.generate(**kw)[:, t:].numpy(), args.repeats)
+    (ours, ours_s), (theirs, hf_s) = best_of_alternating(
+        [run, lambda: hf.generate(**kw)[:, t:].numpy()], args.repeats)
 
   print(json.dumps(dict(
       model=f"gemma3-style L={args.depth} D={args.width} V={args.vocab}", batch=b,
@@ -82,7 +89,8 @@ def main(argv=None):
       speedup=round(hf_s / ours_s, 2), ours_s=round(ours_s, 3), transformers_s=round(hf_s, 3),
       ours_first_call_s=round(compile_s, 2), compile_count=sampler.compile_count,
       greedy_tokens_equal_frac=float(np.mean(ours.tokens[:, 0] == theirs)),
-      peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))))
+      peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+      machine_before=machine_before, machine_after=machine.load())))
 
 
 if __name__ == "__main__":

@@ -58,18 +58,6 @@ def transformer_train_flops(n_params, tokens, num_layers, seq_len, width):
   return 6.0 * n_params * tokens + 12.0 * num_layers * seq_len * width * tokens
 
 
-def compiled_flops(computation):
-  """FLOPs XLA counts for `jitted.lower(...)` or its `.compile()` (per device when sharded), or None if the
-  backend gives none."""
-  if hasattr(computation, "compile"):
-    computation = computation.compile()
-  cost = computation.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  flops = (cost or {}).get("flops")
-  return float(flops) if flops and flops > 0 else None
-
-
 def mfu(flops_per_step, step_time, num_devices=None, device=None):
   """Model FLOPs utilisation in [0, 1], or None when the device's peak is unknown."""
   peak = peak_flops(device)

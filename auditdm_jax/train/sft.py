@@ -36,6 +36,7 @@ from auditdm_jax.models import checkpoints
 from auditdm_jax.models import tokenizer as tokenizer_lib
 from auditdm_jax.models import vlm
 from auditdm_jax.train import checkpoint as checkpoint_lib
+from auditdm_jax.train import cross_entropy
 from auditdm_jax.train import optim
 from auditdm_jax.train import step as step_lib
 
@@ -49,10 +50,9 @@ def prefix_lm_loss(logits, targets, weights, label_smoothing=0.0):
 
   With label smoothing ls the target distribution is (1 - ls) * onehot + ls / V.
   """
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  token_loss = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  token_loss = -cross_entropy.token_logprobs(logits, targets)
   if label_smoothing:
-    token_loss = (1.0 - label_smoothing) * token_loss - label_smoothing * jnp.mean(logp, axis=-1)
+    token_loss = (1.0 - label_smoothing) * token_loss - label_smoothing * cross_entropy.mean_logprob(logits)
   weights = weights.astype(jnp.float32)
   return jnp.sum(token_loss * weights, axis=-1) / jnp.maximum(jnp.sum(weights, axis=-1), 1.0)
 
