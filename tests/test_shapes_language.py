@@ -182,7 +182,8 @@ def test_weakness_lists():
 @pytest.mark.parametrize("value,message", [
     ("counting:shape=star,flying", "unknown skill 'flying'"),
     ("counting:shape=hexagon", "bad condition 'shape=hexagon'"),
-    ("color:color=red", "no color question of the shapes world falls in this slice"),  # Colour questions name no colour.
+    # Colour questions never name the colour they ask for.
+    ("color:color=red", "no color question of the shapes world falls in this slice"),
     ("counting:relation=left", "no counting question"),
     ("counting:shape=star,spatial:comparison=more", "weakness 'spatial:comparison=more': no spatial question"),
 ])

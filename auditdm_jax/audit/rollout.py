@@ -271,8 +271,24 @@ def audit_metrics(result):
 def audit_is_true_failure(sample):
   """Ground-truth check of a flagged pair: the target is wrong and the reference consensus is right (a question
   the image cannot answer, truth None, is never a true failure)."""
+  return flag_category(sample) == "genuine"
+
+
+FLAG_CATEGORIES = ("genuine", "reference_error", "unanswerable")
+
+
+def flag_category(sample):
+  """Ground-truth category of a pair: "unanswerable" (truth None), "genuine" (the target is wrong and the
+  consensus right), "reference_error" (the consensus is wrong), or None (the target is right, the consensus too)."""
   if sample.truth is None:
-    return False
+    return "unanswerable"
   truth = divergence.normalize_answer(sample.truth)
-  return (divergence.normalize_answer(sample.target_answer) != truth
-          and divergence.normalize_answer(sample.label) == truth)
+  if divergence.normalize_answer(sample.label) != truth:
+    return "reference_error"
+  return "genuine" if divergence.normalize_answer(sample.target_answer) != truth else None
+
+
+def flag_breakdown(samples):
+  """{category: count} over the flagged pairs that ground truth judged (the paper's Table 3, exactly)."""
+  flagged = [flag_category(s) for s in samples if s.failure and s.judged]
+  return {c: flagged.count(c) for c in FLAG_CATEGORIES}

@@ -16,7 +16,8 @@ spatial relation "no" ("Is the star left of the circle?" with no star). Only a "
 objects ("the circle" among two) leaves a question without an answer (ill-posed).
 
 Text outside the language raises `ParseError`; a referring expression that matches several objects where one is
-needed (or, in an edit command, no object) raises `ReferenceError_`; an edit that breaks the one-object-per-cell rule raises `ConflictError`.
+needed (or, in an edit command, no object) raises `ReferenceError_`; an edit that breaks the one-object-per-cell
+rule raises `ConflictError`.
 All are `LanguageError` (a ValueError), never another exception.
 """
 import dataclasses

@@ -259,14 +259,14 @@ def pretrain_all(cfg, workdir):
   weakness_value = ",".join(tasks.check_weakness(cfg.weakness)) or None  # A bad spec fails before any training.
   root = os.path.join(workdir, "pretrain")
   tok_path = os.path.join(root, "tokenizer.model")
-  tok_digest = _digest(cfg.tokenizer.to_dict())
+  tok_digest = _digest(dict(cfg.tokenizer.to_dict(), seed=cfg.seed))  # The seed draws its scenes.
   tok_meta = os.path.join(root, "tokenizer.json")
   if os.path.exists(tok_meta) and io.read_json(tok_meta).get("digest") == tok_digest:
     tok = tokenizer_lib.Tokenizer(tok_path)
   else:
     tok = tokenizer_train.train_tokenizer(tok_path, cfg.tokenizer.vocab_size, cfg.tokenizer.num_scenes, cfg.seed)
     io.write_json(tok_meta, {"digest": tok_digest})
-  shared = dict(image_size=cfg.image_size, world=cfg.world.to_dict(), tokenizer=tok_digest,
+  shared = dict(image_size=cfg.image_size, world=cfg.world.to_dict(), tokenizer=tok_digest, seed=cfg.seed,
                 data_version=tasks.DATA_VERSION)
   scenes = None
   entries = []
