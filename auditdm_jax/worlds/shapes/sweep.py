@@ -100,7 +100,7 @@ def _mean_cell(stats, kind):
   if stats is None:
     return "n/a"
   scale, unit = (100, "%") if kind == "pct" else (1, "x" if kind == "x" else "")
-  digits = 0 if kind == "int" else (2 if kind == "x" else 1)
+  digits = 2 if kind == "x" else 1
   return f"{scale * stats['mean']:.{digits}f} ± {scale * stats['std']:.{digits}f}{unit}"
 
 
