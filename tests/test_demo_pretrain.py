@@ -64,6 +64,18 @@ def test_pretrain_cache_and_skills(tmp_path):
   assert os.path.exists(tmp_path / "skills.json")
 
 
+def test_accuracy_table_per_weakness_spec():
+  both = "counting:shape=star,binding:color=red"
+  test = [(None, "How many stars are there?", "1", "counting", True),
+          (None, "What shape is the red object?", "circle", "binding", True),
+          (None, "How many circles are there?", "2", "counting", False)]
+  acc, counts = skills.accuracy_table(["1", "star", "2"], test, both)
+  assert acc["weakness/counting:shape=star"] == 1.0 and acc["weakness/binding:color=red"] == 0.0
+  assert acc["weakness"] == 0.5 and acc["overall"] == 1.0 and counts["weakness/binding:color=red"] == 1
+  table = skills.format_table(dict(models={"t": dict(role="target", accuracy=acc)}, counts=counts))
+  assert "| weakness/binding:color=red | 1 | 0.0 |" in table
+
+
 def test_bad_weakness_fails_before_any_work(tmp_path):
   with pytest.raises(ValueError, match="weakness 'color:color=red': no color question"):
     pretrain.pretrain_all(_tiny("color:color=red"), str(tmp_path))
