@@ -77,6 +77,21 @@ def test_shard_records_dedup_and_keep(tmp_path):
     generate.shard_records(samples, 0, str(tmp_path), "some")
 
 
+def test_flagged_records_carry_their_ground_truth_category(tmp_path):
+  img = np.zeros((4, 4, 3), np.uint8)
+  base = rollout.Sample(valid=True, well_formed=True, consensus=True, failure=True, source_id="s", source_index=0,
+                        mode="question", instruction=None, question="", image=None, source_image=img,
+                        target_answer="3", reference_answers={"r": "2"}, label="2", agreement=1.0, reward=1.0,
+                        truth="2", judged=True)
+  samples = [dataclasses.replace(base, question="q1?"), dataclasses.replace(base, question="q2?", truth="3"),
+             dataclasses.replace(base, question="q3?", truth=None),
+             dataclasses.replace(base, question="q4?", failure=False, target_answer="2"),
+             dataclasses.replace(base, question="q5?", judged=False)]
+  records = generate.shard_records(samples, 0, str(tmp_path), "all")
+  assert [r["category"] for r in records] == ["genuine", "reference_error", "unanswerable", None, None]
+  assert rollout.flag_breakdown(samples) == dict(genuine=1, reference_error=1, unanswerable=1)
+
+
 def test_ray_missing_is_a_clear_error(tmp_path):
   pytest.importorskip("jax")
   try:

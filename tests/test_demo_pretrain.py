@@ -9,8 +9,10 @@ from auditdm_jax.worlds.shapes import language as lang
 from auditdm_jax.worlds.shapes import tasks
 from auditdm_jax.worlds.shapes import pretrain
 from auditdm_jax.worlds.shapes import skills
+from auditdm_jax.worlds.shapes import system as shapes_system
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "demo", "shapes.py")
+AUDIT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "audit", "demo.py")
 
 
 def _tiny(weakness):
@@ -25,13 +27,15 @@ def _tiny(weakness):
   return cfg
 
 
-@pytest.mark.parametrize("weakness", ["spatial:relation=left", "counting:shape=star"])
+@pytest.mark.parametrize("weakness", ["spatial:relation=left", "counting:shape=star",
+                                      "counting:shape=star,binding:color=red"])
 def test_target_never_sees_weakness(weakness):
   scenes = pretrain.sample_scenes(150, 0)
   target = pretrain.vqa_data(scenes, 4, 1, weakness=weakness, exclude_weakness=True, image_size=48)
   reference = pretrain.vqa_data(scenes, 4, 1, weakness=weakness, image_size=48)
-  assert not any(tasks.in_weakness(q, weakness) for q in target["question"])
-  assert sum(tasks.in_weakness(q, weakness) for q in reference["question"]) >= 5
+  for spec in tasks.weakness_specs(weakness):  # Weak on each planted slice; the references see each.
+    assert not any(tasks.in_weakness(q, spec) for q in target["question"])
+    assert sum(tasks.in_weakness(q, spec) for q in reference["question"]) >= 5
   skill = weakness.split(":")[0]
   assert sum(s == skill for s in target["skill"]) > 20  # The rest of the skill is still trained.
   assert target["images"].shape == (150, 48, 48, 3)
@@ -58,3 +62,25 @@ def test_pretrain_cache_and_skills(tmp_path):
   table = skills.format_table(result)
   assert "| weakness |" in table and "target (target)" in table
   assert os.path.exists(tmp_path / "skills.json")
+
+
+def test_accuracy_table_per_weakness_spec():
+  both = "counting:shape=star,binding:color=red"
+  test = [(None, "How many stars are there?", "1", "counting", True),
+          (None, "What shape is the red object?", "circle", "binding", True),
+          (None, "How many circles are there?", "2", "counting", False)]
+  acc, counts = skills.accuracy_table(["1", "star", "2"], test, both)
+  assert acc["weakness/counting:shape=star"] == 1.0 and acc["weakness/binding:color=red"] == 0.0
+  assert acc["weakness"] == 0.5 and acc["overall"] == 1.0 and counts["weakness/binding:color=red"] == 1
+  table = skills.format_table(dict(models={"t": dict(role="target", accuracy=acc)}, counts=counts))
+  assert "| weakness/binding:color=red | 1 | 0.0 |" in table
+
+
+def test_bad_weakness_fails_before_any_work(tmp_path):
+  with pytest.raises(ValueError, match="weakness 'color:color=red': no color question"):
+    pretrain.pretrain_all(_tiny("color:color=red"), str(tmp_path))
+  assert not os.listdir(tmp_path)
+  sc = config_lib.load(f"{AUDIT_CONFIG}:weakness=[counting:shape=star,existence:relation=left]").system
+  sc.models_dir = str(tmp_path / "missing")  # The spec is checked before any model is looked for.
+  with pytest.raises(ValueError, match="weakness 'existence:relation=left'"):
+    shapes_system.build(sc, str(tmp_path))

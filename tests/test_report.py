@@ -91,3 +91,23 @@ def test_report_command(tmp_path):
                     "--out", str(out)]) == 0
   text = out.read_text()
   assert "is there a star?" in text and "(original image)" in text and 'alt="mean reward"' in text
+
+
+def test_report_names_weakness_skills_and_ground_truth_categories(tmp_path):
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+  records = [dict(id=str(i), image="a.png", source_image="a.png", question=f"how many stars {i}?", target_answer="3",
+                  reference_answers={"r": "2"}, label="2", failure=True, truth=truth, category=category)
+             for i, (truth, category) in enumerate([("2", "genuine"), ("1", "reference_error")])]
+  summary = dict(success_rate_trained=0.5, flagged_trained=dict(genuine=7), weakness="counting:shape=star,binding:color=red",
+                 target_before={"skill/counting": 0.25, "weakness": 0.1, "weakness/binding:color=red": 0.2,
+                                "outside_weakness": 0.9, "overall": 0.8},
+                 target_after={"skill/counting": 0.5, "weakness": 0.6, "weakness/binding:color=red": 0.7,
+                               "outside_weakness": 0.9, "overall": 0.85})
+  text = report.render(records, summary=summary, root=str(tmp_path), k=1)
+  assert "<code>counting:shape=star</code>, <code>binding:color=red</code>" in text
+  assert "<tr><td>counting</td><td>25.0%</td><td>50.0%</td></tr>" in text
+  assert "<tr><td>weakness/binding:color=red</td><td>20.0%</td><td>70.0%</td></tr>" in text
+  assert "ground truth: <b>genuine target failure</b>" in text and "ground truth: <b>reference error</b>" in text
+  summary_table = text.split("<h2>Summary</h2>")[1].split("</table>")[0]
+  assert "{" not in summary_table and "skill/counting" not in summary_table  # Per-skill rows: their own section.
+  assert "<td>flagged_trained/genuine</td><td>7</td>" in summary_table

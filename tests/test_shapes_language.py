@@ -87,11 +87,37 @@ def test_question_parse_errors(text, error):
     lang.parse_question(text)
 
 
-def test_unanswerable_questions_are_typed():
+@pytest.mark.parametrize("text,answer", [
+    ("What color is the square?", "none"), ("What shape is the purple object?", "none"),
+    ("What size is the yellow star?", "none"), ("What is in the bottom right?", "none"),
+    ("Is the square left of the star?", "no"), ("Is the star above the orange circle?", "no"),
+    ("How many squares are there?", "0"), ("Is there a square?", "no"), ("Are there more squares than stars?", "no"),
+])
+def test_absent_objects_have_defined_answers(text, answer):
+  assert lang.answer(text, SCENE) == answer
+
+
+def test_ill_posed_questions_are_typed():
   with pytest.raises(lang.ReferenceError_):
     lang.answer("What color is the circle?", SCENE)  # Two circles.
   with pytest.raises(lang.ReferenceError_):
-    lang.answer("What color is the square?", SCENE)  # None.
+    lang.answer("Is the star left of the star?", SCENE)  # One object, two roles.
+
+
+def test_sampled_absent_questions_are_labelled_by_ground_truth():
+  """The samplers ask about absent objects (so models learn "none"); the world's parser and the image-level truth
+  function give the same answer, on the rendered image as on the scene."""
+  from auditdm_jax.worlds.shapes import system  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  absent = {}
+  for _ in range(600):
+    scene = shapes.sample_scene(rng, 1, 4)
+    q, a, skill = tasks.sample_question(scene, rng)
+    if a == lang.ABSENT or (skill == "spatial" and not all(r.select(scene) for r in lang.parse_question(q).refs)):
+      absent.setdefault(skill, []).append((scene, q, a))
+  assert set(absent) == {"color", "binding", "spatial"} and all(len(v) >= 5 for v in absent.values())
+  for scene, q, a in [v[0] for v in absent.values()]:
+    assert system.truth(shapes.render(scene, 48), q) == a == lang.answer(q, scene)
 
 
 @pytest.mark.parametrize("text,check", [
@@ -137,6 +163,34 @@ def test_sampled_material_parses():
       out = tasks.auditor_example(s, rng, kind)
       {"caption": lang.parse_caption, "edit": lang.parse_edit, "question": lang.parse_question}[kind](out)
   assert skills == set(lang.SKILLS)
+
+
+def test_weakness_lists():
+  both = ("counting:shape=star", "spatial:relation=left")
+  for value in ("counting:shape=star,spatial:relation=left", "[counting:shape=star, spatial:relation=left]",
+                "('counting:shape=star','spatial:relation=left')", list(both)):
+    assert tasks.weakness_specs(value) == both
+  assert tasks.weakness_specs(None) == tasks.weakness_specs("") == ()
+  assert tasks.in_weakness("How many stars are there?", both) and tasks.in_weakness("Is the star left of the circle?",
+                                                                                     ",".join(both))
+  assert not tasks.in_weakness("How many circles are there?", both)
+  test = tasks.balanced_test(np.random.default_rng(0), 6, ",".join(both))
+  for spec in both:  # Each slice gets its own held-out questions.
+    assert sum(t[4] and tasks.in_weakness(t[1], spec) for t in test) >= 6
+
+
+@pytest.mark.parametrize("value,message", [
+    ("counting:shape=star,flying", "unknown skill 'flying'"),
+    ("counting:shape=hexagon", "bad condition 'shape=hexagon'"),
+    # Colour questions never name the colour they ask for.
+    ("color:color=red", "no color question of the shapes world falls in this slice"),
+    ("counting:relation=left", "no counting question"),
+    ("counting:shape=star,spatial:comparison=more", "weakness 'spatial:comparison=more': no spatial question"),
+])
+def test_check_weakness_fails_at_once_naming_the_spec(value, message):
+  with pytest.raises(ValueError, match=message) as e:
+    tasks.check_weakness(value)
+  assert "\n" not in str(e.value)
 
 
 def test_weakness_specs():

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 KEEP = ("consensus", "failures", "all")
 RECORD_KEYS = ("id", "source_id", "mode", "instruction", "question", "answer", "image", "source_image",
                "counterfactual", "target_answer", "reference_answers", "label", "agreement", "failure", "reward",
-               "truth", "skill")
+               "truth", "category", "skill")
 
 
 def _save_png(root, shard, data):
@@ -65,6 +65,7 @@ def shard_records(samples, shard, root, keep="consensus", skill_fn=None):
                answer=s.label, image=image_rel, source_image=source_rel, counterfactual=cf,
                target_answer=s.target_answer, reference_answers=s.reference_answers, label=s.label,
                agreement=s.agreement, failure=s.failure, reward=s.reward, truth=s.truth,
+               category=rollout.flag_category(s) if s.judged and s.failure else None,
                skill=skill_fn(s.question) if skill_fn else None)
     key = dedup_key(rec)
     if key in seen:

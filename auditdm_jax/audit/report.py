@@ -107,6 +107,7 @@ def _row(r, root):
   ref_txt = "<br>".join(f"{html.escape(k)}: {html.escape(str(v))}" for k, v in refs.items())
   instr = html.escape(r.get("instruction") or "")
   truth = f"<br>truth: <b>{html.escape(str(r['truth']))}</b>" if r.get("truth") is not None else ""
+  truth += _category_tag(r)
   return (f"<tr><td>{_img_tag(r, 'source_image', root)}</td><td>{_img_tag(r, 'image', root)}</td>"
           f"<td>{instr}</td><td>{html.escape(r.get('question', ''))}</td>"
           f"<td class=bad>{html.escape(str(r.get('target_answer')))}</td>"
@@ -130,8 +131,8 @@ def render(records, metrics=(), summary=None, root=".", title="AuditDM report", 
            f"({100.0 * len(fails) / max(len(records), 1):.1f}%).</p>"]
   if summary:
     parts.append("<h2>Summary</h2><table>" + "".join(
-        f"<tr><td>{html.escape(str(k_))}</td><td>{html.escape(fmt(k_, v))}</td></tr>" for k_, v in summary.items())
-        + "</table>")
+        f"<tr><td>{html.escape(str(k_))}</td><td>{html.escape(fmt(k_, v))}</td></tr>" for k_, v in _flat(summary).items())
+        + "</table>" + _weakness_section(summary))
     checks = check_targets(summary)
     if checks:
       parts.append("<h2>Targets</h2><table><tr><th>target</th><th>measured</th><th>goal</th><th></th></tr>" + "".join(
@@ -213,7 +214,44 @@ consensus right.</dd>
 <dt>original / counterfactual</dt><dd>the source image and the image the auditor's edit or caption produced
 ("(original image)" when the question is about the source).</dd>
 <dt>failure types</dt><dd>k-means clusters (k by silhouette) of the TF-IDF of the failures' questions and edits,
-named by their top terms.</dd></dl>"""
+named by their top terms.</dd>
+<dt>ground truth</dt><dd>each flagged pair's category from the world's truth: genuine target failure,
+reference error (the consensus is wrong) or unanswerable.</dd></dl>"""
+
+
+_CATEGORY_NAMES = {"genuine": "genuine target failure", "reference_error": "reference error",
+                   "unanswerable": "unanswerable"}
+
+
+def _category_tag(record):
+  """The ground-truth category of a flagged pair (`rollout.flag_category`, in records from `generate`)."""
+  category = record.get("category")
+  return f"<br>ground truth: <b>{html.escape(_CATEGORY_NAMES.get(category, category))}</b>" if category else ""
+
+
+def _flat(summary):
+  """The summary with nested dicts as "key/sub" rows, less the per-skill accuracies (`_weakness_section`)."""
+  out = {}
+  for k, v in summary.items():
+    if k not in ("target_before", "target_after"):
+      out.update({f"{k}/{sub}": x for sub, x in v.items()} if isinstance(v, dict) else {k: v})
+  return out
+
+
+def _weakness_section(summary):
+  """The planted weakness(es) and the target's accuracy per skill / per weakness before and after rectification
+  (from the demo summary's `weakness`, `target_before`, `target_after`); '' when the summary has none."""
+  before, after = (summary or {}).get("target_before"), (summary or {}).get("target_after")
+  if not summary or not summary.get("weakness") or not before:
+    return ""
+  specs = str(summary["weakness"]).split(",")  # The demo writes the canonical comma-separated specs.
+  keys = sorted(k for k in before if k.startswith("skill/")) + sorted(
+      k for k in before if k.startswith("weakness")) + ["outside_weakness", "overall"]
+  pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"
+  rows = "".join(f"<tr><td>{html.escape(k.replace('skill/', ''))}</td><td>{pct(before.get(k))}</td>"
+                 f"<td>{pct((after or {}).get(k))}</td></tr>" for k in keys if k in before)
+  return ("<h2>Planted weakness</h2><p>" + ", ".join(f"<code>{html.escape(w)}</code>" for w in specs) + "</p>"
+          "<table><tr><th>target accuracy</th><th>before rectification</th><th>after</th></tr>" + rows + "</table>")
 
 
 def write(path, records, metrics=(), summary=None, root=None, **kw):

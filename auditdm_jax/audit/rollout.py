@@ -12,7 +12,8 @@ action is sampled once per counterfactual image. Every auditor action of a sampl
 A `Rollout` is bound to its system (`audit.system.System`: the auditor `Policy`, generator, target, references)
 once and returns one `Sample` per row; each call runs propose -> render -> answer -> score.
 Generation failures (`imagegen.errors.GenerationError` items) and unanswered pairs (an answerer returning None) are
-counted and the sample dropped (valid=False); malformed auditor outputs are kept and penalised (see divergence).
+counted and the sample dropped (valid=False); malformed auditor outputs (outside the format / the world's grammar,
+or a question the world's `posed_fn` finds ill-posed on its image) are kept and penalised (see divergence).
 """
 import dataclasses
 import time
@@ -146,6 +147,7 @@ class Rollout:
                          f"field")
       questions = [str(source["question"][j]) for j in src_idx]
     counters["malformed"] = int((~well_formed).sum())
+    counters["ill_posed"] = self._check_posed(cf_images, questions, np.flatnonzero(valid & well_formed), well_formed)
 
     # Only valid, well-formed pairs are sent to the models.
     target_answers, ref_answers, failed = self._answer(cf_images, questions, np.flatnonzero(valid & well_formed),
@@ -162,6 +164,16 @@ class Rollout:
   def _well_formed(self, text, kind):
     format_fn = self.system.format_fn
     return divergence.check_format(text, kind, self.max_words)[0] and (format_fn is None or format_fn(text, kind))
+
+  def _check_posed(self, images, questions, rows, well_formed):
+    """Marks the rows whose question has no defined answer on its image as malformed (in place); returns how many.
+    Without this, a question the world cannot answer (an ambiguous "the circle") could still win the reward."""
+    posed_fn = self.system.posed_fn
+    if posed_fn is None:
+      return 0
+    ill = [i for i in rows if not posed_fn(images[i], questions[i])]
+    well_formed[ill] = False
+    return len(ill)
 
   def _propose(self, params, images, kind, num_samples, rng, baseline, timings):
     """The auditor's `kind` output for each image, `num_samples` times -> (Completions, stripped texts)."""
@@ -259,8 +271,24 @@ def audit_metrics(result):
 def audit_is_true_failure(sample):
   """Ground-truth check of a flagged pair: the target is wrong and the reference consensus is right (a question
   the image cannot answer, truth None, is never a true failure)."""
+  return flag_category(sample) == "genuine"
+
+
+FLAG_CATEGORIES = ("genuine", "reference_error", "unanswerable")
+
+
+def flag_category(sample):
+  """Ground-truth category of a pair: "unanswerable" (truth None), "genuine" (the target is wrong and the
+  consensus right), "reference_error" (the consensus is wrong), or None (the target is right, the consensus too)."""
   if sample.truth is None:
-    return False
+    return "unanswerable"
   truth = divergence.normalize_answer(sample.truth)
-  return (divergence.normalize_answer(sample.target_answer) != truth
-          and divergence.normalize_answer(sample.label) == truth)
+  if divergence.normalize_answer(sample.label) != truth:
+    return "reference_error"
+  return "genuine" if divergence.normalize_answer(sample.target_answer) != truth else None
+
+
+def flag_breakdown(samples):
+  """{category: count} over the flagged pairs that ground truth judged (the paper's Table 3, exactly)."""
+  flagged = [flag_category(s) for s in samples if s.failure and s.judged]
+  return {c: flagged.count(c) for c in FLAG_CATEGORIES}

@@ -87,6 +87,7 @@ def evaluate(system, params, config, baseline=False, seed=0):
   judged = [s for s in fails if s.judged]
   if judged:
     out["precision"] = float(np.mean([rollout.audit_is_true_failure(s) for s in judged]))
+    out["flagged"] = rollout.flag_breakdown(judged)
   return out, samples
 
 

@@ -32,8 +32,7 @@ def _rows(split, scenes, questions, out_dir, image_size):
 def build(out_dir, num_train=2000, per_scene=4, per_skill=200, seed=0, image_size=64, weakness=None,
           exclude_weakness=False, min_objects=1, max_objects=4):
   """Writes the dataset; returns info {split: num rows, "test_per_skill": {skill: n}, ...}."""
-  if weakness:
-    tasks.parse_weakness(weakness)
+  tasks.check_weakness(weakness)
   rng = np.random.default_rng([seed, 0])
   train_scenes = [shapes.sample_scene(rng, min_objects, max_objects) for _ in range(num_train)]
   train_q = []

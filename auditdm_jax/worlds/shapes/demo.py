@@ -25,6 +25,7 @@ from auditdm_jax.audit import report
 from auditdm_jax.audit import trainer
 from auditdm_jax.worlds.shapes import pretrain
 from auditdm_jax.worlds.shapes import system as shapes_system
+from auditdm_jax.worlds.shapes import tasks
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,11 @@ def run(config, workdir):
   before, after = rect_res["before"], rect_res["after"]
   gap = rect_res["reference_weakness"] - before["weakness"]
   summary = {
+      "weakness": ",".join(tasks.weakness_specs(config.system.weakness)),
       "success_rate_trained": tr["success_rate"], "success_rate_baseline": bl["success_rate"],
       "success_ratio": tr["success_rate"] / max(bl["success_rate"], 1e-9),
       "precision_trained": tr.get("precision"), "precision_baseline": bl.get("precision"),
+      "flagged_trained": tr.get("flagged"), "flagged_baseline": bl.get("flagged"),
       "generated_pairs": gen["records"],
       "target_weakness_before": before["weakness"], "target_weakness_after": after["weakness"],
       "reference_weakness": rect_res["reference_weakness"],
@@ -95,6 +98,7 @@ def run(config, workdir):
       "target_overall_before": before["overall"], "target_overall_after": after["overall"],
       "target_outside_weakness_before": before["outside_weakness"],
       "target_outside_weakness_after": after["outside_weakness"],
+      "target_before": before, "target_after": after,  # Per skill and per weakness spec.
       "stage_seconds": {name: st["seconds"] for name, st in zip(
           ("pretrain", "train_auditor", "audit", "generate", "rectify"), stages + [audit_res, gen, rect_res])},
   }

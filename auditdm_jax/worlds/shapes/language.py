@@ -10,8 +10,14 @@ as "an image of" or "please"):
 - questions -> `parse_question(text) -> Question`, `Question.answer(scene) -> str` (short canonical answers:
   "3", "red", "yes", "circle", "small"), with `Question.skill` one of `SKILLS`.
 
-Text outside the language raises `ParseError`; a referring expression that matches no object (or several, where
-one is needed) raises `ReferenceError_`; an edit that breaks the one-object-per-cell rule raises `ConflictError`.
+A question about an object that is not in the scene has a defined answer: counting "0", existence "no",
+comparison counts it as 0, colour / shape / size `ABSENT` ("none": "What color is the star?" with no star), and a
+spatial relation "no" ("Is the star left of the circle?" with no star). Only a "the ..." that matches several
+objects ("the circle" among two) leaves a question without an answer (ill-posed).
+
+Text outside the language raises `ParseError`; a referring expression that matches several objects where one is
+needed (or, in an edit command, no object) raises `ReferenceError_`; an edit that breaks the one-object-per-cell
+rule raises `ConflictError`.
 All are `LanguageError` (a ValueError), never another exception.
 """
 import dataclasses
@@ -24,6 +30,7 @@ from auditdm_jax.worlds.shapes import scenes as shapes
 SKILLS = ("counting", "color", "existence", "spatial", "comparison", "binding")
 RELATIONS = ("left", "right", "above", "below")
 COMPARISONS = ("more", "fewer", "same")
+ABSENT = "none"  # The answer of a colour / shape / size question about an object the scene does not have.
 EDIT_OPS = ("recolor", "resize", "retexture", "remove", "add", "move", "replace")
 
 
@@ -570,8 +577,8 @@ class Question:
   text: str = ""
 
   def answer(self, scene):
-    """Ground truth on `scene` as a short canonical string. ReferenceError_ if a "the ..." names no single
-    object."""
+    """Ground truth on `scene` as a short canonical string (`ABSENT` rules in the module docstring).
+    ReferenceError_ if a "the ..." matches several objects (the question is ill-posed)."""
     if self.op == "count":
       return str(len(self.refs[0].select(scene)))
     if self.op == "exists":
@@ -580,8 +587,12 @@ class Question:
       a, b = (len(r.select(scene)) for r in self.refs)
       return "yes" if {"more": a > b, "fewer": a < b, "same": a == b}[self.arg] else "no"
     if self.op in ("color", "shape", "size"):
+      if not self.refs[0].select(scene):
+        return ABSENT
       return getattr(self.refs[0].resolve(scene), self.op)
     if self.op == "relation":
+      if not all(r.select(scene) for r in self.refs):
+        return "no"  # A relation with an absent object does not hold.
       a, b = (r.resolve(scene) for r in self.refs)
       if a == b:
         raise ReferenceError_("a spatial relation needs two different objects")

@@ -258,22 +258,24 @@ def pretrain_all(cfg, workdir):
   cfg: a `configs/demo/shapes.py` config. Writes `<workdir>/pretrain/manifest.json`
   {"tokenizer": path, "image_size", "weakness", "models": [{"name", "role", "dir"}]}; returns it.
   """
+  weakness_value = ",".join(tasks.check_weakness(cfg.weakness)) or None  # A bad spec fails before any training.
   root = os.path.join(workdir, "pretrain")
   tok_path = os.path.join(root, "tokenizer.model")
-  tok_digest = _digest(cfg.tokenizer.to_dict())
+  tok_digest = _digest(dict(cfg.tokenizer.to_dict(), seed=cfg.seed))  # The seed draws its scenes.
   tok_meta = os.path.join(root, "tokenizer.json")
   if os.path.exists(tok_meta) and io.read_json(tok_meta).get("digest") == tok_digest:
     tok = tokenizer_lib.Tokenizer(tok_path)
   else:
     tok = tokenizer_train.train_tokenizer(tok_path, cfg.tokenizer.vocab_size, cfg.tokenizer.num_scenes, cfg.seed)
     io.write_json(tok_meta, {"digest": tok_digest})
-  shared = dict(image_size=cfg.image_size, world=cfg.world.to_dict(), tokenizer=tok_digest)
+  shared = dict(image_size=cfg.image_size, world=cfg.world.to_dict(), tokenizer=tok_digest, seed=cfg.seed,
+                data_version=tasks.DATA_VERSION)
   scenes = None
   entries = []
   for spec in [cfg.target] + list(cfg.references) + [cfg.auditor]:
     spec = ml_collections.ConfigDict(spec.to_dict() if hasattr(spec, "to_dict") else dict(spec))
     role = spec.role
-    weakness = cfg.weakness if role == "target" else None
+    weakness = weakness_value if role == "target" else None
     digest = _digest(dict(shared, spec=spec.to_dict(), weakness=weakness,
                           data=(cfg.auditor_data if role == "auditor" else cfg.vqa).to_dict()))
     directory = os.path.join(root, spec.name)

@@ -21,14 +21,19 @@ def test_set(cfg):
                              cfg.world.max_objects)
 
 
-def accuracy_table(answers, test):
-  """{skill: accuracy} over the test rows (+ "weakness": the slice, "overall": all rows outside the slice)."""
+def accuracy_table(answers, test, weakness=None):
+  """{skill: accuracy} over the test rows (+ "weakness": the slices, "weakness/<spec>" per spec when `weakness`
+  lists several, "overall": all rows outside the slices)."""
   groups = collections.defaultdict(list)
-  for pred, (_, _, gold, skill, weak) in zip(answers, test):
+  specs = tasks.weakness_specs(weakness)
+  for pred, (_, question, gold, skill, weak) in zip(answers, test):
     ok = pred == gold
     groups[WEAKNESS_ROW if weak else skill].append(ok)
     if weak:
       groups[skill + "@weak"].append(ok)
+      for spec in specs if len(specs) > 1 else ():
+        if tasks.in_weakness(question, spec):
+          groups[f"{WEAKNESS_ROW}/{spec}"].append(ok)
     else:
       groups["overall"].append(ok)
   return {k: float(np.mean(v)) for k, v in sorted(groups.items())}, {k: len(v) for k, v in groups.items()}
@@ -41,7 +46,7 @@ def evaluate(cfg, workdir):
   questions = [t[1] for t in test]
   result = {"weakness": cfg.weakness, "models": {}, "counts": None}
   for name, (role, model) in pretrain.load_demo_models(workdir, roles=("target", "reference")).items():
-    acc, counts = accuracy_table(model.answer(images, questions), test)
+    acc, counts = accuracy_table(model.answer(images, questions), test, cfg.weakness)
     result["models"][name] = {"role": role, "accuracy": acc}
     result["counts"] = counts
   result["auditor_well_formed"] = auditor_validity(cfg, workdir, num=cfg.eval.auditor_samples)
@@ -80,7 +85,8 @@ def auditor_validity(cfg, workdir, num=32, max_new_tokens=64, temperature=1.0):
 def format_table(result):
   """Markdown table: one row per skill (+ weakness slice, overall), one column per model."""
   names = list(result["models"])
-  rows = list(lang.SKILLS) + [WEAKNESS_ROW, "overall"]
+  rows = list(lang.SKILLS) + [WEAKNESS_ROW] + sorted(r for r in result["counts"] if r.startswith(WEAKNESS_ROW + "/"))
+  rows.append("overall")
   lines = ["| skill | n | " + " | ".join(f"{n} ({result['models'][n]['role']})" for n in names) + " |",
            "|---|---|" + "---|" * len(names)]
   for r in rows:

@@ -45,6 +45,11 @@ def truth(image, question):
     return None
 
 
+def posed(image, question):
+  """Whether `question` has a defined answer on the rendered `image` (the reward's ill-posedness check)."""
+  return truth(image, question) is not None
+
+
 _PARSERS = {"question": lang.parse_question, "edit": lang.parse_edit, "caption": lang.parse_caption}
 
 
@@ -88,20 +93,23 @@ class SceneSource:
 
 
 def test_set(seed, num, weakness, image_size):
-  """Fixed evaluation questions: `num` general ones (all skills) and up to `num` in the weakness slice."""
+  """Fixed evaluation questions: `num` general ones (all skills) and `num` in the weakness slices (shared evenly
+  between the specs of `weakness`)."""
   rng = np.random.default_rng(seed)
-  general, weak = [], []
-  while len(general) < num or (weakness and len(weak) < num):
+  specs = tasks.weakness_specs(weakness)
+  per_spec = -(-num // len(specs)) if specs else 0
+  general, weak = [], {spec: [] for spec in specs}
+  while len(general) < num or any(len(w) < per_spec for w in weak.values()):
     scene = shapes.sample_scene(rng, 2, 4)
     image = shapes.render(scene, image_size)
     if len(general) < num:
       q, a, skill = tasks.sample_question(scene, rng)
       general.append((image, q, a, skill, tasks.in_weakness(q, weakness)))
-    if weakness and len(weak) < num:
-      got = tasks.sample_weakness_question(scene, rng, weakness)
+    for spec, items in weak.items():
+      got = tasks.sample_weakness_question(scene, rng, spec) if len(items) < per_spec else None
       if got:
-        weak.append((image, got[0], got[1], got[2], True))
-  return general, weak
+        items.append((image, got[0], got[1], got[2], True))
+  return general, [it for items in weak.values() for it in items]
 
 
 def accuracy(answerer, items):
@@ -112,8 +120,8 @@ def accuracy(answerer, items):
                         for p, it in zip(preds, items)]))
 
 
-def skill_accuracies(answerer, general, weak):
-  """overall, per skill, weakness slice and everything outside it."""
+def skill_accuracies(answerer, general, weak, weakness=None):
+  """overall, per skill, weakness slice and everything outside it (+ `weakness/<spec>` per spec of a list)."""
   preds = answerer.answer([it[0] for it in general], [it[1] for it in general])
   ok = np.array([divergence.normalize_answer(p) == divergence.normalize_answer(it[2]) for p, it in zip(preds, general)])
   skills = np.array([it[3] for it in general])
@@ -121,6 +129,10 @@ def skill_accuracies(answerer, general, weak):
   out = {"overall": float(ok.mean()), "outside_weakness": float(ok[~inside].mean()) if (~inside).any() else None,
          "weakness": accuracy(answerer, weak)}
   out.update({f"skill/{s}": float(ok[skills == s].mean()) for s in sorted(set(skills))})
+  specs = tasks.weakness_specs(weakness)
+  if len(specs) > 1:
+    for spec in specs:
+      out[f"weakness/{spec}"] = accuracy(answerer, [it for it in weak if tasks.in_weakness(it[1], spec)])
   return out
 
 
@@ -148,6 +160,7 @@ def _model_spec(cfg):
 
 def build(sc, workdir, target_npz=None):
   """The System for `config.system` (sc); `target_npz` replaces the target's weights (refinement iterations)."""
+  tasks.check_weakness(sc.weakness)  # A bad spec fails before any model is loaded.
   tok_path = os.path.join(sc.models_dir, "tokenizer.model")
   if not os.path.exists(tok_path):  # E.g. configs/audit/demo.py outside `auditdm demo`, which fills models_dir in.
     raise FileNotFoundError(2, "no shapes-world demo models: pass --config.system.models_dir=W/pretrain of an "
@@ -169,7 +182,8 @@ def build(sc, workdir, target_npz=None):
   general, weak = test_set(sc.seed + 2, sc.test_questions, sc.weakness, image_size)
 
   def evaluate_target(params=None):
-    return skill_accuracies(target if params is None else answer("rectified", tgt_cfg, params), general, weak)
+    return skill_accuracies(target if params is None else answer("rectified", tgt_cfg, params), general, weak,
+                            sc.weakness)
 
   def skill_fn(question):
     try:
@@ -190,5 +204,5 @@ def build(sc, workdir, target_npz=None):
       data=SceneSource(sc.seed, sc.batch_size, image_size),
       eval_data=[eval_source(k) for k in range(sc.eval_batches)],
       pool=SceneSource(sc.seed + 4, sc.batch_size, image_size, num=sc.pool_batches),
-      truth_fn=truth, format_fn=well_formed, skill_fn=skill_fn, rectification=rectification,
+      truth_fn=truth, format_fn=well_formed, posed_fn=posed, skill_fn=skill_fn, rectification=rectification,
       test_sets=(general, weak))

@@ -5,16 +5,26 @@
 - A weakness spec names a slice of questions: `"skill"` or `"skill:key=value[+key=value]"` with keys shape,
   color, size (any referring expression of the question has it) or relation / comparison (the question's
   relation "left|right|above|below" or comparison "more|fewer|same"). E.g. `"spatial:relation=left"`,
-  `"counting:shape=star"`, `"counting:color=red+shape=circle"`. The target never sees that slice in training.
+  `"counting:shape=star"`, `"counting:color=red+shape=circle"`. Several weaknesses are a comma-separated list
+  (`weakness_specs`). The target never sees those slices in training; `check_weakness` rejects a spec that no
+  question of the world falls in.
 - `auditor_example(scene, rng, kind)` -> (instruction prompt, target text) for the auditor's SFT on p_c / p_e /
   p_q and their baselines.
 """
+import functools
+
 import numpy as np
 
+from auditdm_jax import config as config_lib
 from auditdm_jax.worlds.shapes import scenes as shapes
 from auditdm_jax.worlds.shapes import language as lang
 
 _ATTRS = ("shape", "color", "size")
+# Share of colour, binding and spatial questions about an object the scene does not have (answer "none" / "no"),
+# so the models learn the world's answer for absent objects.
+ABSENT_PROB = 0.15
+# Bumped whenever the sampled training material changes: the demo's pretraining cache is keyed on it.
+DATA_VERSION = 2
 
 
 def _article(phrase):
@@ -50,6 +60,16 @@ def _unique_ref(rng, scene, o, exclude=()):
   return None
 
 
+def _absent_ref(rng, scene, exclude=()):
+  """A Ref (shape, colour and/or size, none of `exclude`) that matches no object of `scene`, or None."""
+  keysets = [ks for ks in (("shape",), ("color",), ("color", "shape"), ("size", "shape")) if not set(ks) & set(exclude)]
+  for _ in range(20):
+    ref = _random_ref(rng, scene, keysets, present_prob=0.0)
+    if not ref.select(scene):
+      return ref
+  return None
+
+
 def _counting(rng, scene):
   ref = _random_ref(rng, scene, [("shape",), ("color",), ("color", "shape"), ("size", "shape"), ()])
   p = ref.phrase(plural=True, det=None)
@@ -71,7 +91,8 @@ def _existence(rng, scene):
 
 def _color(rng, scene):
   o = _pick(rng, scene.objects)
-  ref = _unique_ref(rng, scene, o, exclude=("color",))
+  absent = rng.random() < ABSENT_PROB
+  ref = _absent_ref(rng, scene, ("color",)) if absent else _unique_ref(rng, scene, o, exclude=("color",))
   if ref is None:
     return None
   p = ref.phrase()
@@ -80,14 +101,17 @@ def _color(rng, scene):
 
 def _binding(rng, scene):
   o = _pick(rng, scene.objects)
+  absent = rng.random() < ABSENT_PROB
   if rng.random() < 0.7:
-    ref = _unique_ref(rng, scene, o, exclude=("shape",))
+    if absent and scene.free_cells() and rng.random() < 0.3:
+      return f"What is in the {shapes.position_name(*_pick(rng, scene.free_cells()))}?"
+    ref = _absent_ref(rng, scene, ("shape",)) if absent else _unique_ref(rng, scene, o, exclude=("shape",))
     if ref is None:
       return None
     p = ref.phrase()
     return _pick(rng, [f"What shape is {p}?", f"What is the shape of {p}?"] +
                  ([f"What is in the {o.position}?"] if ref.row is not None else []))
-  ref = _unique_ref(rng, scene, o, exclude=("size",))
+  ref = _absent_ref(rng, scene, ("size",)) if absent else _unique_ref(rng, scene, o, exclude=("size",))
   if ref is None:
     return None
   p = ref.phrase()
@@ -100,6 +124,9 @@ def _spatial(rng, scene):
   ia, ib = rng.choice(len(scene), size=2, replace=False)
   a, b = scene.objects[ia], scene.objects[ib]
   ra, rb = _unique_ref(rng, scene, a), _unique_ref(rng, scene, b)
+  if rng.random() < ABSENT_PROB:  # One of the two objects is not in the scene: the answer is "no".
+    absent = _absent_ref(rng, scene)
+    ra, rb = (absent, rb) if rng.random() < 0.5 else (ra, absent)
   if ra is None or rb is None:
     return None
   truth = {"left": a.col < b.col, "right": a.col > b.col, "above": a.row < b.row, "below": a.row > b.row}
@@ -143,27 +170,64 @@ def sample_question(scene, rng, skill=None):
   raise ValueError(f"could not sample a {skill or 'any'} question for {scene}")
 
 
+_CONDITIONS = {"shape": shapes.SHAPES, "color": shapes.COLORS, "size": shapes.SIZES, "relation": lang.RELATIONS,
+               "comparison": lang.COMPARISONS}
+
+
 def parse_weakness(spec):
-  """ "counting:shape=star" -> ("counting", {"shape": "star"}); validates the skill and keys."""
+  """ "counting:shape=star" -> ("counting", {"shape": "star"}); validates the skill and keys of ONE spec."""
   skill, _, rest = spec.partition(":")
   if skill not in lang.SKILLS:
     raise ValueError(f"weakness {spec!r}: unknown skill {skill!r}; known: {lang.SKILLS}")
   conds = {}
   for item in filter(None, rest.split("+")):
     key, eq, value = item.partition("=")
-    allowed = {"shape": shapes.SHAPES, "color": shapes.COLORS, "size": shapes.SIZES, "relation": lang.RELATIONS,
-               "comparison": lang.COMPARISONS}
-    if not eq or key not in allowed or value not in allowed[key]:
-      raise ValueError(f"weakness {spec!r}: bad condition {item!r} (keys: {sorted(allowed)})")
+    if not eq or key not in _CONDITIONS or value not in _CONDITIONS[key]:
+      allowed = "; ".join(f"{k}={'|'.join(v)}" for k, v in _CONDITIONS.items())
+      raise ValueError(f"weakness {spec!r}: bad condition {item!r} (allowed: {allowed})")
     conds[key] = value
   return skill, conds
 
 
-def in_weakness(question, spec):
-  """Whether a question (text or lang.Question) lies in the weakness slice `spec` (None: no weakness)."""
-  if not spec:
-    return False
-  q = lang.parse_question(question) if isinstance(question, str) else question
+@functools.lru_cache(maxsize=64)
+def _split_specs(text):
+  text = text.strip()
+  if text[:1] + text[-1:] in ("[]", "()"):  # The config-arg grammar keeps a bracketed list whole.
+    text = text[1:-1]
+  specs = tuple(p.strip("\"' ") for p in config_lib.split_top_level(text))
+  for spec in specs:
+    parse_weakness(spec)
+  return specs
+
+
+def weakness_specs(weakness):
+  """The specs of a planted-weakness value: None / "" (none), one spec, a comma-separated list
+  ("counting:shape=star,spatial:relation=left", bracketed in a config arg: "[counting:shape=star,...]") or a
+  list/tuple of specs. Every spec is validated (`parse_weakness`); returns a tuple of spec strings."""
+  if not weakness:
+    return ()
+  if isinstance(weakness, str):
+    return _split_specs(weakness)
+  return tuple(s for w in weakness for s in weakness_specs(w))
+
+
+def check_weakness(weakness, probes=2000, seed=0):
+  """`weakness_specs(weakness)`, and a ValueError naming the first spec that no question of the world falls in
+  (probed by sampling up to `probes` questions of its skill), so a bad spec fails before any training."""
+  specs = weakness_specs(weakness)
+  for spec in specs:
+    skill, _ = parse_weakness(spec)
+    rng = np.random.default_rng(seed)
+    for _ in range(probes):
+      if in_weakness(sample_question(shapes.sample_scene(rng, 2, 4), rng, skill)[0], spec):
+        break
+    else:
+      raise ValueError(f"weakness {spec!r}: no {skill} question of the shapes world falls in this slice "
+                       f"(0 of {probes} sampled)")
+  return specs
+
+
+def _in_spec(q, spec):
   skill, conds = parse_weakness(spec)
   if q.skill != skill:
     return False
@@ -176,9 +240,18 @@ def in_weakness(question, spec):
   return True
 
 
+def in_weakness(question, weakness):
+  """Whether a question (text or lang.Question) lies in any slice of `weakness` (`weakness_specs`; None: none)."""
+  specs = weakness_specs(weakness)
+  if not specs:
+    return False
+  q = lang.parse_question(question) if isinstance(question, str) else question
+  return any(_in_spec(q, spec) for spec in specs)
+
+
 def sample_training_question(scene, rng, weakness=None, exclude_weakness=False, tries=100):
   """(question, answer, skill, in_weakness) for `scene`; with `exclude_weakness`, questions inside the weakness
-  slice are redrawn (a target's training set). None when `tries` draws all fell inside the slice."""
+  slices are redrawn (a target's training set). None when `tries` draws all fell inside them."""
   for _ in range(tries):
     q, a, skill = sample_question(scene, rng)
     w = in_weakness(q, weakness)
@@ -188,7 +261,7 @@ def sample_training_question(scene, rng, weakness=None, exclude_weakness=False, 
 
 
 def sample_weakness_question(scene, rng, spec, tries=200):
-  """A question of `scene` inside the weakness slice, or None when the scene offers none within `tries`."""
+  """A question of `scene` inside the slice of ONE weakness spec, or None when the scene offers none in `tries`."""
   skill, _ = parse_weakness(spec)
   rng = np.random.default_rng(rng)
   for _ in range(tries):
@@ -196,7 +269,7 @@ def sample_weakness_question(scene, rng, spec, tries=200):
       text, ans, s = sample_question(scene, rng, skill)
     except ValueError:  # The skill does not apply to this scene (e.g. spatial with one object).
       return None
-    if in_weakness(text, spec):
+    if _in_spec(lang.parse_question(text), spec):
       return text, ans, s
   return None
 
@@ -219,7 +292,7 @@ def auditor_example(scene, rng, kind):
 
 
 def balanced_test(rng, per_skill, weakness=None, min_objects=1, max_objects=4):
-  """Held-out questions, `per_skill` of every skill (+ `per_skill` inside the weakness slice when given), one
+  """Held-out questions, `per_skill` of every skill (+ `per_skill` inside each weakness slice), one
   fresh scene each: list of (scene, question, answer, skill, in_weakness)."""
   rng = np.random.default_rng(rng)
   out = []
@@ -228,11 +301,11 @@ def balanced_test(rng, per_skill, weakness=None, min_objects=1, max_objects=4):
       scene = shapes.sample_scene(rng, max(min_objects, 2 if skill == "spatial" else 1), max_objects)
       q, a, s = sample_question(scene, rng, skill)
       out.append((scene, q, a, s, in_weakness(q, weakness)))
-  if weakness:
+  for spec in weakness_specs(weakness):
     n = 0
     while n < per_skill:
       scene = shapes.sample_scene(rng, max(min_objects, 2), max_objects)
-      hit = sample_weakness_question(scene, rng, weakness)
+      hit = sample_weakness_question(scene, rng, spec)
       if hit:
         out.append((scene,) + hit + (True,))
         n += 1

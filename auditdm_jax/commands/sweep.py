@@ -1,0 +1,25 @@
+"""`auditdm sweep`: the shapes demo for every (seed, planted weakness) pair, summarised in one JSON and one table.
+
+  auditdm sweep --workdir runs/sweep --seeds 0,1,2 --weaknesses counting:shape=star,binding:color=red
+  auditdm sweep --workdir runs/sweep_fast --config configs/audit/demo.py:fast --seeds 0,1 --weaknesses A,B
+A weakness planted together with others is a bracketed list: --weaknesses "[counting:shape=star,binding:color=red]".
+"""
+HELP = "run the shapes demo over seeds x planted weaknesses; write sweep.json and sweep.md (mean +- std)"
+DEFAULT_CONFIG = "configs/audit/demo.py"
+DEFAULT_WORKDIR = "runs/sweep"
+
+
+def add_arguments(parser):
+  parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+  parser.add_argument("--weaknesses", default=None,
+                      help="comma-separated weakness specs, one run each (default: the config's system.weakness)")
+
+
+def run(args):
+  # In run(): `auditdm --help` imports every command module and must not load the model stack.
+  from auditdm_jax.worlds.shapes import sweep  # pylint: disable=g-import-not-at-top
+  seeds = sweep.parse_list(args.seeds, int)
+  weaknesses = sweep.parse_list(args.weaknesses) if args.weaknesses else [args.config.system.weakness]
+  result = sweep.run(args.config, args.workdir, seeds, weaknesses)
+  print(sweep.markdown(result))
+  print(f"written: {args.workdir}/sweep.json, {args.workdir}/sweep.md")

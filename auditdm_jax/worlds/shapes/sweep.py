@@ -1,0 +1,147 @@
+"""`auditdm sweep`: the shapes demo over seeds x planted weaknesses, with one JSON and one Markdown table.
+
+Layout under the sweep's workdir:
+  seed<S>/pretrain/            the models of seed S: tokenizer, references and auditor (trained once per seed: they
+                               do not depend on the weakness) and one target per weakness, `target_<slug>`
+  seed<S>/<slug>/              the demo run of (S, weakness) (`demo.run`: resumable stage by stage); its
+                               "pretrain" time is what pretraining cost when it ran first (the seed's shared
+                               models are paid by its first weakness)
+  sweep.json, sweep.md         per run and mean +- std over runs (all runs, then per weakness over seeds)
+A weakness may itself be a list planted at once ("[counting:shape=star,binding:color=red]").
+"""
+import logging
+import os
+import re
+import time
+
+import ml_collections
+import numpy as np
+
+from auditdm_jax import config as config_lib
+from auditdm_jax import io as io_lib
+from auditdm_jax.audit import rollout
+from auditdm_jax.worlds.shapes import demo
+from auditdm_jax.worlds.shapes import pretrain
+from auditdm_jax.worlds.shapes import tasks
+
+log = logging.getLogger(__name__)
+
+STAGES = ("pretrain", "train_auditor", "audit", "generate", "rectify")
+# (key, header, kind): the per-run figures, in table order. kind "pct" prints a rate as a percentage.
+COLUMNS = (
+    ("success_rate_trained", "success trained", "pct"), ("success_rate_baseline", "success baseline", "pct"),
+    ("success_ratio", "ratio", "x"), ("precision_trained", "precision", "pct"),
+    *((f"flagged_{c}", f"flagged {c.replace('_', ' ')}", "int") for c in rollout.FLAG_CATEGORIES),
+    ("target_weakness_before", "weakness before", "pct"), ("target_weakness_after", "weakness after", "pct"),
+    ("reference_weakness", "weakness refs", "pct"), ("weakness_gap_closed", "gap closed", "pct"),
+    ("target_outside_weakness_before", "outside before", "pct"),
+    ("target_outside_weakness_after", "outside after", "pct"),
+    *((f"seconds_{s}", f"{s} s", "int") for s in STAGES),
+)
+
+
+def parse_list(text, convert=str):
+  """ "0,1,2" -> [0, 1, 2]; commas inside brackets stay (a weakness list planted at once)."""
+  items = [convert(p) for p in config_lib.split_top_level(text or "")]
+  if not items:
+    raise ValueError(f"expected a comma-separated list, got {text!r}")
+  return items
+
+
+def slug(weakness):
+  return re.sub(r"[^a-z0-9]+", "_", ",".join(tasks.weakness_specs(weakness))).strip("_")
+
+
+def _pretrain_config(config, seed, weakness):
+  pre = config_lib.resolve(config_lib.find_spec(config.pretrain_config), [f"weakness={weakness}", f"seed={seed}"])
+  pre.target.name = f"target_{slug(weakness)}"
+  return pre
+
+
+def run_config(config, seed, weakness, models_dir):
+  """The demo config of one run: seed `seed` everywhere, the planted `weakness`, the seed's shared models."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.seed = c.system.seed = seed
+  c.system.weakness = weakness
+  c.system.models_dir = models_dir
+  c.system.target = f"target_{slug(weakness)}"
+  return c
+
+
+def row(summary, seed, weakness, pretrain_seconds):
+  """One run's figures (COLUMNS keys) from its demo summary."""
+  out = dict(seed=seed, weakness=weakness, **{k: summary.get(k) for k, _, _ in COLUMNS if k in summary})
+  for c in rollout.FLAG_CATEGORIES:
+    out[f"flagged_{c}"] = (summary.get("flagged_trained") or {}).get(c, 0)
+  seconds = dict(summary["stage_seconds"], pretrain=pretrain_seconds)
+  out.update({f"seconds_{s}": seconds[s] for s in STAGES})
+  return out
+
+
+def aggregate(rows):
+  """{key: {"mean", "std", "n"}} over the runs' numeric COLUMNS (None values, e.g. an undefined gap, skipped)."""
+  out = {}
+  for key, _, _ in COLUMNS:
+    values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    if values:
+      out[key] = dict(mean=float(np.mean(values)), std=float(np.std(values)), n=len(values))
+  return out
+
+
+def _cell(value, kind):
+  if value is None:
+    return "n/a"
+  if kind == "pct":
+    return f"{100 * value:.1f}%"
+  return f"{value:.2f}x" if kind == "x" else f"{value:.0f}"
+
+
+def _mean_cell(stats, kind):
+  if stats is None:
+    return "n/a"
+  scale, unit = (100, "%") if kind == "pct" else (1, "x" if kind == "x" else "")
+  digits = 2 if kind == "x" else 1
+  return f"{scale * stats['mean']:.{digits}f} ± {scale * stats['std']:.{digits}f}{unit}"
+
+
+def markdown(result):
+  """The sweep as a Markdown table: one line per run, then mean ± std (all runs, then per weakness)."""
+  head = ["seed", "weakness"] + [h for _, h, _ in COLUMNS]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in result["runs"]:
+    lines.append(f"| {r['seed']} | `{r['weakness']}` | " + " | ".join(_cell(r.get(k), kind) for k, _, kind in COLUMNS)
+                 + " |")
+  groups = [("all runs", result["mean"])] + [(f"`{w}`", m) for w, m in result["per_weakness"].items()]
+  for name, stats in groups:
+    lines.append(f"| **mean ± std** | {name} | " + " | ".join(_mean_cell(stats.get(k), kind)
+                                                              for k, _, kind in COLUMNS) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def run(config, workdir, seeds, weaknesses):
+  """Runs the demo for every (seed, weakness) and writes sweep.json / sweep.md; returns the result dict.
+
+  config: the demo config (`configs/audit/demo.py[:fast]`). Every weakness is checked before anything trains.
+  """
+  for w in weaknesses:
+    tasks.check_weakness(w)
+  rows = []
+  for seed in seeds:
+    seed_dir = os.path.join(workdir, f"seed{seed}")
+    for weakness in weaknesses:
+      log.info("sweep: seed %d, weakness %s", seed, weakness)
+      run_dir = os.path.join(seed_dir, slug(weakness))
+      timing = os.path.join(run_dir, "pretrain_seconds.json")
+      t0 = time.time()
+      pre = _pretrain_config(config, seed, weakness)
+      pretrain.pretrain_all(pre, seed_dir)  # Shared models come from the cache after the first weakness.
+      if not os.path.exists(timing):  # A rerun loads the cache: keep the first (training) time.
+        config_lib.dump(pre, os.path.join(seed_dir, "pretrain"), name=f"config_{slug(weakness)}.json")
+        io_lib.write_json(timing, dict(seconds=time.time() - t0))
+      summary = demo.run(run_config(config, seed, weakness, os.path.join(seed_dir, "pretrain")), run_dir)
+      rows.append(row(summary, seed, weakness, io_lib.read_json(timing)["seconds"]))
+  result = dict(seeds=list(seeds), weaknesses=list(weaknesses), runs=rows, mean=aggregate(rows),
+                per_weakness={w: aggregate([r for r in rows if r["weakness"] == w]) for w in weaknesses})
+  io_lib.write_json(os.path.join(workdir, "sweep.json"), result)
+  io_lib.write_text(os.path.join(workdir, "sweep.md"), markdown(result))
+  return result
