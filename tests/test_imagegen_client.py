@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from auditdm_jax import httpserve
 from auditdm_jax.imagegen import engine as engine_lib
 from auditdm_jax.imagegen import get_generator, service
 from auditdm_jax.imagegen.errors import GenerationError
@@ -44,7 +45,7 @@ def make_server():
       metrics = service.Metrics()
       app = service.create_app(settings, {"generate": 2, "edit": 2},
                                service.LocalBackend(engine, settings, metrics), metrics)
-      return stack.enter_context(service.serve_in_thread(app))
+      return stack.enter_context(httpserve.serve_in_thread(app))
 
     yield make
 

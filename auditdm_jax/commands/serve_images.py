@@ -8,6 +8,7 @@ The bearer token, when wanted, comes from $AUDITDM_IMAGEGEN_TOKEN (not a flag: f
 import logging
 import os
 
+from auditdm_jax import httpserve
 from auditdm_jax.imagegen import client
 from auditdm_jax.imagegen import service
 
@@ -61,4 +62,5 @@ def run(args):
       raise SystemExit(f"auditdm serve-images: {e}") from None
     ray_serve.run(settings, num_replicas=args.num_replicas, gpus_per_replica=args.gpus_per_replica, **pipelines)
   else:
-    service.serve(service.build_local_app(settings, **pipelines), settings)
+    httpserve.serve(service.build_local_app(settings, **pipelines), settings.host, settings.port, settings.token,
+                    "the image service")
