@@ -81,13 +81,16 @@ class VLMPolicy:
       mask[i, self.prompt_len - len(ids):] = True
     return tokens, mask
 
-  def sample(self, params, images, instructions, num_samples, rng):
+  def sample(self, params, images, instructions, num_samples, rng, *, temperature=None, top_p=None,
+             max_new_tokens=None):
+    """temperature / top_p / max_new_tokens override the policy's for this call (the answer server's requests)."""
     images = np.asarray(images, np.uint8)
     prompt, prompt_mask = self.encode_prompts(instructions)
     x, attn, pos = self._embed(params, images, jnp.asarray(prompt), jnp.asarray(prompt_mask))
     self.sampler.params = params["llm"]
-    out = self.sampler.sample(x, attn, pos, max_new_tokens=self.max_new_tokens, rng=rng,
-                              temperature=self.temperature, top_p=self.top_p, num_samples=num_samples,
+    out = self.sampler.sample(x, attn, pos, max_new_tokens=max_new_tokens or self.max_new_tokens, rng=rng,
+                              temperature=self.temperature if temperature is None else temperature,
+                              top_p=self.top_p if top_p is None else top_p, num_samples=num_samples,
                               stop_tokens=self.stop_tokens)
     b, g, length = out.tokens.shape
     rep = lambda a: np.repeat(a, g, axis=0)

@@ -16,40 +16,14 @@ the chat template (image + instruction in the user turn, sampling the model turn
 import json
 import os
 
-import jax
 import numpy as np
 from PIL import Image
 
 from auditdm_jax.audit import answerers
 from auditdm_jax.audit import policy as policy_lib
 from auditdm_jax.audit import trainer
-from auditdm_jax.models import checkpoints
 from auditdm_jax.models import tokenizer as tokenizer_lib
-from auditdm_jax.models import vlm
-
-
-def load_vlm(spec, seed=0):
-  """(cfg, host params) for a model spec dict(variant, res, llm, img, init)."""
-  cfg = vlm.get_config(spec["variant"], res=spec.get("res"), llm=dict(spec.get("llm") or {}),
-                       img=dict(spec.get("img") or {}))
-  init = spec.get("init")
-  if init and not os.path.exists(init):
-    raise FileNotFoundError(f"{spec['variant']} checkpoint `init` {init!r} does not exist (a HF directory or a "
-                            f"big_vision .npz)")
-  if not init:
-    if not cfg.variant.endswith("tiny"):
-      raise ValueError(f"{cfg.variant}: set its checkpoint `init` (a HF directory or a big_vision .npz); only tiny "
-                       f"variants may be randomly initialised (smoke tests)")
-    model = vlm.get_model(cfg)
-    tokens = np.zeros((1, 4), np.int32)
-    images = np.zeros((1, cfg.res, cfg.res, 3), np.float32)
-    # Traced tokens: Gemma3's placeholder-count check runs on concrete tokens only.
-    params = jax.jit(lambda r, t: model.init(r, images, t, t)["params"])(jax.random.PRNGKey(seed), tokens)
-  elif os.path.isdir(init):
-    cfg, params = checkpoints.load_vlm_hf(init, cfg)
-  else:
-    params = checkpoints.load_npz(init, vlm.abstract_params(cfg))
-  return cfg, jax.device_get(params)
+from auditdm_jax.models.loading import load_vlm
 
 
 class ImagePool:
