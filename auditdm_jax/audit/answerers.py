@@ -123,6 +123,7 @@ class HttpAnswerer:
         return None
       if attempt < self.retries:
         self.stats["retries"] += 1
+        log.info("%s: %s; retry %d/%d in %.1f s", self.name, reason, attempt + 1, self.retries, wait)
         time.sleep(wait)
     log.warning("%s: giving up after %d attempts (%s)", self.name, self.retries + 1, reason)
     return None

@@ -5,10 +5,14 @@
   Gemma3 and PaliGemma tokenizers differ);
 - target / JAX references: PaliGemma-family VLMs from a .npz or a HF directory (`init`) answering with `tokenizer`;
   tiny variants are randomly initialised when `init` is empty (smoke tests); otherwise a missing `init` is an error;
-- HTTP references: any OpenAI-compatible server (`kind="http"`, base_url, model; e.g. vLLM serving Qwen2.5-VL);
+- HTTP references: any OpenAI-compatible server (`kind="http"`, base_url, model and optionally the other
+  `answerers.HttpAnswerer` arguments; e.g. vLLM serving Qwen2.5-VL, or `auditdm serve-answers`);
 - image generator: an `imagegen` backend by name (`flux-http`, `procedural`, `identity`) with its kwargs;
 - image pool: every image under `images` (a folder) or a JSONL with {image, question} rows (the fixed questions of
   the (Q, I*) modes), resized to the auditor's resolution.
+- rectification (`auditdm rectify` / `iterate`, JAX targets): `target_train` (JSONL(s) of the target's original
+  {image, question, answer} data, mixed with the generated pairs) and `target_eval` (a labelled JSONL: exact-match
+  accuracy before and after); a randomly initialised tiny target is saved to `<workdir>/target_init.npz` first.
 Single-model analysis = several references excluding the target; model comparison = one reference.
 The RL policy (`policy.VLMPolicy`) prompts a PaliGemma auditor with its prefix-LM format and a Gemma3 auditor with
 the chat template (image + instruction in the user turn, sampling the model turn).
@@ -20,8 +24,11 @@ import numpy as np
 from PIL import Image
 
 from auditdm_jax.audit import answerers
+from auditdm_jax.audit import divergence
 from auditdm_jax.audit import policy as policy_lib
 from auditdm_jax.audit import trainer
+from auditdm_jax.models import checkpoints
+from auditdm_jax.models import loading
 from auditdm_jax.models import tokenizer as tokenizer_lib
 from auditdm_jax.models.loading import load_vlm
 
@@ -63,23 +70,62 @@ class ImagePool:
     return self[int(order[step % len(self)])]
 
 
-def build(sc, workdir):
-  del workdir
+def labelled_accuracy(answerer, path, res):
+  """Exact-match accuracy (normalised answers) of `answerer` on a JSONL of {image, question, answer} rows."""
+  pool = ImagePool(path, res, 1)
+  images = [pool[k]["image"][0] for k in range(len(pool))]
+  preds = answerer.answer(images, [r["question"] for r in pool.rows])
+  ok = [p is not None and divergence.normalize_answer(p) == divergence.normalize_answer(r["answer"])
+        for p, r in zip(preds, pool.rows)]
+  return {"accuracy": float(np.mean(ok)), "num": len(ok)}
+
+
+def rectification(sc, workdir, spec, cfg, params, target, tok):
+  """The System fields `rectify` needs for a JAX target (see audit/rectify.py)."""
+  init = spec.get("init")
+  if not init:  # A random tiny target: fine-tuning must start from these very weights.
+    init = os.path.join(workdir, "target_init.npz")
+    if not os.path.exists(init):
+      checkpoints.save_npz(init, params)
+  train = sc.get("target_train") or []
+
+  def evaluate_target(new_params=None):
+    if not sc.get("target_eval"):
+      raise ValueError("set config.system.target_eval (a JSONL of {image, question, answer}) to evaluate the target")
+    answerer = target if new_params is None else answerers.VLMAnswerer(
+        "rectified", cfg, new_params, tok, max_new_tokens=sc.answer_tokens)
+    return labelled_accuracy(answerer, sc.target_eval, cfg.res)
+
+  return dict(target_spec=dict(model=loading.model_spec(cfg), model_init=init, tokenizer=sc.tokenizer),
+              original_data=[dict(jsonl=p, weight=1.0) for p in ([train] if isinstance(train, str) else train)],
+              evaluate_target=evaluate_target, with_target=lambda npz: build(sc, workdir, npz))
+
+
+def build(sc, workdir, target_init=None):
+  """The System for `config.system` (sc); `target_init` replaces the target's weights (refinement iterations)."""
   aud_cfg, aud_params = load_vlm(sc.auditor, seed=0)
   tok = tokenizer_lib.Tokenizer(sc.tokenizer)
   aud_tok = tokenizer_lib.Tokenizer(sc.auditor.get("tokenizer") or sc.tokenizer)
   policy = policy_lib.VLMPolicy(aud_cfg, aud_tok, prompt_len=sc.prompt_len, max_new_tokens=sc.max_new_tokens,
                                 temperature=sc.temperature, top_p=sc.top_p)
 
-  def answerer(spec, seed):
-    spec = dict(spec)
-    if spec.get("kind") == "http":
-      return answerers.HttpAnswerer(spec["name"], spec["base_url"], spec["model"], api_key=spec.get("api_key"))
-    cfg, params = load_vlm(spec, seed)
-    return answerers.VLMAnswerer(spec["name"], cfg, params, tok, max_new_tokens=sc.answer_tokens)
+  def http(spec):
+    options = {k: v for k, v in spec.items() if k not in ("kind", "name", "base_url", "model")}
+    return answerers.HttpAnswerer(spec["name"], spec["base_url"], spec["model"], **options)
 
-  target = answerer(dict(sc.target, name="target"), 1)
-  references = answerers.Ensemble([answerer(r, 2 + i) for i, r in enumerate(sc.references)])
+  def answerer(spec, seed):
+    cfg, params = load_vlm(spec, seed)
+    return answerers.VLMAnswerer(spec["name"], cfg, params, tok, max_new_tokens=sc.answer_tokens), cfg, params
+
+  target_spec = dict(sc.target, name="target", **({"init": target_init} if target_init else {}))
+  hooks = {}
+  if target_spec.get("kind") == "http":
+    target = http(target_spec)
+  else:
+    target, tgt_cfg, tgt_params = answerer(target_spec, 1)
+    hooks = rectification(sc, workdir, target_spec, tgt_cfg, tgt_params, target, tok)
+  references = answerers.Ensemble([http(dict(r)) if r.get("kind") == "http" else answerer(dict(r), 2 + i)[0]
+                                   for i, r in enumerate(sc.references)])
   from auditdm_jax import imagegen  # pylint: disable=g-import-not-at-top
   gen = dict(sc.generator)
   generator = imagegen.get_generator(gen.pop("name"), **gen)
@@ -87,4 +133,4 @@ def build(sc, workdir):
   eval_pool = ImagePool(sc.eval_images or sc.images, aud_cfg.res, sc.batch_size)
   return trainer.System(policy=policy, params=aud_params, target=target, references=references,
                         generator=generator, data=pool, pool=pool,
-                        eval_data=[eval_pool[k] for k in range(min(sc.eval_batches, len(eval_pool)))])
+                        eval_data=[eval_pool[k] for k in range(min(sc.eval_batches, len(eval_pool)))], **hooks)

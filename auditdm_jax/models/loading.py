@@ -31,3 +31,10 @@ def load_vlm(spec, seed=0):
   else:
     params = checkpoints.load_npz(init, vlm.abstract_params(cfg))
   return cfg, jax.device_get(params)
+
+
+def model_spec(cfg):
+  """The spec dict(variant, res, llm, img) that rebuilds `cfg` through `vlm.get_config` (every decoder and ViT field
+  given as an override): what a fine-tuning config (`train/sft.py` `config.model`) needs for a loaded model."""
+  llm = {k: v for k, v in cfg.llm.to_dict().items() if k != "variant"}
+  return dict(variant=cfg.variant, res=cfg.res, llm=llm, img=cfg.img.to_dict())
