@@ -4,6 +4,8 @@ import base64
 import concurrent.futures
 import contextlib
 import io
+import socket
+import threading
 import time
 
 import httpx
@@ -202,3 +204,46 @@ def test_parse_request_defaults_and_aliases():
   assert job.image.shape == (8, 8, 3) and tuple(job.image[0, 0]) == (0, 0, 255)
   with pytest.raises(httpserve.InvalidRequest, match="not both"):
     chat.parse_request(_body(max_completion_tokens=3), chat.Limits())
+
+
+class _Echo:
+  """A stand-in model (no JAX): answers "<text> <image height>"."""
+
+  def prompt_tokens(self, text):
+    return len(text.split())
+
+  def run_jobs(self, jobs):
+    return [model_lib.Answer(f"{j.text} {j.image.shape[0]}", "stop", 1, 1) for j in jobs]
+
+
+def test_http_answerer_rides_out_a_server_that_is_down_then_starts():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  up, stop = threading.Event(), threading.Event()
+  app = server.create_app(server.Settings(model_name="echo"), _Echo())
+
+  def late_server():
+    time.sleep(1.0)
+    with httpserve.serve_in_thread(app, port=port):
+      up.set()
+      stop.wait()
+
+  thread = threading.Thread(target=late_server, daemon=True)
+  thread.start()
+  try:
+    remote = answerers.HttpAnswerer("echo", f"http://127.0.0.1:{port}/v1", "echo", instruction="", retries=10,
+                                    backoff=0.2, max_backoff=2.0)
+    answers = remote.answer(_images(3), QUESTIONS[:3])
+  finally:
+    stop.set()
+    thread.join(timeout=20)
+  assert up.is_set() and answers == [f"{q} 24" for q in QUESTIONS[:3]]
+  assert remote.stats["retries"] >= 3 and remote.stats["failures"] == 0
+
+
+def test_message_text_accepts_string_or_text_parts():
+  as_parts = {"choices": [{"message": {"content": [{"type": "text", "text": " blue"}, {"type": "text", "text": "!"}]}}]}
+  assert answerers.message_text(as_parts) == "blue!"
+  with pytest.raises(TypeError):
+    answerers.message_text({"choices": [{"message": {"content": None}}]})

@@ -14,6 +14,7 @@ import collections
 import concurrent.futures
 import io
 import logging
+import threading
 import time
 
 import numpy as np
@@ -62,8 +63,8 @@ class FunctionAnswerer:
 
 
 class HttpAnswerer:
-  """An OpenAI-compatible `/chat/completions` endpoint: `auditdm serve-answers`, `vllm serve Qwen/Qwen2.5-VL-7B-Instruct`,
-  or any server speaking vLLM's chat format (base_url ends in `/v1`).
+  """An OpenAI-compatible `/chat/completions` endpoint: `auditdm serve-answers`, `vllm serve
+  Qwen/Qwen2.5-VL-7B-Instruct`, or any server speaking vLLM's chat format (base_url ends in `/v1`).
 
   Items are sent concurrently (`concurrency` requests in flight); connection errors, timeouts, 429 and 5xx are
   retried with exponential backoff (honouring Retry-After, each wait at most `max_backoff`), so a server restarting
@@ -83,6 +84,7 @@ class HttpAnswerer:
     self._client = client or httpx.Client(timeout=timeout, headers=headers)
     self._retryable = (httpx.TimeoutException, httpx.TransportError)
     self.stats = collections.Counter()  # requests, retries, failures
+    self._lock = threading.Lock()  # Items run on a thread pool.
 
   @property
   def failures(self):
@@ -105,7 +107,7 @@ class HttpAnswerer:
     for attempt in range(self.retries + 1):
       wait = min(self.max_backoff, self.backoff * 2 ** attempt)
       try:
-        self.stats["requests"] += 1
+        self._count("requests")
         resp = self._client.post(self.url, json=body)
         if resp.status_code == 200:
           return message_text(resp.json())
@@ -122,17 +124,22 @@ class HttpAnswerer:
         log.warning("%s: malformed response: %r", self.name, e)
         return None
       if attempt < self.retries:
-        self.stats["retries"] += 1
+        self._count("retries")
         log.info("%s: %s; retry %d/%d in %.1f s", self.name, reason, attempt + 1, self.retries, wait)
         time.sleep(wait)
     log.warning("%s: giving up after %d attempts (%s)", self.name, self.retries + 1, reason)
     return None
 
+  def _count(self, key):
+    with self._lock:
+      self.stats[key] += 1
+
   def answer(self, images, questions):
     _check_batch(images, questions)
     with concurrent.futures.ThreadPoolExecutor(max(1, self.concurrency)) as pool:
       out = list(pool.map(self._one, images, questions))
-    self.stats["failures"] += sum(a is None for a in out)
+    with self._lock:
+      self.stats["failures"] += sum(a is None for a in out)
     return out
 
 
