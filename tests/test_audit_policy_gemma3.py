@@ -91,4 +91,4 @@ def test_vlm_system_loads_a_gemma3_auditor_and_checks_init(tmp_path):
   with pytest.raises(ValueError, match="only tiny"):
     vlm_system.load_vlm(dict(variant="gemma3_4b", res=896, init=""))
   # JAX answerers resize images to their own resolution (a 896px Gemma3 auditor, a 448px PaliGemma target).
-  assert answerers._resize(np.zeros((64, 48, 3), np.uint8), 32).shape == (32, 32, 3)  # pylint: disable=protected-access
+  assert answerers.resize(np.zeros((64, 48, 3), np.uint8), 32).shape == (32, 32, 3)
