@@ -53,7 +53,7 @@ class _Server:
     self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self.log, stderr=self.log)
     return self
 
-  def wait_ready(self, timeout=120):
+  def wait_ready(self, timeout=600):
     deadline = time.time() + timeout
     while time.time() < deadline:
       assert self.proc.poll() is None, f"{self.cmd} exited with {self.proc.returncode}"
@@ -110,7 +110,8 @@ def _world(tmp_path):
 def test_paper_setup_end_to_end_through_the_cli(tmp_path):
   t0 = time.time()
   tok, vocab, flux_dir, kontext_dir = _world(tmp_path)
-  env, log = _env(tmp_path), open(tmp_path / "servers.log", "w", encoding="utf-8")  # pylint: disable=consider-using-with
+  env = _env(tmp_path)
+  log = open(tmp_path / "servers.log", "w", encoding="utf-8")  # pylint: disable=consider-using-with
   image_port, answer_port = _port(), _port()
   images = _Server(["serve-images", "--flux-dir", flux_dir, "--kontext-dir", kontext_dir, "--device", "cpu",
                     "--max-sequence-length", str(fx.T5_MAX_LENGTH)], image_port, env, log)
@@ -171,8 +172,9 @@ def test_paper_setup_end_to_end_through_the_cli(tmp_path):
     assert "retry" in (tmp_path / "generate.log").read_text()  # The outage was seen, and ridden out by retries.
     records = [json.loads(line) for line in open(gen_dir / "dataset" / "data.jsonl", encoding="utf-8")]
     assert all(set(r["reference_answers"]) == {"paligemma2_tiny", "served"} for r in records)
-    # Every pair is kept (keep=all): the served reference answered each one as the same weights do in process.
-    assert all(len(set(r["reference_answers"].values())) == 1 and r["agreement"] == 1.0 for r in records)
+    # Every answered pair is kept (keep=all, so none is filtered out on agreement): the served reference answered
+    # each one exactly as the same weights do in process.
+    assert len(records) >= 4 and all(len(set(r["reference_answers"].values())) == 1 for r in records)
 
     _auditdm(env, "rectify", "--config", edit_spec, "--workdir", str(tmp_path / "rectify"),
              f"--config.rectify.dataset={gen_dir / 'dataset' / 'data.jsonl'}")
