@@ -22,7 +22,9 @@ CORE = [
 # torch is pinned: a CPU build of exactly this version is provided; an unpinned torch pulls GBs of CUDA wheels.
 TORCH = ["torch==2.13.0"]
 SERVICE = TORCH + ["diffusers>=0.32", "transformers>=4.50", "fastapi", "uvicorn"]
-TEST = TORCH + ["pytest", "transformers>=4.50", "tokenizers", "pycocoevalcap"]
+RAY = ["ray[serve]>=2.10,<3"]  # `generate --ray` and the Ray Serve image deployment (2.60 is tested).
+# Tests run every optional path: the Ray ones too.
+TEST = TORCH + RAY + ["pytest", "transformers>=4.50", "tokenizers", "pycocoevalcap"]
 
 setuptools.setup(
     name="auditdm_jax",
@@ -34,7 +36,7 @@ setuptools.setup(
     extras_require={
         "test": TEST,
         "service": SERVICE,
-        "ray": ["ray[serve]>=2.10"],
+        "ray": RAY,
     },
     entry_points={"console_scripts": ["auditdm=auditdm_jax.main:main"]},
 )

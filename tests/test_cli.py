@@ -3,7 +3,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from auditdm_jax import main as cli
 

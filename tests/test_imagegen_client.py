@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from auditdm_jax import httpserve
 from auditdm_jax.imagegen import engine as engine_lib
 from auditdm_jax.imagegen import get_generator, service
 from auditdm_jax.imagegen.errors import GenerationError
@@ -49,7 +50,7 @@ def make_server():
       metrics = service.Metrics()
       app = service.create_app(settings, {"generate": 2, "edit": 2},
                                service.LocalBackend(engine, settings, metrics), metrics)
-      return stack.enter_context(service.serve_in_thread(app))
+      return stack.enter_context(httpserve.serve_in_thread(app))
 
     yield make
 
@@ -187,7 +188,7 @@ def test_one_signal_shuts_down_with_a_job_running():
   settings = service.Settings(batch_wait_ms=0, default_size=8, max_batch_size=1)
   metrics = service.Metrics()
   app = service.create_app(settings, {"generate": 2}, service.LocalBackend(engine, settings, metrics), metrics)
-  with service.serve_in_thread(app) as url:
+  with httpserve.serve_in_thread(app, on_exit=app.state.backend.close) as url:
     post = lambda seed: httpx.post(url + "/v1/generate", json=dict(prompt="x", seed=seed), timeout=30)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
       running = pool.submit(post, 0)

@@ -1,5 +1,5 @@
-"""The Ray Serve deployment on CPU (replicas without GPUs) with the tiny pipelines. Ray is the optional `[ray]`
-extra: skipped when it is not installed."""
+"""The Ray Serve deployment on CPU (replicas without GPUs) with the tiny pipelines. Ray is in the `test` extra, so
+CI runs this; it is skipped only where Ray is not installed (the optional `[ray]` extra)."""
 import concurrent.futures
 import socket
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 import diffusers
 import imagegen_fixtures as fx
+from auditdm_jax import httpserve
 from auditdm_jax.imagegen import engine as engine_lib
 from auditdm_jax.imagegen import get_generator, service
 
@@ -51,7 +52,7 @@ def server(dirs):
   """(base URL, app) of the service with both pipelines; 150 ms batching window so concurrent requests batch."""
   settings = service.Settings(max_batch_size=4, batch_wait_ms=150, max_side=128, max_pixels=96 * 96, default_size=16)
   app = service.build_local_app(settings, *dirs, max_sequence_length=fx.T5_MAX_LENGTH)
-  with service.serve_in_thread(app) as url:
+  with httpserve.serve_in_thread(app) as url:
     yield url, app
 
 
@@ -200,7 +201,7 @@ def test_client_against_real_pipelines_caches_and_keeps_order(server, direct, tm
 
 def test_edit_only_service_answers_503_for_generate(dirs):
   app = service.build_local_app(service.Settings(), kontext_dir=dirs[1], max_sequence_length=fx.T5_MAX_LENGTH)
-  with service.serve_in_thread(app) as url:
+  with httpserve.serve_in_thread(app) as url:
     response = httpx.post(url + "/v1/generate", json=dict(prompt="x", seed=0), timeout=30)
   assert response.status_code == 503 and "--flux-dir" in response.json()["error"]
 

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from auditdm_jax import httpserve
 from auditdm_jax import imagegen
 from auditdm_jax.imagegen import cache as cache_lib
 from auditdm_jax.imagegen import engine as engine_lib
 from auditdm_jax.imagegen import service
-from auditdm_jax.imagegen.errors import GenerationError, InvalidRequest
+from auditdm_jax.imagegen.errors import GenerationError
 
 
 @pytest.mark.parametrize("size,area,multiple,expected", [
@@ -104,9 +105,9 @@ def test_parse_generate_fills_defaults():
   job = service.parse_generate({"prompt": "a cat", "seed": 3}, settings, 16)
   assert (job.mode, job.text, job.seed, job.steps, job.guidance, job.height, job.width) == (
       "generate", "a cat", 3, 28, 3.5, 1024, 1024)
-  with pytest.raises(InvalidRequest, match="`width` must be a multiple of 16"):
+  with pytest.raises(httpserve.InvalidRequest, match="`width` must be a multiple of 16"):
     service.parse_generate({"prompt": "a cat", "seed": 3, "width": 520}, settings, 16)
-  with pytest.raises(InvalidRequest, match="`seed` must be an integer, got True"):
+  with pytest.raises(httpserve.InvalidRequest, match="`seed` must be an integer, got True"):
     service.parse_generate({"prompt": "a cat", "seed": True}, settings, 16)
 
 
@@ -118,7 +119,7 @@ def test_parse_edit_resizes_the_source_to_the_output_size():
           "seed": 0}
   job = service.parse_edit(body, service.Settings(), 16)
   assert (job.height, job.width, job.image.size, job.guidance) == (880, 1184, (1184, 880), 2.5)
-  with pytest.raises(InvalidRequest, match="limit is 100"):
+  with pytest.raises(httpserve.InvalidRequest, match="limit is 100"):
     service.parse_edit(body, service.Settings(max_source_pixels=100), 16)
 
 

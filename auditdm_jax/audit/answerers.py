@@ -2,16 +2,18 @@
 
 An answerer returns one string per (image, question), or None where that item failed (an HTTP reference that keeps
 erroring); the rollout drops such pairs and counts them, it never crashes. Implementations:
-  - `HttpAnswerer`: any OpenAI-compatible chat-completions server (vLLM-served Qwen2.5-VL, ...), images sent inline
-    as base64 PNG data URLs.
+  - `HttpAnswerer`: any OpenAI-compatible chat-completions server (`auditdm serve-answers`, vLLM-served
+    Qwen2.5-VL, ...), images sent inline as base64 PNG data URLs.
   - `VLMAnswerer`: an in-process JAX VLM (PaliGemma2 / Gemma3 families) batched through the KV-cache sampler.
   - `FunctionAnswerer`: wraps a Python function (oracles, tests).
 `Ensemble` bundles the references: one model in model-comparison mode, several (target excluded) in single-model
 mode.
 """
 import base64
+import collections
 import concurrent.futures
 import logging
+import threading
 import time
 
 import numpy as np
@@ -43,23 +45,32 @@ class FunctionAnswerer:
 
 
 class HttpAnswerer:
-  """An OpenAI-compatible `/chat/completions` endpoint (e.g. `vllm serve Qwen/Qwen2.5-VL-7B-Instruct`).
+  """An OpenAI-compatible `/chat/completions` endpoint: `auditdm serve-answers`, `vllm serve
+  Qwen/Qwen2.5-VL-7B-Instruct`, or any server speaking vLLM's chat format (base_url ends in `/v1`).
 
-  Items are sent concurrently (`concurrency` requests in flight); 429/5xx/timeouts are retried with exponential
-  backoff; an item that still fails after `retries` comes back as None.
+  Items are sent concurrently (`concurrency` requests in flight); connection errors, timeouts, 429 and 5xx are
+  retried with exponential backoff (honouring Retry-After, each wait at most `max_backoff`), so a server restarting
+  within the retry window loses nothing; an item that still fails after `retries` comes back as None. `stats`
+  counts requests, retries and failures (items given up on). `instruction` is appended to each question on its own
+  line ("" sends the question alone, as `auditdm serve-answers` expects: it formats prompts itself).
   """
 
   def __init__(self, name, base_url, model, api_key=None, max_tokens=16, temperature=0.0, instruction=SHORT_ANSWER,
-               concurrency=8, timeout=60.0, retries=3, backoff=0.5, client=None):
+               concurrency=8, timeout=60.0, retries=3, backoff=0.5, max_backoff=30.0, client=None):
     import httpx  # pylint: disable=g-import-not-at-top
     self.name, self.model = name, model
     self.url = base_url.rstrip("/") + "/chat/completions"
     self.max_tokens, self.temperature, self.instruction = max_tokens, temperature, instruction
-    self.concurrency, self.retries, self.backoff = concurrency, retries, backoff
+    self.concurrency, self.retries, self.backoff, self.max_backoff = concurrency, retries, backoff, max_backoff
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     self._client = client or httpx.Client(timeout=timeout, headers=headers)
     self._retryable = (httpx.TimeoutException, httpx.TransportError)
-    self.failures = 0
+    self.stats = collections.Counter()  # requests, retries, failures
+    self._lock = threading.Lock()  # Items run on a thread pool.
+
+  @property
+  def failures(self):
+    return self.stats["failures"]
 
   def request_body(self, image, question):
     text = f"{question}\n{self.instruction}" if self.instruction else question
@@ -76,30 +87,52 @@ class HttpAnswerer:
   def _one(self, image, question):
     body = self.request_body(image, question)
     for attempt in range(self.retries + 1):
+      wait = min(self.max_backoff, self.backoff * 2 ** attempt)
       try:
+        self._count("requests")
         resp = self._client.post(self.url, json=body)
         if resp.status_code == 200:
-          return resp.json()["choices"][0]["message"]["content"].strip()
+          return message_text(resp.json())
         if resp.status_code != 429 and resp.status_code < 500:
           log.warning("%s: HTTP %d (not retried): %s", self.name, resp.status_code, resp.text[:200])
           return None
         reason = f"HTTP {resp.status_code}"
+        retry_after = resp.headers.get("retry-after", "")
+        if retry_after.isdigit():
+          wait = max(wait, min(self.max_backoff, float(retry_after)))
       except self._retryable as e:
         reason = repr(e)
-      except (KeyError, IndexError, ValueError) as e:
+      except (KeyError, IndexError, TypeError, ValueError) as e:
         log.warning("%s: malformed response: %r", self.name, e)
         return None
       if attempt < self.retries:
-        time.sleep(self.backoff * 2 ** attempt)
+        self._count("retries")
+        log.info("%s: %s; retry %d/%d in %.1f s", self.name, reason, attempt + 1, self.retries, wait)
+        time.sleep(wait)
     log.warning("%s: giving up after %d attempts (%s)", self.name, self.retries + 1, reason)
     return None
+
+  def _count(self, key):
+    with self._lock:
+      self.stats[key] += 1
 
   def answer(self, images, questions):
     _check_batch(images, questions)
     with concurrent.futures.ThreadPoolExecutor(max(1, self.concurrency)) as pool:
       out = list(pool.map(self._one, images, questions))
-    self.failures += sum(a is None for a in out)
+    with self._lock:
+      self.stats["failures"] += sum(a is None for a in out)
     return out
+
+
+def message_text(response):
+  """The answer in a chat-completions response: `content` is a string, or (some servers) a list of text parts."""
+  content = response["choices"][0]["message"]["content"]
+  if isinstance(content, list):
+    content = "".join(p["text"] for p in content if p.get("type") == "text")
+  if not isinstance(content, str):
+    raise TypeError(f"message content is {type(content).__name__}, not text")
+  return content.strip()
 
 
 class VLMAnswerer:

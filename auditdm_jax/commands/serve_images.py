@@ -8,6 +8,7 @@ The bearer token, when wanted, comes from $AUDITDM_IMAGEGEN_TOKEN (not a flag: f
 import logging
 import os
 
+from auditdm_jax import httpserve
 from auditdm_jax.imagegen import client
 from auditdm_jax.imagegen import service
 
@@ -53,11 +54,13 @@ def run(args):
   settings = settings_from_args(args)
   pipelines = dict(flux_dir=args.flux_dir, kontext_dir=args.kontext_dir, device=args.device, dtype=args.dtype,
                    max_sequence_length=args.max_sequence_length, share_encoders=args.share_encoders)
-  sock = service.bind(settings.host, settings.port)  # A busy port fails now, not after loading the pipelines.
+  sock = httpserve.bind(settings.host, settings.port)  # A busy port fails now, not after loading the pipelines.
   if args.backend == "ray":
     from auditdm_jax.imagegen import ray_serve  # pylint: disable=g-import-not-at-top
     sock.close()  # Ray Serve binds its own.
     ray_serve.require_ray()
     ray_serve.run(settings, num_replicas=args.num_replicas, gpus_per_replica=args.gpus_per_replica, **pipelines)
   else:
-    service.serve(service.build_local_app(settings, **pipelines), settings, sock)
+    app = service.build_local_app(settings, **pipelines)
+    httpserve.serve(app, settings.host, settings.port, settings.token, "the image service", sock=sock,
+                    on_exit=app.state.backend.close)

@@ -1,4 +1,5 @@
-"""Errors of the image-generation layer, shared by the service, the client and the backends."""
+"""The error of one image-generation item, shared by the client and the generators (the service's request errors
+are in `auditdm_jax.httpserve`)."""
 
 
 class GenerationError(Exception):
@@ -12,15 +13,3 @@ class GenerationError(Exception):
     super().__init__(message)
     self.status = status
     self.attempts = attempts
-
-
-class InvalidRequest(ValueError):
-  """A request the service rejects as malformed (HTTP 400); the message names the field."""
-
-
-class QueueFull(RuntimeError):
-  """The service's queue is at its bound (HTTP 429): retry later."""
-
-
-class Unavailable(RuntimeError):
-  """The service cannot take the request now (HTTP 503): shutting down, or the mode's pipeline is not loaded."""

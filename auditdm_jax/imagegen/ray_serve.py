@@ -10,9 +10,9 @@ import asyncio
 import logging
 import time
 
+from auditdm_jax.httpserve import QueueFull
 from auditdm_jax.imagegen import engine as engine_lib
 from auditdm_jax.imagegen import service
-from auditdm_jax.imagegen.errors import QueueFull
 
 log = logging.getLogger(__name__)
 APP_NAME = "auditdm-imagegen"

@@ -20,27 +20,22 @@ one pipeline call (engine.Engine.run_jobs). Per-item seeds make the batched imag
 """
 import asyncio
 import base64
-import binascii
 import collections
-import concurrent.futures
 import contextlib
 import dataclasses
 import functools
-import hmac
-import io as _io
 import logging
 import math
-import socket
 import threading
 import time
 
 from PIL import Image
 
+from auditdm_jax import httpserve
+from auditdm_jax.httpserve import InvalidRequest, QueueFull, Unavailable
 from auditdm_jax.imagegen import engine as engine_lib
-from auditdm_jax.imagegen.errors import InvalidRequest, QueueFull, Unavailable
 
 log = logging.getLogger(__name__)
-_REQUIRED = object()
 
 
 @dataclasses.dataclass
@@ -70,35 +65,8 @@ class Settings:
 # ----------------------------------------------------------------------------------------------- validation
 
 
-def _field(body, name, kind, default=_REQUIRED, lo=None, hi=None):
-  if name not in body:
-    if default is _REQUIRED:
-      raise InvalidRequest(f"`{name}` is required")
-    return default
-  value = body[name]
-  if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-    raise InvalidRequest(f"`{name}` must be an integer, got {value!r}")
-  if kind is float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-      raise InvalidRequest(f"`{name}` must be a finite number, got {value!r}")
-    value = float(value)
-  if kind is str and (not isinstance(value, str) or not value.strip()):
-    raise InvalidRequest(f"`{name}` must be a non-empty string")
-  if (lo is not None and value < lo) or (hi is not None and value > hi):
-    raise InvalidRequest(f"`{name}` must be in [{lo}, {hi}], got {value}")
-  return value
-
-
-def _check_fields(body, allowed):
-  if not isinstance(body, dict):
-    raise InvalidRequest("the body must be a JSON object")
-  unknown = sorted(set(body) - set(allowed))
-  if unknown:
-    raise InvalidRequest(f"unknown field(s) {unknown}; allowed: {sorted(allowed)}")
-
-
 def _text(body, name, settings):
-  text = _field(body, name, str)
+  text = httpserve.field(body, name, str)
   if len(text) > settings.max_text_chars:
     raise InvalidRequest(f"`{name}` has {len(text)} characters; the limit is {settings.max_text_chars}")
   return text
@@ -111,7 +79,7 @@ def default_side(settings, multiple):
 
 
 def _side(body, name, settings, multiple):
-  side = _field(body, name, int, default_side(settings, multiple), multiple, settings.max_side)
+  side = httpserve.field(body, name, int, default_side(settings, multiple), multiple, settings.max_side)
   if side % multiple:
     raise InvalidRequest(f"`{name}` must be a multiple of {multiple} (VAE factor x 2 for latent packing), got {side}")
   return side
@@ -119,11 +87,11 @@ def _side(body, name, settings, multiple):
 
 def parse_generate(body, settings, multiple):
   """Validates a /v1/generate body -> engine.Job. Raises InvalidRequest naming the bad field."""
-  _check_fields(body, ("prompt", "seed", "steps", "guidance", "height", "width"))
+  httpserve.check_fields(body, ("prompt", "seed", "steps", "guidance", "height", "width"))
   prompt = _text(body, "prompt", settings)
-  seed = _field(body, "seed", int, lo=0, hi=2**63 - 1)
-  steps = _field(body, "steps", int, settings.default_steps, 1, settings.max_steps)
-  guidance = _field(body, "guidance", float, settings.default_guidance, 0.0, settings.max_guidance)
+  seed = httpserve.field(body, "seed", int, lo=0, hi=2**63 - 1)
+  steps = httpserve.field(body, "steps", int, settings.default_steps, 1, settings.max_steps)
+  guidance = httpserve.field(body, "guidance", float, settings.default_guidance, 0.0, settings.max_guidance)
   height, width = _side(body, "height", settings, multiple), _side(body, "width", settings, multiple)
   if height * width > settings.max_pixels:
     raise InvalidRequest(f"height x width = {height * width} pixels; the limit is {settings.max_pixels}")
@@ -132,37 +100,18 @@ def parse_generate(body, settings, multiple):
 
 
 def decode_image(data, settings):
-  """base64 (optionally a `data:` URL) -> RGB PIL image; InvalidRequest on anything that is not an image."""
-  if not isinstance(data, str) or not data:
-    raise InvalidRequest("`image` must be a base64-encoded image string")
-  if data.startswith("data:"):
-    data = data.partition(",")[2]
-  if len(data) * 3 // 4 > settings.max_image_bytes:
-    raise InvalidRequest(f"`image` is larger than {settings.max_image_bytes} bytes")
-  try:
-    raw = base64.b64decode(data, validate=True)
-  except (binascii.Error, ValueError) as e:
-    raise InvalidRequest(f"`image` is not valid base64: {e}") from None
-  try:
-    image = Image.open(_io.BytesIO(raw))
-    if image.width * image.height > settings.max_source_pixels:  # Checked on the header, before decoding pixels.
-      raise InvalidRequest(f"`image` has {image.width}x{image.height} pixels; the limit is "
-                           f"{settings.max_source_pixels}")
-    return image.convert("RGB")
-  except InvalidRequest:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    raise InvalidRequest(f"`image` could not be decoded as an image: {e}") from None
+  """base64 (optionally a `data:` URL) -> RGB PIL image within the settings' size limits."""
+  return httpserve.decode_image(data, settings.max_image_bytes, settings.max_source_pixels)
 
 
 def parse_edit(body, settings, multiple):
   """Validates a /v1/edit body -> engine.Job with the source resized to the output size."""
-  _check_fields(body, ("image", "instruction", "seed", "steps", "guidance", "area"))
+  httpserve.check_fields(body, ("image", "instruction", "seed", "steps", "guidance", "area"))
   instruction = _text(body, "instruction", settings)
-  seed = _field(body, "seed", int, lo=0, hi=2**63 - 1)
-  steps = _field(body, "steps", int, settings.default_steps, 1, settings.max_steps)
-  guidance = _field(body, "guidance", float, settings.default_edit_guidance, 0.0, settings.max_guidance)
-  area = _field(body, "area", int, settings.edit_area, multiple * multiple, settings.max_pixels)
+  seed = httpserve.field(body, "seed", int, lo=0, hi=2**63 - 1)
+  steps = httpserve.field(body, "steps", int, settings.default_steps, 1, settings.max_steps)
+  guidance = httpserve.field(body, "guidance", float, settings.default_edit_guidance, 0.0, settings.max_guidance)
+  area = httpserve.field(body, "area", int, settings.edit_area, multiple * multiple, settings.max_pixels)
   image = decode_image(body.get("image"), settings)
   height, width = engine_lib.edit_size(image.width, image.height, area, multiple)
   if height > settings.max_side or width > settings.max_side:
@@ -262,130 +211,13 @@ class Metrics:
 # -------------------------------------------------------------------------------------------------- batching
 
 
-class _Entry:
-  __slots__ = ("job", "future", "abandoned")
-
-  def __init__(self, job):
-    self.job, self.future, self.abandoned = job, concurrent.futures.Future(), False
-
-
-class Batcher:
-  """A bounded queue and one worker thread running micro-batches of compatible jobs through `run_jobs`.
-
-  Args:
-    run_jobs: (list[Job], should_stop) -> list[PNG bytes | Exception] (engine.Engine.run_jobs).
-  """
-
-  def __init__(self, run_jobs, metrics, max_queue=64, max_batch_size=4, batch_wait_s=0.02):
-    self.run_jobs, self.metrics = run_jobs, metrics
-    self.max_queue, self.max_batch_size, self.batch_wait_s = max_queue, max_batch_size, batch_wait_s
-    self._pending = collections.deque()
-    self._cond = threading.Condition()
-    self._closed = False
-    self._running = []
-    self.in_flight = 0
-    self._thread = threading.Thread(target=self._loop, name="imagegen-batcher", daemon=True)
-    self._thread.start()
-
-  def queue_depth(self):
-    with self._cond:
-      return len(self._pending)
-
-  def submit(self, job):
-    """Enqueues `job`; returns a concurrent Future of its PNG bytes. Raises QueueFull / Unavailable."""
-    entry = _Entry(job)
-    with self._cond:
-      if self._closed:
-        raise Unavailable("the service is shutting down")
-      if len(self._pending) >= self.max_queue:
-        raise QueueFull(f"{len(self._pending)} requests are queued (limit {self.max_queue}); retry later")
-      self._pending.append(entry)
-      self._cond.notify_all()
-    return entry.future
-
-  def abandon(self, future):
-    """Nobody waits for `future` any more (client gone, timed out): a queued job is dropped; a running batch is
-    interrupted once all of its jobs are abandoned."""
-    future.cancel()  # Succeeds while queued.
-    with self._cond:
-      for entry in self._running:
-        if entry.future is future:
-          entry.abandoned = True
-
-  def close(self):
-    """Refuses new jobs, fails the queued ones and interrupts the running batch (503 for all). Idempotent."""
-    with self._cond:
-      self._closed = True
-      pending, self._pending = list(self._pending), collections.deque()
-      self._cond.notify_all()
-    for entry in pending:
-      if entry.future.set_running_or_notify_cancel():
-        entry.future.set_exception(Unavailable("the service shut down before this request ran"))
-    self._thread.join(timeout=5)
-
-  def _next_batch(self):
-    """Blocks until a job is queued; returns it plus the compatible jobs queued within batch_wait_s (None: closed)."""
-    with self._cond:
-      while True:
-        self._pending = collections.deque(e for e in self._pending if not e.future.cancelled())  # Timed out.
-        if self._closed:
-          return None
-        if self._pending:
-          break
-        self._cond.wait()
-      key = self._pending[0].job.batch_key
-      deadline = time.monotonic() + self.batch_wait_s
-      while True:
-        batch = [e for e in self._pending if e.job.batch_key == key and not e.future.cancelled()]
-        remaining = deadline - time.monotonic()
-        if len(batch) >= self.max_batch_size or remaining <= 0 or self._closed:
-          break
-        self._cond.wait(remaining)
-      batch = batch[:self.max_batch_size]
-      taken = set(map(id, batch))
-      self._pending = collections.deque(e for e in self._pending if id(e) not in taken)
-      return [e for e in batch if e.future.set_running_or_notify_cancel()]
-
-  def _loop(self):
-    while (batch := self._next_batch()) is not None:
-      if not batch:
-        continue
-      with self._cond:
-        self._running = batch
-      self.in_flight = len(batch)
-      start, stopped = time.perf_counter(), []
-
-      def should_stop(batch=batch, stopped=stopped):
-        if self._closed or all(e.abandoned for e in batch):
-          stopped.append(True)
-        return bool(stopped)
-      try:
-        results = self.run_jobs([e.job for e in batch], should_stop=should_stop)
-      except Exception as e:  # pylint: disable=broad-except
-        log.exception("batch failed")
-        results = [e] * len(batch)
-      if stopped:  # Interrupted: the images are unfinished.
-        log.info("batch of %d stopped (%s)", len(batch), "shutting down" if self._closed else "abandoned")
-        results = [Unavailable("the request was cancelled before its image was finished")] * len(batch)
-      with self._cond:
-        self._running = []
-      done = sum(not isinstance(r, BaseException) for r in results)
-      self.metrics.batch(batch[0].job.mode, done, time.perf_counter() - start)
-      self.in_flight = 0
-      for entry, result in zip(batch, results):
-        if isinstance(result, BaseException):
-          entry.future.set_exception(result)
-        else:
-          entry.future.set_result(result)
-
-
 class LocalBackend:
   """The in-process backend: an Engine behind a Batcher."""
 
   def __init__(self, engine, settings, metrics):
     self.engine = engine
-    self.batcher = Batcher(engine.run_jobs, metrics, settings.max_queue, settings.max_batch_size,
-                           settings.batch_wait_ms / 1000)
+    self.batcher = httpserve.Batcher(engine.run_jobs, settings.max_queue, settings.max_batch_size,
+                                     settings.batch_wait_ms / 1000, on_batch=metrics.batch, name="imagegen-batcher")
 
   async def submit(self, job):
     future = self.batcher.submit(job)
@@ -407,7 +239,6 @@ class LocalBackend:
 
 # ------------------------------------------------------------------------------------------------------- app
 
-_STATUS = {InvalidRequest: 400, QueueFull: 429, Unavailable: 503}
 CLIENT_GONE = 499  # Logged for requests whose client disconnected (nginx's code); never sent.
 
 
@@ -455,14 +286,8 @@ def create_app(settings, multiples, backend, metrics=None):
   app = fastapi.FastAPI(title="auditdm image service", lifespan=lifespan)
   app.state.backend, app.state.metrics = backend, metrics or Metrics()
 
-  def authorized(request):
-    if not settings.token:
-      return True
-    given = request.headers.get("authorization", "")
-    return hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode())
-
-  def error(status, message, **headers):
-    return responses.JSONResponse({"error": message}, status_code=status, headers=headers or None)
+  authorized = functools.partial(httpserve.authorized, token=settings.token)
+  error = httpserve.error_response
 
   async def handle(request, mode):
     start, status = time.perf_counter(), 500
@@ -489,7 +314,7 @@ def create_app(settings, multiples, backend, metrics=None):
       status = 504
       return error(504, f"no result within the request timeout of {settings.request_timeout_s} s")
     except (InvalidRequest, QueueFull, Unavailable) as e:
-      status = next(code for cls, code in _STATUS.items() if isinstance(e, cls))
+      status = httpserve.status_of(e)
       return error(status, str(e), **({"Retry-After": "1"} if status in (429, 503) else {}))
     except Exception as e:  # pylint: disable=broad-except
       log.exception("%s request failed", mode)
@@ -530,58 +355,3 @@ def build_local_app(settings, flux_dir=None, kontext_dir=None, device=None, dtyp
                for mode, d in (("generate", flux_dir), ("edit", kontext_dir)) if d}
   metrics = Metrics()
   return create_app(settings, multiples, LocalBackend(engine, settings, metrics), metrics)
-
-
-def bind(host, port):
-  """A socket bound to host:port, made before the pipelines load so that a busy port fails in a second, not after
-  minutes of loading. Raises OSError naming the address."""
-  try:
-    return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
-  except OSError as e:
-    raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror} (another service there? pick --port)",
-                  f"{host}:{port}") from None
-
-
-def make_server(app, host="127.0.0.1", port=0, log_level="warning", **kwargs):
-  """A uvicorn server whose first SIGINT / SIGTERM also closes the app's backend, so the requests that wait for
-  a running pipeline get 503 at once instead of holding the shutdown until they finish."""
-  import uvicorn  # pylint: disable=g-import-not-at-top
-
-  class Server(uvicorn.Server):
-
-    def handle_exit(self, sig, frame):
-      # In a thread: closing joins the worker, which may need one more denoising step to notice.
-      threading.Thread(target=app.state.backend.close, name="imagegen-close", daemon=True).start()
-      super().handle_exit(sig, frame)
-
-  return Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, **kwargs))
-
-
-def serve(app, settings, sock=None):
-  """Serves `app` on settings.host:settings.port (or the already bound `sock`) until SIGINT / SIGTERM."""
-  if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.token:
-    log.warning("serving on %s without a bearer token: anyone who can reach the port can use the GPUs",
-                settings.host)
-  server = make_server(app, settings.host, settings.port, log_level="info", timeout_keep_alive=30,
-                       timeout_graceful_shutdown=30)
-  server.run(sockets=[sock] if sock is not None else None)
-
-
-@contextlib.contextmanager
-def serve_in_thread(app, host="127.0.0.1", port=0):
-  """Serves `app` from a background thread; yields its base URL (port 0 picks a free port). The server is
-  `app.state.server` (tests call its `handle_exit` as a signal would)."""
-  server = app.state.server = make_server(app, host, port)
-  thread = threading.Thread(target=server.run, name="imagegen-uvicorn", daemon=True)
-  thread.start()
-  deadline = time.monotonic() + 30
-  while not server.started:
-    if not thread.is_alive() or time.monotonic() > deadline:
-      raise RuntimeError(f"the image service did not start on {host}:{port}")
-    time.sleep(0.01)
-  bound = server.servers[0].sockets[0].getsockname()[1]
-  try:
-    yield f"http://{host}:{bound}"
-  finally:
-    server.should_exit = True
-    thread.join(timeout=10)

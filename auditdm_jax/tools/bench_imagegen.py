@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from auditdm_jax import httpserve
 from auditdm_jax.imagegen import client as client_lib
 from auditdm_jax.imagegen import engine as engine_lib
 from auditdm_jax.imagegen import service
@@ -59,7 +60,7 @@ def serving(engine, args, max_batch_size, n):
   metrics = service.Metrics()
   app = service.create_app(settings, {"generate": engine_lib.pipeline_multiple(args.flux_dir)},
                            service.LocalBackend(engine, settings, metrics), metrics)
-  with service.serve_in_thread(app) as url:
+  with httpserve.serve_in_thread(app) as url:
     yield client_lib.FluxHTTPGenerator(url=url, concurrency=args.concurrency, steps=args.steps,
                                        guidance=args.guidance, height=args.size, width=args.size,
                                        max_retries=0), metrics

@@ -10,7 +10,14 @@ to HF); its `tokenizer.model` is the auditor's tokenizer unless `auditor_tokeniz
 answerers resize them to their own.
 The `system` block is handed to `config.system.module` (auditdm_jax/audit/vlm_system.py builds it from model
 checkpoints, an image folder or JSONL pool and HTTP endpoints). Gemma3 and Qwen2.5-VL references are served over
-HTTP (e.g. `vllm serve`); JAX references are PaliGemma2 checkpoints.
+HTTP (e.g. `vllm serve`, or `auditdm serve-answers` for a JAX model in another process); JAX references are
+PaliGemma2 checkpoints. Rectification (`auditdm rectify` / `iterate`) mixes `target_train` (the target's original
+{image, question, answer} JSONL) with the generated pairs and scores the target on `target_eval`.
+
+`tiny=True` is the same loop at smoke-test scale (tests/test_paper_setup.py): random gemma3_tiny auditor and
+paligemma2_tiny target / JAX reference at 32 px with `vocab` tokens, the second reference served by
+`auditdm serve-answers` at `answers_url` (random weights of the JAX reference's seed, so they agree), tiny FLUX at
+`flux_url`, two-row batches, a step per stage; HTTP clients retry long enough to ride out a server restart.
 """
 import os
 
@@ -22,7 +29,8 @@ def get_config(arg=None):
                              auditor="gemma3_4b", auditor_init="", auditor_tokenizer="", target="", ref_init="",
                              images="",
                              qwen_url="http://127.0.0.1:8001/v1", gemma3_url="http://127.0.0.1:8002/v1",
-                             flux_url="http://127.0.0.1:8000", algorithm="grpo")
+                             flux_url="http://127.0.0.1:8000", algorithm="grpo", target_train="", target_eval="",
+                             tiny=False, vocab=0, answers_url="http://127.0.0.1:8003/v1")
   c = config_lib.ml_collections.ConfigDict()
   c.seed = 0
   c.mode = arg.mode  # question | edit | caption | edit_question | caption_question
@@ -53,5 +61,27 @@ def get_config(arg=None):
       generator=dict(name="flux-http", url=arg.flux_url),
       images=arg.images, eval_images="", batch_size=c.batch_size, eval_batches=4,
       prompt_len=384, max_new_tokens=64, temperature=1.0, top_p=1.0, answer_tokens=16)
+  c.system.update(target_train=arg.target_train, target_eval=arg.target_eval)
   c.generate = dict(samples_per_source=1, keep="consensus", auditor_workdir="", baseline=False)
+  # Generic defaults: set them per task (configs/paligemma2/transfers/<task>.py has the tasks' recipes).
+  c.rectify = dict(dataset="", mix=0.5, steps=1000, lr=1e-5, wd=0.0, batch_size=64, text_len=64, log_every=50)
+  c.iterations = 2
+  return _tiny(c, arg) if arg.tiny else c
+
+
+def _tiny(c, arg):
+  """The paper's loop at smoke-test scale (see the module docstring)."""
+  tiny = dict(res=32, init="", llm=dict(vocab_size=arg.vocab) if arg.vocab else {})
+  c.group_size, c.batch_size, c.max_words = 2, 2, 16
+  c.total_steps, c.grad_accum_steps, c.ckpt_every, c.log_every = 1, 1, 1, 1
+  c.system.update(
+      auditor=dict(tiny, variant="gemma3_tiny", tokenizer=arg.auditor_tokenizer),
+      target=dict(tiny, variant="paligemma2_tiny"),
+      references=[dict(tiny, name="paligemma2_tiny", variant="paligemma2_tiny"),
+                  dict(kind="http", name="served", base_url=arg.answers_url, model="served", instruction="",
+                       max_tokens=4, retries=8, backoff=0.5, max_backoff=8.0)],
+      generator=dict(name="flux-http", url=arg.flux_url, height=32, width=32, steps=2, edit_steps=2,
+                     edit_area=32 * 32, max_retries=8, max_backoff_s=8.0),
+      batch_size=c.batch_size, eval_batches=1, prompt_len=160, max_new_tokens=8, answer_tokens=4)
+  c.rectify.update(steps=2, lr=1e-4, batch_size=4, text_len=32, log_every=1)
   return c

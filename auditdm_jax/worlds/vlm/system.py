@@ -5,7 +5,8 @@
   Gemma3 and PaliGemma tokenizers differ);
 - target / JAX references: PaliGemma-family VLMs from a .npz or a HF directory (`init`) answering with `tokenizer`;
   tiny variants are randomly initialised when `init` is empty (smoke tests); otherwise a missing `init` is an error;
-- HTTP references: any OpenAI-compatible server (`kind="http"`, base_url, model; e.g. vLLM serving Qwen2.5-VL);
+- HTTP references: any OpenAI-compatible server (`kind="http"`, base_url, model and optionally the other
+  `answerers.HttpAnswerer` arguments; e.g. vLLM serving Qwen2.5-VL, or `auditdm serve-answers`);
 - image generator: an `imagegen` backend by name (`flux-http`, `procedural`, `identity`) with its kwargs;
 - image pool: every image under `images` (a folder) or a JSONL with {image, question} rows (the fixed questions of
   the (Q, I*) modes), resized to the auditor's resolution.
@@ -19,7 +20,6 @@ the chat template (image + instruction in the user turn, sampling the model turn
 import json
 import os
 
-import jax
 import numpy as np
 from PIL import Image
 
@@ -30,32 +30,8 @@ from auditdm_jax.audit import policy as policy_lib
 from auditdm_jax.audit import system as system_lib
 from auditdm_jax.data import jsonl_source
 from auditdm_jax.models import checkpoints
+from auditdm_jax.models import loading
 from auditdm_jax.models import tokenizer as tokenizer_lib
-from auditdm_jax.models import vlm
-
-
-def load_vlm(spec, seed=0):
-  """(cfg, host params) for a model spec dict(variant, res, llm, img, init)."""
-  cfg = vlm.get_config(spec["variant"], res=spec.get("res"), llm=dict(spec.get("llm") or {}),
-                       img=dict(spec.get("img") or {}))
-  init = spec.get("init")
-  if init and not os.path.exists(init):
-    raise FileNotFoundError(f"{spec['variant']} checkpoint `init` {init!r} does not exist (a HF directory or a "
-                            f"big_vision .npz)")
-  if not init:
-    if not cfg.variant.endswith("tiny"):
-      raise ValueError(f"{cfg.variant}: set its checkpoint `init` (a HF directory or a big_vision .npz); only tiny "
-                       f"variants may be randomly initialised (smoke tests)")
-    model = vlm.get_model(cfg)
-    tokens = np.zeros((1, 4), np.int32)
-    images = np.zeros((1, cfg.res, cfg.res, 3), np.float32)
-    # Traced tokens: Gemma3's placeholder-count check runs on concrete tokens only.
-    params = jax.jit(lambda r, t: model.init(r, images, t, t)["params"])(jax.random.PRNGKey(seed), tokens)
-  elif os.path.isdir(init):
-    cfg, params = checkpoints.load_vlm_hf(init, cfg)
-  else:
-    params = checkpoints.load_npz(init, vlm.abstract_params(cfg))
-  return cfg, jax.device_get(params)
 
 
 class ImagePool:
@@ -120,32 +96,33 @@ def rectification(sc, workdir, spec, cfg, params, target, tok):
         "rectified", cfg, new_params, tok, max_new_tokens=sc.answer_tokens)
     return labelled_accuracy(answerer, sc.target_eval, cfg.res)
 
-  model = dict(variant=cfg.variant, res=cfg.res, llm={k: v for k, v in cfg.llm.to_dict().items() if k != "variant"},
-               img=cfg.img.to_dict())
   return system_lib.Rectification(
-      target_spec=dict(model=model, model_init=init, tokenizer=sc.tokenizer),
+      target_spec=dict(model=loading.model_spec(cfg), model_init=init, tokenizer=sc.tokenizer),
       original_data=[dict(jsonl=p, weight=1.0) for p in ([train] if isinstance(train, str) else train)],
       evaluate_target=evaluate_target, with_target=lambda npz: build(sc, workdir, npz))
 
 
 def build(sc, workdir, target_init=None):
   """The System for `config.system` (sc); `target_init` replaces the target's weights (refinement iterations)."""
-  aud_cfg, aud_params = load_vlm(sc.auditor, seed=0)
+  aud_cfg, aud_params = loading.load_vlm(sc.auditor, seed=0)
   tok = tokenizer_lib.Tokenizer(sc.tokenizer)
   aud_tok = tokenizer_lib.Tokenizer(sc.auditor.get("tokenizer") or sc.tokenizer)
   policy = policy_lib.VLMPolicy(aud_cfg, aud_tok, prompt_len=sc.prompt_len, max_new_tokens=sc.max_new_tokens,
                                 temperature=sc.temperature, top_p=sc.top_p)
 
+  def http(spec):
+    options = {k: v for k, v in spec.items() if k not in ("kind", "name", "base_url", "model")}
+    return answerers.HttpAnswerer(spec["name"], spec["base_url"], spec["model"], **options)
+
   def answerer(spec, seed):
-    spec = dict(spec)
     if spec.get("kind") == "http":
-      return answerers.HttpAnswerer(spec["name"], spec["base_url"], spec["model"], api_key=spec.get("api_key"))
-    cfg, params = load_vlm(spec, seed)
+      return http(spec)
+    cfg, params = loading.load_vlm(spec, seed)
     return answerers.VLMAnswerer(spec["name"], cfg, params, tok, max_new_tokens=sc.answer_tokens)
 
   target_spec = dict(sc.target, name="target", **({"init": target_init} if target_init else {}))
   target = answerer(target_spec, 1)
-  references = answerers.Ensemble([answerer(r, 2 + i) for i, r in enumerate(sc.references)])
+  references = answerers.Ensemble([answerer(dict(r), 2 + i) for i, r in enumerate(sc.references)])
   gen = dict(sc.generator)
   generator = imagegen.get_generator(gen.pop("name"), **gen)
   pool = ImagePool(sc.images, aud_cfg.res, sc.batch_size)
