@@ -3,7 +3,6 @@ import json
 import subprocess
 import sys
 
-
 from auditdm_jax import main as cli
 
 TOY = "configs/examples/toy.py"
