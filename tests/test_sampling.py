@@ -1,4 +1,6 @@
-"""KV-cache sampler: filters, transformers parity, padding, buckets, groups, stop tokens, masks."""
+"""KV-cache sampler: filters, transformers parity, padding, buckets, groups, stop tokens, masks, the decode HLO."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -191,3 +193,32 @@ def test_params_passed_per_call():
   assert [name for name, _ in sampler.compile_seconds] == ["prefill", "decode"]
   with pytest.raises(ValueError, match="params"):
     sampling.Sampler(gemma.Model(cfg), None).sample_tokens(tokens, mask, **kw)
+
+
+def _loop_body_arrays(hlo_text):
+  """(dtype, shape) of every array an instruction of the (first) while body materialises."""
+  body = re.findall(r"body=%?([\w.\-]+)", hlo_text)[0]
+  start = hlo_text.index(body + " ")
+  out = []
+  for line in hlo_text[start:hlo_text.index("\n}\n", start)].splitlines()[1:]:
+    m = re.match(r"\s*(?:ROOT )?%?[\w.\-]+ = (\(.*?\)|\S+) ([\w\-]+)\(", line)
+    if m and m.group(2) not in ("parameter", "get-tuple-element", "bitcast", "tuple", "constant"):
+      for dtype, dims in re.findall(r"(\w+)\[([\d,]*)\]", m.group(1)):  # A multi-output op has several.
+        out.append((dtype, tuple(int(d) for d in dims.split(",") if d)))
+  return out
+
+
+def test_decode_step_copies_no_weight_and_no_cache():
+  """The compiled decode step materialises no copy of a layer weight (XLA transposed or sliced q, kv, gating and
+  attn_vec weights every step before) and no cache array outside its [B, K, S, H] layout (the score matmul
+  transposed every layer's cache every step with the old [B, S, K, H] layout). docs/gpu.md has the 4B figures."""
+  cfg = gemma.get_config("gemma3_tiny")
+  model = gemma.Model(cfg)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1, cfg.width)),
+                                             jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1, 1), bool)))["params"]
+  hlo = sampling.Sampler(model, params).lower(params, 2, 16, 16, greedy=True)["decode"].compile().as_text()
+  arrays = _loop_body_arrays(hlo)
+  cache = (2, cfg.num_kv_heads, 32, cfg.head_dim)
+  smallest_weight = min(np.prod(a.shape[1:]) for a in jax.tree.leaves(params["layers"]) if a.ndim > 2)
+  assert arrays and max(np.prod(s) for _, s in arrays) < smallest_weight, sorted(arrays, key=lambda a: np.prod(a[1]))[-3:]
+  assert all(s == cache for _, s in arrays if np.prod(s) == np.prod(cache)), arrays

@@ -254,7 +254,8 @@ def _layer(p, x, positions, local, cfg, mask_fn, rng=None):
     drop_attn = drop_ffw = lambda a: a
   dtype = jnp.dtype(cfg.dtype)
   w = lambda a: a.astype(dtype)
-  proj = _project_weights_in_place if x.shape[1] == 1 else jnp.einsum
+  decode = x.shape[1] == 1  # One token per row: read each weight in place (see `_project_weights_in_place`).
+  proj = _project_weights_in_place if decode else jnp.einsum
   h = rms_norm(x, p["pre_attention_norm"]["scale"], cfg.norm_eps)
   q = proj("btd,ndh->btnh", h, w(p["attn"]["q_einsum"]["w"]))
   k, v = proj("btd,ckdh->cbtkh", h, w(p["attn"]["kv_einsum"]["w"]))
@@ -268,7 +269,11 @@ def _layer(p, x, positions, local, cfg, mask_fn, rng=None):
   k = apply_rope(k, positions, base, scale)
   k_all, v_all, mask = mask_fn(k, v)
   o = attend(q, k_all, v_all, mask, cfg.attn_softcap)
-  o = jnp.einsum("btnh,nhd->btd", o, w(p["attn"]["attn_vec_einsum"]["w"]))
+  if decode:  # Per-head products summed in float32: XLA otherwise transposes this weight every step too.
+    o = jnp.einsum("btnh,nhd->nbtd", o, w(p["attn"]["attn_vec_einsum"]["w"]),
+                   preferred_element_type=jnp.float32).sum(0).astype(dtype)
+  else:
+    o = jnp.einsum("btnh,nhd->btd", o, w(p["attn"]["attn_vec_einsum"]["w"]))
   x = x + drop_attn(rms_norm(o, p["post_attention_norm"]["scale"], cfg.norm_eps))
 
   h = rms_norm(x, p["pre_ffw_norm"]["scale"], cfg.norm_eps)
