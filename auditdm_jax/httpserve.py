@@ -124,14 +124,16 @@ class Batcher:
   """A bounded queue and one worker thread running micro-batches of compatible jobs through `run_jobs`.
 
   Args:
-    run_jobs: (list[job], should_stop) -> list[result | Exception]; jobs have a `batch_key` (jobs with equal keys
-      may share a batch) and a `mode` (for `on_batch`). `should_stop() -> bool` turns True once every request of the
-      batch is abandoned or the batcher closes: a long job may check it to stop early.
+    run_jobs: list[job] -> list[result | Exception]; jobs have a `batch_key` (jobs with equal keys may share a
+      batch) and a `mode` (for `on_batch`).
     on_batch: optional (mode, results that succeeded, seconds) callback after each batch (metrics).
+    interruptible: run_jobs takes `should_stop=`, a `() -> bool` that turns True once every request of the batch is
+      abandoned or the batcher closes, and stops early when it does (the image engine, between denoising steps).
   """
 
-  def __init__(self, run_jobs, max_queue=64, max_batch_size=4, batch_wait_s=0.02, on_batch=None, name="batcher"):
-    self.run_jobs, self.on_batch = run_jobs, on_batch
+  def __init__(self, run_jobs, max_queue=64, max_batch_size=4, batch_wait_s=0.02, on_batch=None, name="batcher",
+               interruptible=False):
+    self.run_jobs, self.on_batch, self.interruptible = run_jobs, on_batch, interruptible
     self.max_queue, self.max_batch_size, self.batch_wait_s = max_queue, max_batch_size, batch_wait_s
     self._pending = collections.deque()
     self._cond = threading.Condition()
@@ -214,7 +216,8 @@ class Batcher:
           stopped.append(True)
         return bool(stopped)
       try:
-        results = self.run_jobs([e.job for e in batch], should_stop)
+        jobs = [e.job for e in batch]
+        results = self.run_jobs(jobs, should_stop=should_stop) if self.interruptible else self.run_jobs(jobs)
       except Exception as e:  # pylint: disable=broad-except
         log.exception("batch failed")
         results = [e] * len(batch)

@@ -71,7 +71,7 @@ def test_vlm_system_rectifies_its_target(tmp_path):
     rows.append(json.dumps({"image": f"imgs/{i}.png", "question": "what color is it?",
                             "answer": "red" if i % 2 else "blue", "id": f"r{i}"}) + "\n")
   (tmp_path / "labelled.jsonl").write_text("".join(rows))
-  tiny = dict(variant="paligemma2_tiny", res=32, llm=dict(vocab_size=1400, embed_scale_bf16=False), init="")
+  tiny = dict(variant="paligemma2_tiny", res=32, llm=dict(vocab_size=1400), init="")
   sc = ml_collections.ConfigDict(dict(
       module="auditdm_jax.worlds.vlm.system", tokenizer=tok_path, auditor=tiny, target=tiny,
       references=[dict(tiny, name="ref_jax")], generator=dict(name="identity"),

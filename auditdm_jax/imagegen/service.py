@@ -217,7 +217,8 @@ class LocalBackend:
   def __init__(self, engine, settings, metrics):
     self.engine = engine
     self.batcher = httpserve.Batcher(engine.run_jobs, settings.max_queue, settings.max_batch_size,
-                                     settings.batch_wait_ms / 1000, on_batch=metrics.batch, name="imagegen-batcher")
+                                     settings.batch_wait_ms / 1000, on_batch=metrics.batch, name="imagegen-batcher",
+                                     interruptible=True)
 
   async def submit(self, job):
     future = self.batcher.submit(job)

@@ -51,9 +51,8 @@ class AnswerModel:
       raise InvalidRequest(f"the question is too long: {e}") from None
     return int(mask.sum())
 
-  def run_jobs(self, jobs, should_stop=None):
-    """list[chat.ChatJob] (one batch_key) -> list[Answer]. One sampler call: `should_stop` is not polled."""
-    del should_stop
+  def run_jobs(self, jobs):
+    """list[chat.ChatJob] (one batch_key) -> list[Answer]."""
     n = len(jobs)
     images = [answerers.resize(images_lib.to_uint8(j.image), self.cfg.res) for j in jobs]
     prompts = [self.prompt_fn(j.text) for j in jobs]
@@ -66,7 +65,7 @@ class AnswerModel:
                              top_p=jobs[0].top_p, max_new_tokens=max(j.max_tokens for j in jobs))
     tokens, mask = out.batch["tokens"], out.batch["mask"]
     prompt_tokens = out.batch["prompt_mask"].sum(axis=1)
-    stops = set(self.policy.stop_tokens)
+    stops = set(self.policy.decoder.stop_tokens)
     answers = []
     for i, job in enumerate(jobs):
       length = int(mask[i].sum())
