@@ -27,7 +27,7 @@ def get_config(arg=None):
   # With two references a consensus means both agree (threshold 1.0): one weak reference alone must not be able
   # to flag the target (this is what keeps the audit's precision high).
   c.reward = dict(threshold=1.0, soft_agreement=False, partial_credit=0.0, format_penalty=0.5)
-  c.loss = dict(algorithm="grpo", beta=0.04, kl_estimator="k3")
+  c.loss = dict(algorithm="grpo", beta=0.04, kl_estimator="k3", advantage_std="population")
   # The shapes world's system (auditdm_jax/worlds/shapes/system.py); models_dir "" = <workdir>/pretrain, filled in
   # by the demo command.
   c.system = dict(

@@ -45,7 +45,7 @@ def get_config(arg=None):
   c.mesh = dict(data=1, fsdp=-1, tensor=1)
   c.ckpt_every, c.ckpt_keep, c.log_every = 250, 8, 10
   c.reward = dict(threshold=0.5, soft_agreement=False, partial_credit=0.0, format_penalty=0.5)
-  c.loss = dict(algorithm=arg.algorithm, beta=0.04, kl_estimator="k3")
+  c.loss = dict(algorithm=arg.algorithm, beta=0.04, kl_estimator="k3", advantage_std="population")
   # Single-model analysis of a PaliGemma2-3B target; references exclude the target. The auditor is the paper's
   # Gemma3-4B, prompted with the Gemma3 chat template (image + instruction, then the model turn).
   # An empty auditor_init is an error when the system is built (only tiny models may be randomly initialised).
