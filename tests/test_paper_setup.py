@@ -106,7 +106,7 @@ def _world(tmp_path):
   return tok_path, tok.vocab_size, fx.save_flux(str(tmp_path / "flux")), fx.save_kontext(str(tmp_path / "kontext"))
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # 13 min measured on 2 cores shared with other jobs (load ~9), mostly XLA compilation.
 def test_paper_setup_end_to_end_through_the_cli(tmp_path):
   t0 = time.time()
   tok, vocab, flux_dir, kontext_dir = _world(tmp_path)
