@@ -83,12 +83,12 @@ def test_gemma3_grpo_gradient_step(tiny, rollout):
 
 def test_vlm_system_loads_a_gemma3_auditor_and_checks_init(tmp_path):
   from auditdm_jax.audit import answerers  # pylint: disable=g-import-not-at-top
-  from auditdm_jax.worlds.vlm import system as vlm_system  # pylint: disable=g-import-not-at-top
-  cfg, params = vlm_system.load_vlm(dict(variant="gemma3_tiny", res=32, init=""))
+  from auditdm_jax.models import loading  # pylint: disable=g-import-not-at-top
+  cfg, params = loading.load_vlm(dict(variant="gemma3_tiny", res=32, init=""))
   assert cfg.family == "gemma3" and {"img", "llm", "mm_input_projection"} <= set(params)
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    vlm_system.load_vlm(dict(variant="gemma3_tiny", res=32, init=str(tmp_path / "missing")))
+    loading.load_vlm(dict(variant="gemma3_tiny", res=32, init=str(tmp_path / "missing")))
   with pytest.raises(ValueError, match="only tiny"):
-    vlm_system.load_vlm(dict(variant="gemma3_4b", res=896, init=""))
+    loading.load_vlm(dict(variant="gemma3_4b", res=896, init=""))
   # JAX answerers resize images to their own resolution (a 896px Gemma3 auditor, a 448px PaliGemma target).
   assert answerers.resize(np.zeros((64, 48, 3), np.uint8), 32).shape == (32, 32, 3)

@@ -8,7 +8,7 @@ auditor_init=/ckpt/gemma-3-4b-it,target=/ckpt/paligemma2_3b,images=/data/pool
 to HF); its `tokenizer.model` is the auditor's tokenizer unless `auditor_tokenizer` is given; `tokenizer`
 (PaliGemma's) is the JAX target's and references'. The auditor sees 896px images (Gemma3's only resolution); JAX
 answerers resize them to their own.
-The `system` block is handed to `config.system.module` (auditdm_jax/audit/vlm_system.py builds it from model
+The `system` block is handed to `config.system.module` (auditdm_jax/worlds/vlm/system.py builds it from model
 checkpoints, an image folder or JSONL pool and HTTP endpoints). Gemma3 and Qwen2.5-VL references are served over
 HTTP (e.g. `vllm serve`, or `auditdm serve-answers` for a JAX model in another process); JAX references are
 PaliGemma2 checkpoints. Rectification (`auditdm rectify` / `iterate`) mixes `target_train` (the target's original
@@ -51,7 +51,7 @@ def get_config(arg=None):
   # An empty auditor_init is an error when the system is built (only tiny models may be randomly initialised).
   auditor_tokenizer = arg.auditor_tokenizer or (arg.auditor_init and os.path.join(arg.auditor_init, "tokenizer.model"))
   c.system = dict(
-      module="auditdm_jax.audit.vlm_system",
+      module="auditdm_jax.worlds.vlm.system",
       tokenizer=arg.tokenizer,
       auditor=dict(variant=arg.auditor, res=896, init=arg.auditor_init, tokenizer=auditor_tokenizer),
       target=dict(variant="paligemma2_3b", res=448, init=arg.target),
