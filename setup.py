@@ -16,6 +16,7 @@ CORE = [
     "tqdm",
     "httpx",
     "matplotlib",  # plots in the HTML failure report
+    "scikit-learn",  # failure types in the report (TF-IDF + k-means)
     "tensorboardX",  # TensorBoard metrics beside metrics.jsonl
     "importlib_resources",  # tfds download_and_prepare imports it
 ]
