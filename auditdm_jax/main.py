@@ -1,10 +1,14 @@
 """The `auditdm` command line.
 
-Every module in `auditdm_jax/commands/` is one subcommand (file `train_auditor.py` -> `auditdm train-auditor`). A
-command module defines `HELP` (one line), optionally `DEFAULT_CONFIG` (a config spec relative to the repository),
-`DEFAULT_WORKDIR`, `WORKDIR_REQUIRED`, `add_arguments(parser)` and `config_spec(args)` (the spec to resolve, when a
-flag picks it), and `run(args)`, where `args.config` is the resolved ConfigDict (or None) and `args.workdir` exists
-and holds the resolved `config.json` (claimed by that config: see auditdm_jax/workdir.py).
+Every module in `auditdm_jax/commands/` is one subcommand (file `train_auditor.py` -> `auditdm train-auditor`): a
+registry by module name, as big_vision's. A command module defines `HELP` (one line, a string literal),
+optionally `DEFAULT_CONFIG` (a config spec relative to the repository), `DEFAULT_WORKDIR`, `WORKDIR_REQUIRED`,
+`add_arguments(parser)` and `config_spec(args)` (the spec to resolve, when a flag picks it), and `run(args)`, where
+`args.config` is the resolved ConfigDict (or None) and `args.workdir` exists and holds the resolved `config.json`
+(claimed by that config: see auditdm_jax/workdir.py).
+
+Only the module of the command being run is imported, so a command imports what it needs at module level. The
+listing (`auditdm --help`, a missing or unknown command) reads each `HELP` from the module's source instead.
 
 Errors: `run` raises; main prints one line `auditdm <cmd>: error: <what> (<file>:<line>)` and exits 1 (2 for bad
 usage, a bad config or a workdir made by another config; 130 on Ctrl-C); `--debug` shows the traceback instead.
@@ -12,7 +16,9 @@ usage, a bad config or a workdir made by another config; 130 on Ctrl-C); `--debu
 Config flags follow big_vision: `--config configs/x.py:arg` and any number of `--config.key=value` overrides.
 """
 import argparse
+import ast
 import importlib
+import importlib.util
 import logging
 import os
 import pkgutil
@@ -30,12 +36,24 @@ REPO_ROOT = workdir_lib.REPO_ROOT
 
 
 def discover():
-  """{command name: module} for every module in auditdm_jax/commands."""
+  """{command name: module name} for every module in auditdm_jax/commands (none of them is imported)."""
   found = {}
   for info in pkgutil.iter_modules(commands_pkg.__path__):
     if not info.name.startswith("_"):
       found[info.name.replace("_", "-")] = f"{commands_pkg.__name__}.{info.name}"
   return dict(sorted(found.items()))
+
+
+def read_help(module_name):
+  """A command module's `HELP`, read from its source: listing the commands must not import them (and the model
+  stack with them)."""
+  path = importlib.util.find_spec(module_name).origin
+  with open(path, encoding="utf-8") as f:
+    tree = ast.parse(f.read(), path)
+  for node in tree.body:
+    if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["HELP"]:
+      return ast.literal_eval(node.value)
+  raise ValueError(f"{path} has no module-level `HELP = \"...\"`")
 
 
 _resolve_spec = config_lib.find_spec  # Config paths: the working directory, then the repository root.
@@ -59,27 +77,41 @@ def _split_overrides(argv):
   return rest, overrides
 
 
-def build_parser(modules):
+def _parser():
+  """The top-level parser and its subparsers."""
   parser = argparse.ArgumentParser(prog="auditdm", description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-  for name, module in modules.items():
-    default_config = getattr(module, "DEFAULT_CONFIG", None)
-    p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-    p.add_argument("--workdir", default=getattr(module, "DEFAULT_WORKDIR", None),
-                   help="output directory (resolved config, checkpoints, metrics)")
-    p.add_argument("--config", default=default_config,
-                   help="config spec path/to/config.py[:arg]" + (f" (default {default_config})" if default_config
-                                                                 else ""))
-    change = p.add_mutually_exclusive_group()
-    change.add_argument("--resume-with-changes", dest="on_change", action="store_const", const="resume",
-                        default="refuse", help="the workdir was made by another config: keep its data and go on")
-    change.add_argument("--overwrite", dest="on_change", action="store_const", const="overwrite",
-                        help="the workdir was made by another config: delete its contents and start over")
-    p.add_argument("--log-level", default="INFO")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    if hasattr(module, "add_arguments"):
-      module.add_arguments(p)
+  return parser, parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+
+def listing_parser(commands):
+  """Every command by name and HELP, without their flags: prints `auditdm --help` and usage errors, and finds the
+  command in argv."""
+  parser, sub = _parser()
+  for name, module_name in commands.items():
+    sub.add_parser(name, help=read_help(module_name), add_help=False)  # `<cmd> --help` is build_parser's.
+  return parser
+
+
+def build_parser(name, module):
+  """The parser of command `name` (its imported module), with all of its flags."""
+  parser, sub = _parser()
+  default_config = getattr(module, "DEFAULT_CONFIG", None)
+  p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+  p.add_argument("--workdir", default=getattr(module, "DEFAULT_WORKDIR", None),
+                 help="output directory (resolved config, checkpoints, metrics)")
+  p.add_argument("--config", default=default_config,
+                 help="config spec path/to/config.py[:arg]" + (f" (default {default_config})" if default_config
+                                                               else ""))
+  change = p.add_mutually_exclusive_group()
+  change.add_argument("--resume-with-changes", dest="on_change", action="store_const", const="resume",
+                      default="refuse", help="the workdir was made by another config: keep its data and go on")
+  change.add_argument("--overwrite", dest="on_change", action="store_const", const="overwrite",
+                      help="the workdir was made by another config: delete its contents and start over")
+  p.add_argument("--log-level", default="INFO")
+  p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+  if hasattr(module, "add_arguments"):
+    module.add_arguments(p)
   return parser
 
 
@@ -146,18 +178,21 @@ class _Interrupts:
 def main(argv=None):
   """Runs one command; returns its exit code: 0, 1 (error), 2 (bad usage, config or workdir), 130 (Ctrl-C)."""
   argv = sys.argv[1:] if argv is None else list(argv)
-  modules = {name: importlib.import_module(path) for name, path in discover().items()}
-  parser = build_parser(modules)
+  commands = discover()
+  listing = listing_parser(commands)
   try:
     argv, overrides = _split_overrides(argv)
   except config_lib.ConfigError as e:
-    parser.exit(2, f"auditdm: error: {e}\n")
-  args = parser.parse_args(argv)
+    listing.exit(2, f"auditdm: error: {e}\n")
+  # The listing exits on --help and on a missing or unknown command; otherwise it names the one module to import.
+  command = listing.parse_known_args(argv)[0].command
+  module = importlib.import_module(commands[command])
+  args = build_parser(command, module).parse_args(argv)
   logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                       format="%(asctime)s %(levelname).1s %(name)s] %(message)s", datefmt="%H:%M:%S",
                       force=True)  # absl (imported by jax/tf) installs a WARNING handler first
   logging.getLogger("absl").setLevel(max(logging.WARNING, logging.getLogger().level))  # orbax's chatter
-  module, prefix = modules[args.command], f"auditdm {args.command}"
+  prefix = f"auditdm {args.command}"
   # The error boundary: failures are one line, never a traceback (unless --debug).
   usage_error = True  # Until the config is resolved and the workdir claimed.
   try:

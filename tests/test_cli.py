@@ -1,7 +1,12 @@
-"""The `auditdm` CLI: discovery, help, a working subcommand end to end, config errors."""
+"""The `auditdm` CLI: discovery, help (lazy: the listing imports no command), a working subcommand end to end, config
+errors."""
 import json
+import os
+import re
 import subprocess
 import sys
+
+import pytest
 
 from auditdm_jax import main as cli
 
@@ -14,13 +19,36 @@ def test_every_command_module_follows_the_protocol():
   for name, path in modules.items():
     module = __import__(path, fromlist=["run"])
     assert isinstance(module.HELP, str) and module.HELP, name
+    assert cli.read_help(path) == module.HELP, name  # What the listing shows without importing the module.
     assert callable(module.run), name
 
 
-def test_help_lists_commands():
-  out = subprocess.run([sys.executable, "-m", "auditdm_jax.main", "--help"], capture_output=True, text=True,
-                       check=True).stdout
-  assert "show-config" in out and "info" in out
+def test_help_lists_every_command_and_imports_none():
+  """`auditdm --help` reads each HELP from its module's source: no command module is imported, so no jax."""
+  script = ("import sys\nfrom auditdm_jax import main\n"
+            "try:\n  main.main(['--help'])\nfinally:\n  print(*sys.modules, file=sys.stderr)")
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                        cwd=cli.REPO_ROOT, env=dict(os.environ, COLUMNS="1000"))  # This checkout; HELPs unwrapped.
+  loaded = set(proc.stderr.split())
+  assert not loaded & {"jax", "flax", "torch", "auditdm_jax.audit.trainer"}, loaded
+  assert not [m for m in loaded if m.startswith("auditdm_jax.commands.")]
+  for name, path in cli.discover().items():
+    assert re.search(rf"^ +{name}\s+{re.escape(cli.read_help(path))}$", proc.stdout, re.M), name
+
+
+def test_each_command_help_shows_its_flags(capsys):
+  for name in cli.discover():
+    with pytest.raises(SystemExit) as exit_:
+      cli.main([name, "--help"])
+    assert exit_.value.code == 0, name
+    assert capsys.readouterr().out.startswith(f"usage: auditdm {name} [-h] [--workdir WORKDIR]"), name
+
+
+def test_unknown_command_lists_the_commands(capsys):
+  with pytest.raises(SystemExit) as exit_:
+    cli.main(["nope"])
+  assert exit_.value.code == 2
+  assert "argument COMMAND: invalid choice: 'nope' (choose from 'convert', 'demo'," in capsys.readouterr().err
 
 
 def test_show_config_end_to_end_writes_resolved_json(tmp_path, capsys):
