@@ -2,6 +2,8 @@
 import logging
 import os
 
+import jax
+
 log = logging.getLogger(__name__)
 
 _initialized = False
@@ -22,7 +24,6 @@ def is_multiprocess(env=None):
 def initialize():
   """Initialises jax.distributed once per process when multi-process; returns (process_index, process_count)."""
   global _initialized
-  import jax  # pylint: disable=g-import-not-at-top
   if not _initialized and is_multiprocess():
     kwargs = {}
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):

@@ -12,9 +12,16 @@ import logging
 import os
 import zipfile
 
+import jax
+import ml_collections
+import ml_dtypes
+import numpy as np
 import safetensors
 
 from auditdm_jax import errors
+from auditdm_jax import io
+from auditdm_jax.models import checkpoints
+from auditdm_jax.models import vlm
 
 HELP = "convert PaliGemma2 / Gemma3 checkpoints: HF safetensors dir <-> our .npz (big_vision names)"
 log = logging.getLogger(__name__)
@@ -33,8 +40,6 @@ def _kind(path):
 
 
 def _npz_config(args):
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from auditdm_jax.models import vlm  # pylint: disable=g-import-not-at-top
   if args.variant:
     return vlm.get_config(args.variant, res=args.res)
   sidecar = args.src + ".json"
@@ -45,12 +50,6 @@ def _npz_config(args):
 
 
 def run(args):
-  import jax  # pylint: disable=g-import-not-at-top
-  import ml_dtypes  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from auditdm_jax import io  # pylint: disable=g-import-not-at-top
-  from auditdm_jax.models import checkpoints, vlm  # pylint: disable=g-import-not-at-top
-
   src, dst = os.path.expanduser(args.src), os.path.expanduser(args.dst)
   args.src = src
   dtype = {"bfloat16": ml_dtypes.bfloat16}.get(args.dtype, args.dtype and np.dtype(args.dtype))

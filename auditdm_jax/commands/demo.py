@@ -1,6 +1,8 @@
 """`auditdm demo`: the whole AuditDM loop on the embedded shapes world, on CPU (resumable stage by stage)."""
 import os
 
+from auditdm_jax.worlds.shapes import demo
+
 HELP = "run the whole loop on the shapes world: pretrain -> GRPO auditor -> generate -> rectify -> report"
 DEFAULT_CONFIG = "configs/audit/demo.py"
 DEFAULT_WORKDIR = "runs/demo"
@@ -19,8 +21,6 @@ def config_spec(args):
 
 
 def run(args):
-  # In run(): `auditdm --help` imports every command module and must not load the model stack.
-  from auditdm_jax.worlds.shapes import demo  # pylint: disable=g-import-not-at-top
   summary = demo.run(args.config, args.workdir)
   print(demo.format_summary(summary))
   print(f"report: {os.path.join(args.workdir, 'report.html')}")

@@ -3,6 +3,10 @@ import json
 import os
 
 from auditdm_jax import distributed
+from auditdm_jax import sharding
+from auditdm_jax.models import vlm
+from auditdm_jax.train import checkpoint as checkpoint_lib
+from auditdm_jax.train import sft
 
 HELP = "evaluate a VLM checkpoint with a config's evaluators (writes <eval>.predictions.jsonl/.metrics.json)"
 WORKDIR_REQUIRED = True
@@ -17,10 +21,6 @@ def add_arguments(parser):
 
 def load_checkpoint_params(config, path, step=None):
   """Params from a finetune workdir (orbax), a big_vision .npz or a HF directory, placed on the config's mesh."""
-  from auditdm_jax import sharding  # pylint: disable=g-import-not-at-top
-  from auditdm_jax.models import vlm  # pylint: disable=g-import-not-at-top
-  from auditdm_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  from auditdm_jax.train import sft  # pylint: disable=g-import-not-at-top
   cfg = sft.model_config(config)
   if os.path.isdir(os.path.join(path, "checkpoints")):
     abstract = vlm.abstract_params(cfg)
@@ -39,7 +39,6 @@ def load_checkpoint_params(config, path, step=None):
 
 
 def run(args):
-  from auditdm_jax.train import sft  # pylint: disable=g-import-not-at-top
   distributed.initialize()
   cfg, params, step = load_checkpoint_params(args.config, args.checkpoint, args.step)
   results = sft.evaluate(args.config, params, args.workdir, cfg=cfg, step=step)

@@ -2,6 +2,7 @@
 import json
 
 from auditdm_jax import distributed
+from auditdm_jax.train import sft
 
 HELP = "fine-tune a VLM on a task (PaliGemma2 transfers; rectification mixes in generated data); resumes"
 WORKDIR_REQUIRED = True
@@ -9,7 +10,6 @@ DEFAULT_CONFIG = "configs/paligemma2/transfers/tiny.py"
 
 
 def run(args):
-  from auditdm_jax.train import sft  # pylint: disable=g-import-not-at-top
   distributed.initialize()
   results = sft.train(args.config, args.workdir)
   print(json.dumps(results, indent=2, sort_keys=True))

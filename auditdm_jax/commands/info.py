@@ -2,6 +2,8 @@
 import importlib.metadata
 import json
 
+import jax
+
 from auditdm_jax import distributed
 
 HELP = "print the JAX backend, devices, process layout and library versions as JSON"
@@ -17,7 +19,6 @@ def _version(name):
 
 
 def run(args):
-  import jax  # pylint: disable=g-import-not-at-top
   process_index, process_count = distributed.initialize()
   print(json.dumps({
       "backend": jax.default_backend(),

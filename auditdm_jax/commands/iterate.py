@@ -1,11 +1,12 @@
 """`auditdm iterate`: N refinement iterations (train auditor -> generate -> rectify), resumable per stage."""
 import json
 
+from auditdm_jax.audit import rectify
+
 HELP = "run --config.iterations refinement iterations of train-auditor -> generate -> rectify (resumable)"
 WORKDIR_REQUIRED = True
 DEFAULT_CONFIG = "configs/audit/demo.py"
 
 
 def run(args):
-  from auditdm_jax.audit import rectify  # pylint: disable=g-import-not-at-top
   print(json.dumps(rectify.iterate(args.config, args.workdir), indent=2))

@@ -2,6 +2,9 @@
 import json
 import os
 
+from auditdm_jax import metrics as metrics_lib
+from auditdm_jax.audit import report
+
 HELP = "render a self-contained HTML report from a generated dataset and the auditor's training metrics"
 
 
@@ -14,8 +17,6 @@ def add_arguments(parser):
 
 
 def run(args):
-  from auditdm_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from auditdm_jax.audit import report  # pylint: disable=g-import-not-at-top
   out = args.out or os.path.join(args.workdir or os.path.dirname(os.path.abspath(args.records)), "report.html")
   metrics = metrics_lib.read(args.metrics) if args.metrics else []
   summary = json.load(open(args.summary, encoding="utf-8")) if args.summary else None

@@ -10,6 +10,7 @@ import os
 
 from auditdm_jax import httpserve
 from auditdm_jax.imagegen import client
+from auditdm_jax.imagegen import ray_serve
 from auditdm_jax.imagegen import service
 
 HELP = "serve FLUX text-to-image and FLUX-Kontext editing over HTTP (one process, or Ray Serve replicas)"
@@ -56,7 +57,6 @@ def run(args):
                    max_sequence_length=args.max_sequence_length, share_encoders=args.share_encoders)
   sock = httpserve.bind(settings.host, settings.port)  # A busy port fails now, not after loading the pipelines.
   if args.backend == "ray":
-    from auditdm_jax.imagegen import ray_serve  # pylint: disable=g-import-not-at-top
     sock.close()  # Ray Serve binds its own.
     ray_serve.require_ray()
     ray_serve.run(settings, num_replicas=args.num_replicas, gpus_per_replica=args.gpus_per_replica, **pipelines)

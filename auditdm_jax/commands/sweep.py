@@ -4,6 +4,8 @@
   auditdm sweep --workdir runs/sweep_fast --config configs/audit/demo.py:fast --seeds 0,1 --weaknesses A,B
 A weakness planted together with others is a bracketed list: --weaknesses "[counting:shape=star,binding:color=red]".
 """
+from auditdm_jax.worlds.shapes import sweep
+
 HELP = "run the shapes demo over seeds x planted weaknesses; write sweep.json and sweep.md (mean +- std)"
 DEFAULT_CONFIG = "configs/audit/demo.py"
 DEFAULT_WORKDIR = "runs/sweep"
@@ -16,8 +18,6 @@ def add_arguments(parser):
 
 
 def run(args):
-  # In run(): `auditdm --help` imports every command module and must not load the model stack.
-  from auditdm_jax.worlds.shapes import sweep  # pylint: disable=g-import-not-at-top
   seeds = sweep.parse_list(args.seeds, int)
   weaknesses = sweep.parse_list(args.weaknesses) if args.weaknesses else [args.config.system.weakness]
   result = sweep.run(args.config, args.workdir, seeds, weaknesses)

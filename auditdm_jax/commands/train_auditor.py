@@ -2,6 +2,7 @@
 import json
 
 from auditdm_jax import distributed
+from auditdm_jax.audit import trainer
 
 HELP = "train the auditor with GRPO to find target failures (reference consensus vs target divergence)"
 WORKDIR_REQUIRED = True
@@ -9,7 +10,6 @@ DEFAULT_CONFIG = "configs/audit/demo.py"
 
 
 def run(args):
-  from auditdm_jax.audit import trainer  # pylint: disable=g-import-not-at-top
   distributed.initialize()
   system = trainer.build_system(args.config, args.workdir)
   params, _ = trainer.train(args.config, args.workdir, system)
