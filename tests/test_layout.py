@@ -22,11 +22,7 @@ LAYERS = [
 
 # In-function imports of the project's own modules, {(importer, imported): one-line reason}; at most 5. main.py
 # imports only the command being run, so command modules import at module level like every other module.
-IN_FUNCTION_IMPORTS = {
-    ("auditdm_jax.models.checkpoints", "auditdm_jax.models.vit"): "npz helpers load without flax",
-    ("auditdm_jax.models.checkpoints", "auditdm_jax.models.gemma"): "npz helpers load without flax",
-    ("auditdm_jax.models.checkpoints", "auditdm_jax.models.vlm"): "npz helpers load without flax",
-}
+IN_FUNCTION_IMPORTS = {}
 
 
 def _modules():

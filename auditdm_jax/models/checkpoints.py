@@ -20,6 +20,9 @@ import ml_dtypes
 import numpy as np
 
 from auditdm_jax import io
+from auditdm_jax.models import gemma
+from auditdm_jax.models import vit
+from auditdm_jax.models import vlm
 from auditdm_jax.tree_paths import flatten, unflatten
 
 log = logging.getLogger(__name__)
@@ -494,7 +497,6 @@ _PADDED_VOCAB = {("paligemma", 257_216): 257_152, ("gemma3", 262_208): 262_144}
 
 def vlm_rules(cfg):
   """{our path: Rule} for a VLM config (`vlm.get_config`), in the official HF key layout."""
-  from auditdm_jax.models import vit  # pylint: disable=g-import-not-at-top
   s = vit.Model(**cfg.img.to_dict()).shape()
   rules = vit_rules("img", "vision_tower.vision_model", s["depth"], s["num_heads"], s["width"], cfg.img.scan)
   rules.update(gemma_rules("llm", "language_model.model", cfg.llm))
@@ -514,7 +516,6 @@ def config_from_hf(hf, **img_overrides):
   PaliGemma2 gets big_vision's global attention (no sliding window, see models/vlm.py) whatever the HF config says;
   give `load_vlm_hf` a cfg with `llm.sliding_window` set for transformers' windowed layers.
   """
-  from auditdm_jax.models import gemma, vlm  # pylint: disable=g-import-not-at-top
   if isinstance(hf, (str, os.PathLike)):
     hf = read_hf_config(hf)
   family = hf.get("model_type")
@@ -552,11 +553,11 @@ def config_from_hf(hf, **img_overrides):
                  boi_token_id=hf["boi_token_index"], eoi_token_id=hf["eoi_token_index"])
   cfg = vlm.get_config(base, llm=llm, img=img, **extra)
   cfg.res = v["image_size"]
-  cfg.variant = _name_variant(cfg, vlm, gemma) or f"{family}_custom"
+  cfg.variant = _name_variant(cfg) or f"{family}_custom"
   return cfg
 
 
-def _name_variant(cfg, vlm, gemma):
+def _name_variant(cfg):
   """The VARIANTS name whose decoder has this config's shape (for logs and parameter tables)."""
   for name, (family, llm_variant, _, _) in vlm.VARIANTS.items():
     ref = gemma.get_config(llm_variant)
@@ -569,7 +570,6 @@ def _name_variant(cfg, vlm, gemma):
 def hf_config(cfg):
   """transformers config (PaliGemmaConfig / Gemma3Config) describing a VLM config, for export."""
   import transformers  # pylint: disable=g-import-not-at-top
-  from auditdm_jax.models import gemma, vit  # pylint: disable=g-import-not-at-top
   s = vit.Model(**cfg.img.to_dict()).shape()
   vision = dict(hidden_size=s["width"], intermediate_size=s["mlp_dim"], num_hidden_layers=s["depth"],
                 num_attention_heads=s["num_heads"], image_size=cfg.res, patch_size=s["patch_size"],
@@ -594,7 +594,6 @@ def load_vlm_hf(path, cfg=None, shardings=None, dtype=None):
   dtype: param dtype override (e.g. "bfloat16"); defaults to cfg's param_dtype (float32).
   shardings: optional tree (like the params) of jax.sharding.Sharding to build each leaf directly on the mesh.
   """
-  from auditdm_jax.models import vlm  # pylint: disable=g-import-not-at-top
   cfg = cfg or config_from_hf(path)
   abstract = vlm.abstract_params(cfg)
   if dtype is not None:

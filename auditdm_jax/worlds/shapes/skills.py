@@ -2,6 +2,7 @@
 import collections
 import os
 
+import jax
 import numpy as np
 
 from auditdm_jax import io
@@ -57,7 +58,6 @@ def evaluate(cfg, workdir):
 def auditor_validity(cfg, workdir, num=32, max_new_tokens=64, temperature=1.0):
   """Fraction of the auditor's sampled outputs that parse in the world's language, per prompt (p_c, p_e, p_q and
   the baselines): {"caption": f, "caption_baseline": f, ...}."""
-  import jax  # pylint: disable=g-import-not-at-top
   models = pretrain.load_demo_models(workdir, roles=("auditor",))
   if not models:
     return {}
