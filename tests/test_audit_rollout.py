@@ -97,14 +97,19 @@ def test_system_checks_its_roles_when_built():
     system.require("rectification", "rectify")
 
 
-def test_unanswered_pairs_are_dropped():
+def test_unanswered_pairs_are_dropped_and_a_failed_reference_is_left_out():
   system = audit_toy.build(audit_toy.get_config(), None)
   flaky = answerers.FunctionAnswerer("flaky", lambda im, qs: [None if "size" in q else "ok" for q in qs])
   refs = answerers.Ensemble(system.references.references[:2] + [flaky])
   source = audit_toy._source(0)  # pylint: disable=protected-access
-  res = rollout.Rollout(dataclasses.replace(system, references=refs), mode="question", group_size=4)(
-      system.params, source, jax.random.PRNGKey(3))
+  run = lambda s: rollout.Rollout(s, mode="question", group_size=4)(system.params, source, jax.random.PRNGKey(3))
+  res = run(dataclasses.replace(system, references=refs))  # One reference fails: the other two decide.
   asked_size = np.array(["size" in t and t.endswith("?") for t in res.actions[0].texts])
+  assert asked_size.any() and res.counters["answer_failures"] == 0
+  assert res.counters["reference_failures"] == asked_size.sum()
+  for sample, size in zip(res.samples, asked_size):
+    assert (sample.reference_answers["flaky"] is None) == size and sample.valid
+  res = run(dataclasses.replace(system, target=flaky))  # The target fails: nothing to score.
   assert res.counters["answer_failures"] == asked_size.sum() > 0
   np.testing.assert_array_equal(res.valid, ~asked_size)
 

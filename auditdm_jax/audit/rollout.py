@@ -75,7 +75,7 @@ class RolloutResult:
   rewards: np.ndarray  # [N] float32
   valid: np.ndarray  # [N] bool: False = dropped (generation or answering failed)
   parts: dict  # reward components from divergence.batch_rewards, [N] each
-  counters: dict  # image_failures, answer_failures, malformed
+  counters: dict  # image_failures, answer_failures, reference_failures, malformed
   timings: dict  # seconds: rollout (auditor sampling), image_service, answer
 
 
@@ -120,7 +120,7 @@ class Rollout:
     n = b * g
     src_idx = np.repeat(np.arange(b), g)
     timings = dict(rollout=0.0, image_service=0.0, answer=0.0)
-    counters = dict(image_failures=0, answer_failures=0, malformed=0)
+    counters = dict(image_failures=0, answer_failures=0, reference_failures=0, malformed=0)
     well_formed, valid = np.ones(n, bool), np.ones(n, bool)
     actions, instructions = [], [None] * n
     rng_image, rng_question = jax.random.split(rng)
@@ -154,6 +154,7 @@ class Rollout:
                                                        timings)
     valid[failed] = False
     counters["answer_failures"] = len(failed)
+    counters["reference_failures"] = sum(a is None for r in ref_answers for a in r)
     parts = divergence.batch_rewards(target_answers, ref_answers, well_formed, self.reward_config)
     rewards = np.where(valid, parts["reward"], 0.0).astype(np.float32)
     samples = self._score(source, images, src_idx, instructions, questions, cf_images, target_answers, ref_answers,
@@ -201,7 +202,9 @@ class Rollout:
     return failed
 
   def _answer(self, images, questions, ask, timings):
-    """Target and reference answers of rows `ask` -> (target [N], references [R][N], rows where one failed)."""
+    """Target and reference answers of rows `ask` -> (target [N], references [R][N], failed rows). A row fails when
+    the target or every reference failed; a failed reference alone stays None there (the consensus counts the
+    references that answered, `divergence.consensus`)."""
     n, names = len(questions), self.system.references.names
     t0 = time.perf_counter()
     ask_images, ask_questions = [images[i] for i in ask], [questions[i] for i in ask]
@@ -210,7 +213,7 @@ class Rollout:
     timings["answer"] += time.perf_counter() - t0
     target_answers, ref_answers, failed = [""] * n, [[""] * n for _ in names], []
     for k, i in enumerate(ask):
-      if tgt[k] is None or any(r[k] is None for r in refs):
+      if tgt[k] is None or all(r[k] is None for r in refs):
         failed.append(int(i))
         continue
       target_answers[i] = tgt[k]
