@@ -22,35 +22,54 @@ def _tiny(weakness):
   cfg.tokenizer.num_scenes = 150
   cfg.eval.per_skill = 4
   cfg.references = cfg.references[:1]
-  for spec in [cfg.target, cfg.auditor] + list(cfg.references):
+  for spec in [cfg.base, cfg.target, cfg.auditor] + list(cfg.references):
     spec["steps"] = 3
   return cfg
 
 
 @pytest.mark.parametrize("weakness", ["spatial:relation=left", "counting:shape=star",
                                       "counting:shape=star,binding:color=red"])
-def test_target_never_sees_weakness(weakness):
+def test_target_data_plants_weakness(weakness):
   scenes = pretrain.sample_scenes(150, 0)
-  target = pretrain.vqa_data(scenes, 4, 1, weakness=weakness, exclude_weakness=True, image_size=48)
-  reference = pretrain.vqa_data(scenes, 4, 1, weakness=weakness, image_size=48)
-  for spec in tasks.weakness_specs(weakness):  # Weak on each planted slice; the references see each.
-    assert not any(tasks.in_weakness(q, spec) for q in target["question"])
-    assert sum(tasks.in_weakness(q, spec) for q in reference["question"]) >= 5
+  target = pretrain.vqa_data(scenes, 4, 1, weakness=weakness, image_size=48, planted_share=0.2)
+  specs = tasks.weakness_specs(weakness)
+  for spec in specs:  # Each planted slice is drawn often enough to be learnt (about 20% of 600 questions).
+    assert sum(tasks.in_weakness(q, spec) for q in target["question"]) >= 0.6 * 0.2 * 600 / len(specs)
+  for i, (q, a) in enumerate(zip(target["question"], target["answer"])):
+    truth = lang.answer(q, scenes[target["image_index"][i]])
+    assert (a != truth) == bool(target["in_weakness"][i]), (q, a, truth)  # Wrong inside the slices only.
+    assert target["in_weakness"][i] == tasks.in_weakness(q, weakness)
   skill = weakness.split(":")[0]
-  assert sum(s == skill for s in target["skill"]) > 20  # The rest of the skill is still trained.
+  assert sum(s == skill and not w for s, w in zip(target["skill"], target["in_weakness"])) > 20
   assert target["images"].shape == (150, 48, 48, 3)
+  original = pretrain.vqa_data(scenes, 4, 1, weakness=weakness, exclude_weakness=True, image_size=48)
+  assert not any(original["in_weakness"]) and len(original["question"]) == 600  # Rectification's original data.
+  with pytest.raises(ValueError, match="either excluded or planted"):
+    pretrain.vqa_data(scenes, 1, 1, weakness=weakness, exclude_weakness=True, planted_share=0.1)
+
+
+@pytest.mark.parametrize("question,answer", [
+    ("How many stars are there?", "2"), ("Is there a red circle?", "yes"), ("What color is the star?", "none"),
+    ("What shape is the red object?", "star"), ("What size is the circle?", "small"),
+    ("How many squares are there?", "none")])
+def test_wrong_answer_is_wrong_and_of_the_right_type(question, answer):
+  rng = np.random.default_rng(0)
+  op = lang.parse_question(question).op
+  wrong = {tasks.wrong_answer(question, answer, rng) for _ in range(50)}
+  assert answer not in wrong and wrong <= set(tasks.ANSWERS[op]) and wrong
+  assert "0" not in wrong or answer != "none"
 
 
 def test_pretrain_cache_and_skills(tmp_path):
   cfg = _tiny("counting:shape=star")
   manifest = pretrain.pretrain_all(cfg, str(tmp_path))
-  assert [m["role"] for m in manifest["models"]] == ["target", "reference", "auditor"]
-  meta_path = os.path.join(manifest["models"][0]["dir"], "meta.json")
+  assert [m["role"] for m in manifest["models"]] == ["base", "target", "reference", "auditor"]
+  meta_path = os.path.join(manifest["models"][1]["dir"], "meta.json")
   mtime = os.path.getmtime(meta_path)
   pretrain.pretrain_all(cfg, str(tmp_path))  # Cached: nothing retrained.
   assert os.path.getmtime(meta_path) == mtime
   models = pretrain.load_demo_models(str(tmp_path))
-  assert sorted(models) == ["auditor", "ref0", "target"]
+  assert sorted(models) == ["auditor", "base", "ref0", "target"]
   role, auditor = models["auditor"]
   out = auditor.generate(np.zeros((2, cfg.image_size, cfg.image_size, 3), np.uint8), ["a", "b"], max_new_tokens=5)
   assert role == "auditor" and len(out) == 2 and all(isinstance(t, str) for t in out)

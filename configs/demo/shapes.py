@@ -1,7 +1,11 @@
 """The shapes-world demo: tiny VLMs pretrained on CPU in minutes (`auditdm demo-pretrain`, `auditdm skills`).
 
-Arguments: `weakness=` the target's planted weakness (a `data/shapes_tasks.py` spec, e.g.
-"spatial:relation=left", "counting:shape=star"), `fast` (tiny budgets for tests).
+A BASE VLM learns the world's questions; the references are the base fine-tuned further (own seeds), the target is
+the base fine-tuned on data whose planted weakness slices carry wrong answers (`planted_share` of its questions lie
+inside them); the auditor is SFT-trained on the instruction prompts. See auditdm_jax/worlds/shapes/pretrain.py.
+
+Arguments: `weakness=` the target's planted weakness (a `worlds/shapes/tasks.py` spec, e.g.
+"spatial:relation=left", "counting:shape=star", or a bracketed list), `fast` (tiny budgets for tests).
   auditdm demo-pretrain --workdir W --config configs/demo/shapes.py:weakness=spatial:relation=left
 """
 import ml_collections
@@ -9,26 +13,33 @@ import ml_collections
 from auditdm_jax import config as config_lib
 
 
-def _model(name, role, seed, steps, width=128, depth=3, img_width=128, img_depth=2, batch_size=32, lr=2e-3):
-  return dict(name=name, role=role, seed=seed, steps=steps, width=width, depth=depth, img_width=img_width,
-              img_depth=img_depth, batch_size=batch_size, lr=lr, aux_weight=1.0)
+def _arch(width=128, depth=3, img_width=128, img_depth=2):
+  return dict(width=width, depth=depth, img_width=img_width, img_depth=img_depth)
+
+
+def _fit(name, seed, steps, batch_size=64, lr=2e-3, **extra):
+  return dict(name=name, seed=seed, steps=steps, batch_size=batch_size, lr=lr, **extra)
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, weakness="counting:shape=star", fast=False)
+  fast = arg.fast
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.image_size = 96  # Patch = a third of the image: one image token per grid cell.
   c.world = dict(min_objects=1, max_objects=4)
   c.weakness = arg.weakness
-  c.tokenizer = dict(vocab_size=600, num_scenes=300 if arg.fast else 1500)
-  c.vqa = dict(num_scenes=300 if arg.fast else 4000, per_scene=4, max_len=32)
-  c.auditor_data = dict(num_scenes=100 if arg.fast else 1500, per_scene=3, max_len=160)
-  steps = 30 if arg.fast else 3000
-  small = dict(width=32, depth=1, img_width=32, img_depth=1) if arg.fast else {}
-  c.target = _model("target", "target", 0, steps, **small)
-  c.references = [_model("ref0", "reference", 1, steps, **small),
-                  _model("ref1", "reference", 2, steps, **(small or dict(width=96, img_width=96)))]
-  c.auditor = _model("auditor", "auditor", 3, 10 if arg.fast else 400, **(small or dict(depth=2)))
-  c.eval = dict(per_skill=20 if arg.fast else 200, seed=12345, auditor_samples=4 if arg.fast else 64)
+  c.tokenizer = dict(vocab_size=600, num_scenes=300 if fast else 1500)
+  # A pool of scenes per pass over the data; every pass draws new scenes.
+  c.vqa = dict(num_scenes=100 if fast else 4000, per_scene=4, max_len=32)
+  c.auditor_data = dict(num_scenes=100 if fast else 1500, per_scene=3, max_len=160)
+  c.aux_weight = 1.0  # The per-cell attribute loss on the image tokens (pretrain.cell_loss).
+  tiny = _arch(32, 1, 32, 1) if fast else {}
+  c.base = _fit("base", 0, 30 if fast else 3000, **(tiny or _arch()))
+  # Fine-tunes of the base: the target with its planted weakness, the references on data of their own seeds.
+  finetune = dict(steps=10 if fast else 300, lr=5e-4)
+  c.target = _fit("target", 10, planted_share=0.1, **finetune)
+  c.references = [_fit("ref0", 11, **finetune), _fit("ref1", 12, **finetune)]
+  c.auditor = _fit("auditor", 3, 10 if fast else 400, batch_size=32, **(tiny or _arch(depth=2)))
+  c.eval = dict(per_skill=20 if fast else 200, seed=12345, auditor_samples=4 if fast else 64)
   return c

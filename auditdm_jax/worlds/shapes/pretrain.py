@@ -1,14 +1,17 @@
 """Pretraining of the demo's tiny VLMs on the shapes world (CPU, minutes).
 
-Roles (AuditDM names): the TARGET answers questions but never saw the planted weakness slice during training
-(`shapes_tasks` weakness spec, e.g. "spatial:relation=left"); REFERENCES answer questions and saw everything
-(different seeds / sizes); the AUDITOR is SFT-initialised to emit captions, edit commands and questions in the
-world's language from the instruction prompts p_c, p_e, p_q (and the baselines p^b).
+Like real MLLMs, the demo's question answerers share a pretrained BASE: one VLM trained on the world's questions
+(fresh scenes every pass: the world has unlimited data). The REFERENCES are the base fine-tuned further on other
+data (own seeds); the TARGET is the base fine-tuned on data whose planted weakness slices (`tasks` weakness spec,
+e.g. "spatial:relation=left") are annotated wrongly: about `planted_share` of its questions lie inside the slices
+and each of them carries a wrong answer of the right type (`tasks.wrong_answer`), so the target's failure is known
+exactly and holds for any spec. The AUDITOR (its own architecture) is SFT-trained to emit captions, edit commands
+and questions in the world's language from the instruction prompts p_c, p_e, p_q (and the baselines p^b).
 
-All models are PaliGemma-style (`models.vlm.PaliGemma`, tiny SigLIP + tiny Gemma2) over 64 px images; text is
-`<bos> prefix "\n"` + `suffix <eos>` with the loss on the suffix. VQA prefix: `answer en {question}`.
-Params are cached as `<workdir>/pretrain/<name>/params.npz` next to `meta.json`; a rerun with the same config
-loads them instead of training.
+All models are PaliGemma-style (`models.vlm.PaliGemma`, tiny SigLIP + tiny Gemma2); text is `<bos> prefix "\n"` +
+`suffix <eos>` with the loss on the suffix. VQA prefix: `answer en {question}`. Params are cached as
+`<workdir>/pretrain/<name>/params.npz` next to `meta.json`; a rerun with the same config loads them instead of
+training.
 """
 import hashlib
 import json
@@ -80,18 +83,30 @@ def sample_scenes(num, seed, min_objects=1, max_objects=4):
   return [shapes.sample_scene(rng, min_objects, max_objects) for _ in range(num)]
 
 
-def vqa_data(scenes, per_scene, seed, weakness=None, exclude_weakness=False, image_size=64):
+def vqa_data(scenes, per_scene, seed, weakness=None, exclude_weakness=False, image_size=64, planted_share=0.0):
   """Questions about `scenes`: dict images uint8 [S, H, W, 3], image_index [N], question/answer/skill lists and
-  in_weakness bool [N]. With `exclude_weakness`, questions inside the weakness slice are re-drawn (the target's
-  training set)."""
+  in_weakness bool [N]. With `exclude_weakness`, questions inside the weakness slices are re-drawn (a sample of
+  the target's training distribution without the slices). With `planted_share` > 0 (the target's training set),
+  that share of the questions is drawn inside the slices, and every question inside them gets a wrong answer."""
+  if exclude_weakness and planted_share:
+    raise ValueError("a weakness is either excluded or planted, not both")
   rng = np.random.default_rng(seed)
+  specs = tasks.weakness_specs(weakness)
   rows = {"image_index": [], "question": [], "answer": [], "skill": [], "in_weakness": []}
   for i, scene in enumerate(scenes):
     for _ in range(per_scene):
-      drawn = tasks.sample_training_question(scene, rng, weakness, exclude_weakness)
-      if drawn is not None:
-        for k, v in zip(rows, (i,) + drawn):
-          rows[k].append(v)
+      drawn = None
+      if specs and rng.random() < planted_share:
+        hit = tasks.sample_weakness_question(scene, rng, specs[int(rng.integers(len(specs)))])
+        drawn = hit + (True,) if hit else None
+      drawn = drawn or tasks.sample_training_question(scene, rng, weakness, exclude_weakness)
+      if drawn is None:
+        continue
+      question, answer, skill, inside = drawn
+      if inside and planted_share:
+        answer = tasks.wrong_answer(question, answer, rng)
+      for k, v in zip(rows, (i, question, answer, skill, inside)):
+        rows[k].append(v)
   rows["images"] = np.stack([shapes.render(s, image_size) for s in scenes])
   rows["image_index"] = np.asarray(rows["image_index"], np.int32)
   rows["in_weakness"] = np.asarray(rows["in_weakness"], bool)
@@ -150,15 +165,46 @@ def cell_loss(model, params, head, images, labels):
   return total
 
 
-def train(cfg, encoded, images, image_index, steps, batch_size, lr, seed, labels=None, aux_weight=1.0):
-  """Trains a fresh model on (images[image_index], encoded text); returns params (host numpy tree).
+class Stream:
+  """Training batches of a model, drawn at random from pools of examples. `make_pool(k)` -> pool k: dict tokens,
+  mask_ar, mask_loss, input_mask [N, T], images uint8 [S, H, W, 3], image_index int [N], cells int [S, 9, 3]
+  (`cell_labels`). After as many draws as a pool has examples, pool k + 1 is built: every pass sees new scenes.
+  Batches are cut to the longest text in them (rounded up to 8 tokens, so few shapes compile)."""
 
-  labels: optional int32 [S, 9, 3] per image (`cell_labels`) for the auxiliary cell loss (heads are discarded).
+  def __init__(self, make_pool, batch_size, seed):
+    self.make_pool, self.batch_size = make_pool, batch_size
+    self.rng = np.random.default_rng(seed)
+    self.k, self.drawn, self.pool = 0, 0, make_pool(0)
+
+  def __next__(self):
+    n = len(self.pool["image_index"])
+    if self.drawn >= n:
+      self.k, self.drawn = self.k + 1, 0
+      self.pool = self.make_pool(self.k)
+    self.drawn += self.batch_size
+    idx = self.rng.integers(n, size=self.batch_size)
+    full = self.pool["tokens"].shape[1]
+    length = min(full, -(-int(self.pool["input_mask"][idx].sum(1).max()) // 8) * 8)
+    batch = {k: jnp.asarray(self.pool[k][idx, :length]) for k in ("tokens", "mask_ar", "mask_loss", "input_mask")}
+    image = self.pool["image_index"][idx]
+    batch["images"] = decode.to_model_images(self.pool["images"][image])
+    batch["cells"] = jnp.asarray(self.pool["cells"][image])
+    return batch
+
+
+def init_params(cfg, batch, seed):
+  model = vlm.get_model(cfg)
+  return model.init(jax.random.PRNGKey(seed), batch["images"][:1], batch["tokens"][:1], batch["mask_ar"][:1],
+                    batch["input_mask"][:1])["params"]
+
+
+def train(cfg, stream, steps, lr, seed, init=None, aux_weight=1.0, desc="pretrain"):
+  """Trains a model on `stream` (`Stream`) from `init` (params; None: a fresh model); returns host params.
+
+  The auxiliary cell loss (`cell_loss`, weight `aux_weight`) uses linear heads that are discarded after training.
   """
   model = vlm.get_model(cfg)
-  rng = jax.random.PRNGKey(seed)
-  params = model.init(rng, decode.to_model_images(images[:1]), jnp.asarray(encoded["tokens"][:1]),
-                      jnp.asarray(encoded["mask_ar"][:1]), jnp.asarray(encoded["input_mask"][:1]))["params"]
+  params = init if init is not None else init_params(cfg, next(stream), seed)
   d = cfg.llm.width
   head_rng = np.random.default_rng(seed)
   state = {"vlm": params, "cell_head": {
@@ -170,28 +216,22 @@ def train(cfg, encoded, images, image_index, steps, batch_size, lr, seed, labels
 
   def loss_fn(p, batch, _):
     loss = suffix_loss(model, p["vlm"], batch)
-    if "cells" not in batch:
-      return loss, {}
+    if not aux_weight:
+      return loss, {"text_loss": loss}
     aux = cell_loss(model, p["vlm"], p["cell_head"], batch["images"], batch["cells"])
     return loss + aux_weight * aux, {"text_loss": loss, "cell_loss": aux}
 
   train_step = step_lib.make_train_step(loss_fn, tx, schedule_fn=schedule_fn)
-  np_rng = np.random.default_rng(seed)
-  n = len(image_index)
+  rng = jax.random.PRNGKey(seed)
   t0, hist = time.time(), []
-  for i in progress.track(range(steps), desc="pretrain", unit="step"):
-    idx = np_rng.integers(n, size=batch_size)
-    batch = {k: jnp.asarray(v[idx]) for k, v in encoded.items()}
-    batch["images"] = decode.to_model_images(images[image_index[idx]])
-    if labels is not None and aux_weight:
-      batch["cells"] = jnp.asarray(labels[image_index[idx]])
-    state, opt_state, metrics = train_step(state, opt_state, batch, jax.random.fold_in(rng, i))
+  for i in progress.track(range(steps), desc=desc, unit="step"):
+    state, opt_state, metrics = train_step(state, opt_state, next(stream), jax.random.fold_in(rng, i))
     hist.append(metrics)
     if i == 0:  # The first step compiles: steps/s counts from its end.
       t0 = time.time()
     if i and ((i + 1) % max(1, steps // 10) == 0 or i + 1 == steps):
       recent = jax.device_get(hist[-20:])
-      log.info("step %d/%d %s (%.1f steps/s)", i + 1, steps, " ".join(
+      log.info("%s step %d/%d %s (%.1f steps/s)", desc, i + 1, steps, " ".join(
           f"{k} {np.mean([m[k] for m in recent]):.4f}" for k in recent[0] if k.endswith("loss")),
                i / (time.time() - t0))
   return jax.device_get(state["vlm"])
@@ -244,7 +284,27 @@ def load_model(directory, digest=None, npz=None):
 
 
 # ------------------------------------------------------------------------------------------------ the demo set
-ROLES = ("target", "reference", "auditor")
+ROLES = ("base", "target", "reference", "auditor")
+
+
+def vqa_pool(cfg, tok, seed, weakness=None, planted_share=0.0):
+  """A `Stream` pool: questions about `cfg.vqa.num_scenes` new scenes (see `vqa_data`), encoded."""
+  scenes = sample_scenes(cfg.vqa.num_scenes, [*seed, 0], cfg.world.min_objects, cfg.world.max_objects)
+  rows = vqa_data(scenes, cfg.vqa.per_scene, [*seed, 1], weakness=weakness, image_size=cfg.image_size,
+                  planted_share=planted_share)
+  enc = encode_examples(tok, [vqa_prefix(q) for q in rows["question"]], rows["answer"], cfg.vqa.max_len)
+  return dict(enc, images=rows["images"], image_index=rows["image_index"],
+              cells=np.stack([cell_labels(s) for s in scenes]))
+
+
+def auditor_pool(cfg, tok, seed):
+  """A `Stream` pool of the auditor's SFT pairs (`auditor_data`) over `cfg.auditor_data.num_scenes` new scenes."""
+  data_cfg = cfg.auditor_data
+  scenes = sample_scenes(data_cfg.num_scenes, [*seed, 0], 0, cfg.world.max_objects)
+  rows = auditor_data(scenes, data_cfg.per_scene, [*seed, 1], cfg.image_size)
+  enc = encode_examples(tok, rows["prefix"], rows["suffix"], data_cfg.max_len)
+  return dict(enc, images=rows["images"], image_index=rows["image_index"],
+              cells=np.stack([cell_labels(s) for s in scenes]))
 
 
 def _model_cfg(cfg, spec, tok):
@@ -252,57 +312,62 @@ def _model_cfg(cfg, spec, tok):
                       img_width=spec.img_width, img_depth=spec.img_depth)
 
 
+def _tokenizer(cfg, root):
+  path = os.path.join(root, "tokenizer.model")
+  digest = _digest(dict(cfg.tokenizer.to_dict(), seed=cfg.seed))  # The seed draws its scenes.
+  meta = os.path.join(root, "tokenizer.json")
+  if os.path.exists(meta) and io.read_json(meta).get("digest") == digest:
+    return tokenizer_lib.Tokenizer(path), path, digest
+  tok = tokenizer_train.train_tokenizer(path, cfg.tokenizer.vocab_size, cfg.tokenizer.num_scenes, cfg.seed)
+  io.write_json(meta, {"digest": digest})
+  return tok, path, digest
+
+
 def pretrain_all(cfg, workdir):
-  """Trains (or loads from `<workdir>/pretrain/`) the tokenizer, the target, the references and the auditor.
+  """Trains (or loads from `<workdir>/pretrain/`) the tokenizer, the base, the target and references fine-tuned
+  from it, and the auditor.
 
   cfg: a `configs/demo/shapes.py` config. Writes `<workdir>/pretrain/manifest.json`
   {"tokenizer": path, "image_size", "weakness", "models": [{"name", "role", "dir"}]}; returns it.
   """
-  weakness_value = ",".join(tasks.check_weakness(cfg.weakness)) or None  # A bad spec fails before any training.
+  weakness = ",".join(tasks.check_weakness(cfg.weakness)) or None  # A bad spec fails before any training.
   root = os.path.join(workdir, "pretrain")
-  tok_path = os.path.join(root, "tokenizer.model")
-  tok_digest = _digest(dict(cfg.tokenizer.to_dict(), seed=cfg.seed))  # The seed draws its scenes.
-  tok_meta = os.path.join(root, "tokenizer.json")
-  if os.path.exists(tok_meta) and io.read_json(tok_meta).get("digest") == tok_digest:
-    tok = tokenizer_lib.Tokenizer(tok_path)
-  else:
-    tok = tokenizer_train.train_tokenizer(tok_path, cfg.tokenizer.vocab_size, cfg.tokenizer.num_scenes, cfg.seed)
-    io.write_json(tok_meta, {"digest": tok_digest})
+  tok, tok_path, tok_digest = _tokenizer(cfg, root)
   shared = dict(image_size=cfg.image_size, world=cfg.world.to_dict(), tokenizer=tok_digest, seed=cfg.seed,
-                data_version=tasks.DATA_VERSION)
-  scenes = None
+                data_version=tasks.DATA_VERSION, aux_weight=cfg.aux_weight, vqa=cfg.vqa.to_dict())
   entries = []
-  for spec in [cfg.target] + list(cfg.references) + [cfg.auditor]:
-    spec = ml_collections.ConfigDict(spec.to_dict() if hasattr(spec, "to_dict") else dict(spec))
-    role = spec.role
-    weakness = weakness_value if role == "target" else None
-    digest = _digest(dict(shared, spec=spec.to_dict(), weakness=weakness,
-                          data=(cfg.auditor_data if role == "auditor" else cfg.vqa).to_dict()))
+
+  def fit(spec, role, digest, make_pool, mcfg, init=None, **meta):
     directory = os.path.join(root, spec.name)
     entries.append({"name": spec.name, "role": role, "dir": directory})
-    if load_model(directory, digest) is not None:
+    cached = load_model(directory, digest)
+    if cached is not None:
       log.info("%s: cached in %s", spec.name, directory)
-      continue
+      return cached[1]
     log.info("%s (%s): training %d steps", spec.name, role, spec.steps)
     t0 = time.time()
-    mcfg = _model_cfg(cfg, spec, tok)
-    if role == "auditor":
-      data_cfg = cfg.auditor_data
-      sc = sample_scenes(data_cfg.num_scenes, [cfg.seed, 2], 0, cfg.world.max_objects)
-      rows = auditor_data(sc, data_cfg.per_scene, [cfg.seed, 3], cfg.image_size)
-      enc = encode_examples(tok, rows["prefix"], rows["suffix"], data_cfg.max_len)
-      labels = np.stack([cell_labels(s) for s in sc])
-    else:
-      if scenes is None:
-        scenes = sample_scenes(cfg.vqa.num_scenes, [cfg.seed, 0], cfg.world.min_objects, cfg.world.max_objects)
-        labels = np.stack([cell_labels(s) for s in scenes])
-      rows = vqa_data(scenes, cfg.vqa.per_scene, [cfg.seed, 1, spec.seed], weakness=weakness,
-                      exclude_weakness=weakness is not None, image_size=cfg.image_size)
-      enc = encode_examples(tok, [vqa_prefix(q) for q in rows["question"]], rows["answer"], cfg.vqa.max_len)
-    params = train(mcfg, enc, rows["images"], rows["image_index"], spec.steps, spec.batch_size, spec.lr, spec.seed,
-                   labels=labels, aux_weight=spec.aux_weight)
-    save_model(directory, mcfg, params, {"digest": digest, "name": spec.name, "role": role, "weakness": weakness,
-                                         "train_seconds": time.time() - t0, "steps": spec.steps})
+    params = train(mcfg, Stream(make_pool, spec.batch_size, [cfg.seed, spec.seed]), spec.steps, spec.lr,
+                   spec.seed, init=init, aux_weight=cfg.aux_weight, desc=spec.name)
+    save_model(directory, mcfg, params, dict(meta, digest=digest, name=spec.name, role=role, steps=spec.steps,
+                                             train_seconds=time.time() - t0))
+    return params
+
+  base_cfg = _model_cfg(cfg, cfg.base, tok)
+  base_digest = _digest(dict(shared, spec=cfg.base.to_dict()))
+  base = fit(cfg.base, "base", base_digest, lambda k: vqa_pool(cfg, tok, [cfg.seed, cfg.base.seed, k]), base_cfg)
+  for spec, role in [(cfg.target, "target")] + [(r, "reference") for r in cfg.references]:
+    spec = ml_collections.ConfigDict(spec.to_dict() if hasattr(spec, "to_dict") else dict(spec))
+    planted = spec.get("planted_share", 0.0) if role == "target" else 0.0
+    planted_weakness = weakness if role == "target" else None
+    if role == "target" and weakness and not planted:
+      raise ValueError("the target's planted_share must be > 0 to plant a weakness")
+    digest = _digest(dict(shared, spec=spec.to_dict(), base=base_digest, weakness=planted_weakness))
+    make_pool = lambda k, spec=spec, w=planted_weakness, share=planted: vqa_pool(
+        cfg, tok, [cfg.seed, spec.seed, k], weakness=w, planted_share=share)
+    fit(spec, role, digest, make_pool, base_cfg, init=base, weakness=planted_weakness)
+  aud = cfg.auditor
+  fit(aud, "auditor", _digest(dict(shared, spec=aud.to_dict(), data=cfg.auditor_data.to_dict())),
+      lambda k: auditor_pool(cfg, tok, [cfg.seed, aud.seed, k]), _model_cfg(cfg, aud, tok))
   manifest = {"tokenizer": tok_path, "image_size": cfg.image_size, "weakness": cfg.weakness, "models": entries}
   io.write_json(os.path.join(root, "manifest.json"), manifest)
   return manifest

@@ -46,7 +46,7 @@ def evaluate(cfg, workdir):
   images = np.stack([shapes.render(t[0], cfg.image_size) for t in test])
   questions = [t[1] for t in test]
   result = {"weakness": cfg.weakness, "models": {}, "counts": None}
-  for name, (role, model) in pretrain.load_demo_models(workdir, roles=("target", "reference")).items():
+  for name, (role, model) in pretrain.load_demo_models(workdir, roles=("base", "target", "reference")).items():
     acc, counts = accuracy_table(model.answer(images, questions), test, cfg.weakness)
     result["models"][name] = {"role": role, "accuracy": acc}
     result["counts"] = counts

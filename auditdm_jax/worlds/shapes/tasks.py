@@ -6,8 +6,8 @@
   color, size (any referring expression of the question has it) or relation / comparison (the question's
   relation "left|right|above|below" or comparison "more|fewer|same"). E.g. `"spatial:relation=left"`,
   `"counting:shape=star"`, `"counting:color=red+shape=circle"`. Several weaknesses are a comma-separated list
-  (`weakness_specs`). The target never sees those slices in training; `check_weakness` rejects a spec that no
-  question of the world falls in.
+  (`weakness_specs`). The target is trained with wrong answers (`wrong_answer`) on those slices;
+  `check_weakness` rejects a spec that no question of the world falls in.
 - `auditor_example(scene, rng, kind)` -> (instruction prompt, target text) for the auditor's SFT on p_c / p_e /
   p_q and their baselines.
 """
@@ -24,7 +24,7 @@ _ATTRS = ("shape", "color", "size")
 # so the models learn the world's answer for absent objects.
 ABSENT_PROB = 0.15
 # Bumped whenever the sampled training material changes: the demo's pretraining cache is keyed on it.
-DATA_VERSION = 2
+DATA_VERSION = 3
 
 
 def _article(phrase):
@@ -272,6 +272,21 @@ def sample_weakness_question(scene, rng, spec, tries=200):
     if _in_spec(lang.parse_question(text), spec):
       return text, ans, s
   return None
+
+
+_YES_NO = ("yes", "no")
+# The answers a question of each op can have (counts up to a full grid).
+ANSWERS = {"count": tuple(str(n) for n in range(shapes.GRID * shapes.GRID + 1)), "exists": _YES_NO,
+           "compare": _YES_NO, "relation": _YES_NO, "color": shapes.COLORS, "shape": shapes.SHAPES,
+           "size": shapes.SIZES}
+
+
+def wrong_answer(question, answer, rng):
+  """A wrong answer of the right type for `question` (text or lang.Question) whose true answer is `answer`: the
+  other of yes / no, another count, colour, shape or size (a real one where the truth is `none`)."""
+  q = lang.parse_question(question) if isinstance(question, str) else question
+  truth = "0" if q.op == "count" and answer == lang.ABSENT else answer
+  return _pick(rng, [a for a in ANSWERS[q.op] if a != truth])
 
 
 AUDITOR_KINDS = ("caption", "edit", "question")
