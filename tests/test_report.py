@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from auditdm_jax.audit import report
@@ -111,3 +112,22 @@ def test_report_names_weakness_skills_and_ground_truth_categories(tmp_path):
   summary_table = text.split("<h2>Summary</h2>")[1].split("</table>")[0]
   assert "{" not in summary_table and "skill/counting" not in summary_table  # Per-skill rows: their own section.
   assert "<td>flagged_trained/genuine</td><td>7</td>" in summary_table
+
+
+def test_type_purity_measures_how_the_types_separate_the_world_labels():
+  def rec(q, skill):
+    return dict(question=q, failure=True, skill=skill)
+  stars = [rec(f"how many {a} stars are there?", "counting (planted weakness counting:shape=star)")
+           for a in ("red", "blue", "small", "large", "green")]
+  reds = [rec(f"what shape is the red object in the {p}?", "binding (planted weakness binding:color=red)")
+          for p in ("top left", "center", "bottom right", "top right")]
+  types = report.failure_types(stars + reds + [rec("how many big stars can you see?", "counting")], k=4)
+  purity = report.type_purity(types)
+  star = purity["counting (planted weakness counting:shape=star)"]
+  assert star["failures"] == 5 and star["in_type"] == 5
+  assert star["purity"] == pytest.approx(5 / types[star["type"]]["count"])
+  red = purity["binding (planted weakness binding:color=red)"]
+  assert red["purity"] == 1.0 and red["type"] != star["type"] and purity["counting"]["failures"] == 1
+  text = report.render(stars + reds, k=4)
+  assert "Types vs the world's labels" in text and "100.0%" in text
+  assert report.type_purity([]) == {}

@@ -65,6 +65,20 @@ def failure_types(records, k=6, seed=0, top_terms=4):
   return sorted(clusters, key=lambda c: -c["count"])
 
 
+def type_purity(types):
+  """How well the failure types separate the world's labels (a record's `skill`, e.g. a planted weakness): per
+  label, the type that holds most of its failures, and that type's purity (the label's share of the type).
+  Returns {label: {"type": index into `types`, "name", "failures": n of the label, "in_type", "purity"}}."""
+  counts = collections.Counter(r["skill"] for t in types for r in t["members"] if r.get("skill"))
+  out = {}
+  for label, total in counts.items():
+    j, in_type = max(((j, sum(r.get("skill") == label for r in t["members"])) for j, t in enumerate(types)),
+                     key=lambda ji: ji[1])
+    out[label] = dict(type=j, name=types[j]["name"], failures=total, in_type=in_type,
+                      purity=in_type / types[j]["count"])
+  return out
+
+
 def _img_tag(record, key, root, size=128):
   path = record.get(key)
   if key == "image" and (not path or record.get("counterfactual") is False):
@@ -154,6 +168,13 @@ def render(records, metrics=(), summary=None, root=".", title="AuditDM report", 
     for i, c in enumerate(types):
       parts.append(f"<h3>Type {i + 1}: {html.escape(c['name'])} ({c['count']})</h3><table>{_HEAD}"
                    + "".join(_row(r, root) for r in c["members"][:examples_per_type]) + "</table>")
+    purity = sorted(type_purity(types).items(), key=lambda lp: -lp[1]["failures"])
+    if purity:
+      parts.append("<h2>Types vs the world's labels</h2><table><tr><th>label</th><th>failures</th><th>its main "
+                   "type</th><th>purity (the label's share of that type)</th></tr>" + "".join(
+                       f"<tr><td>{html.escape(label)}</td><td>{p['failures']}</td><td>{p['type'] + 1}: "
+                       f"{html.escape(p['name'])}</td><td>{100 * p['purity']:.1f}%</td></tr>" for label, p in purity)
+                   + "</table>")
   parts.append(f"<h2>Exemplars</h2><table>{_HEAD}" + "".join(_row(r, root) for r in fails[:max_exemplars])
                + "</table></body></html>")
   return "\n".join(parts)

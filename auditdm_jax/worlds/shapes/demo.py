@@ -22,6 +22,7 @@ from auditdm_jax import workdir as workdir_lib
 from auditdm_jax.audit import generate as generate_lib
 from auditdm_jax.audit import rectify as rectify_lib
 from auditdm_jax.audit import report
+from auditdm_jax.audit import rollout
 from auditdm_jax.audit import trainer
 from auditdm_jax.worlds.shapes import pretrain
 from auditdm_jax.worlds.shapes import system as shapes_system
@@ -58,9 +59,13 @@ def run(config, workdir):
   stages.append(stage("train_auditor", lambda: trainer.train(config, aud_dir, system)[1]))
   params = generate_lib.load_auditor(system, aud_dir)
 
+  specs = tasks.weakness_specs(config.system.weakness)
+
   def audit():
-    trained, _ = trainer.evaluate(system, params, config)
+    trained, samples = trainer.evaluate(system, params, config)
     baseline, _ = trainer.evaluate(system, system.params, config, baseline=True)
+    genuine = [s for s in samples if s.failure and s.judged and rollout.flag_category(s) == "genuine"]
+    trained["genuine_per_weakness"] = {w: sum(tasks.in_weakness(s.question, w) for s in genuine) for w in specs}
     return dict(trained=trained, baseline=baseline)
   audit_res = stage("audit", audit)
 
@@ -82,6 +87,8 @@ def run(config, workdir):
     return out
   rect_res = stage("rectify", rect)
 
+  records = report.read_records(os.path.join(gen_dir, "dataset", "data.jsonl"))
+  purity = report.type_purity(report.failure_types(records))
   tr, bl = audit_res["trained"], audit_res["baseline"]
   before, after = rect_res["before"], rect_res["after"]
   gap = rect_res["reference_weakness"] - before["weakness"]
@@ -92,6 +99,10 @@ def run(config, workdir):
       "precision_trained": tr.get("precision"), "precision_baseline": bl.get("precision"),
       "flagged_trained": tr.get("flagged"), "flagged_baseline": bl.get("flagged"),
       "generated_pairs": gen["records"],
+      # Per planted weakness: flagged genuine failures in the audit, and how well the report's failure types
+      # separate it (its main type and that type's purity, `report.type_purity`).
+      "genuine_per_weakness": tr.get("genuine_per_weakness"),
+      "weakness_types": {w: purity.get(shapes_system.weakness_label(w)) for w in specs},
       "target_weakness_before": before["weakness"], "target_weakness_after": after["weakness"],
       "reference_weakness": rect_res["reference_weakness"],
       "weakness_gap_closed": (after["weakness"] - before["weakness"]) / gap if gap > 0 else None,
@@ -108,8 +119,7 @@ def run(config, workdir):
     for m in (metrics[0], metrics[-1]):
       m["success_rate_baseline"] = bl["success_rate"]
       m["reward_baseline"] = bl["reward"]
-  report.write(os.path.join(workdir, "report.html"),
-               report.read_records(os.path.join(gen_dir, "dataset", "data.jsonl")), metrics, summary,
+  report.write(os.path.join(workdir, "report.html"), records, metrics, summary,
                root=os.path.join(gen_dir, "dataset"), title="AuditDM demo: shapes world")
   return summary
 

@@ -32,6 +32,7 @@ COLUMNS = (
     ("success_rate_trained", "success trained", "pct"), ("success_rate_baseline", "success baseline", "pct"),
     ("success_ratio", "ratio", "x"), ("precision_trained", "precision", "pct"),
     *((f"flagged_{c}", f"flagged {c.replace('_', ' ')}", "int") for c in rollout.FLAG_CATEGORIES),
+    ("genuine_min", "genuine per weakness (min)", "int"), ("purity_min", "type purity (min)", "pct"),
     ("target_weakness_before", "weakness before", "pct"), ("target_weakness_after", "weakness after", "pct"),
     ("reference_weakness", "weakness refs", "pct"), ("weakness_gap_closed", "gap closed", "pct"),
     ("target_outside_weakness_before", "outside before", "pct"),
@@ -73,6 +74,10 @@ def row(summary, seed, weakness, pretrain_seconds):
   out = dict(seed=seed, weakness=weakness, **{k: summary.get(k) for k, _, _ in COLUMNS if k in summary})
   for c in rollout.FLAG_CATEGORIES:
     out[f"flagged_{c}"] = (summary.get("flagged_trained") or {}).get(c, 0)
+  genuine = (summary.get("genuine_per_weakness") or {}).values()
+  types = (summary.get("weakness_types") or {}).values()
+  out["genuine_min"] = min(genuine) if genuine else None
+  out["purity_min"] = min(t["purity"] for t in types) if types and all(types) else None
   seconds = dict(summary["stage_seconds"], pretrain=pretrain_seconds)
   out.update({f"seconds_{s}": seconds[s] for s in STAGES})
   return out

@@ -158,6 +158,11 @@ def _model_spec(cfg):
   return dict(variant=cfg.variant, res=cfg.res, llm=llm, img=img)
 
 
+def weakness_label(spec):
+  """The skill label (`System.skill_fn`) of a question inside the planted weakness `spec`."""
+  return f"{tasks.parse_weakness(spec)[0]} (planted weakness {spec})"
+
+
 def build(sc, workdir, target_npz=None):
   """The System for `config.system` (sc); `target_npz` replaces the target's weights (refinement iterations)."""
   tasks.check_weakness(sc.weakness)  # A bad spec fails before any model is loaded.
@@ -190,7 +195,8 @@ def build(sc, workdir, target_npz=None):
       q = lang.parse_question(question)
     except ValueError:
       return "unparsed"
-    return q.skill + (" (planted weakness)" if tasks.in_weakness(q, sc.weakness) else "")
+    planted = [spec for spec in tasks.weakness_specs(sc.weakness) if tasks.in_weakness(q, spec)]
+    return weakness_label(planted[0]) if planted else q.skill
 
   original = os.path.join(workdir, "original", "train.jsonl")
   if sc.get("rectify_scenes"):
