@@ -168,7 +168,8 @@ def test_paper_setup_end_to_end_through_the_cli(tmp_path):
     gen_log.close()
     timings["generate"] = time.time() - t0
     assert result["shards"] == 3 and result["records"] > 0
-    nothing_lost = {"image_failures": 0, "answer_failures": 0, "malformed": 0, "ill_posed": 0}
+    nothing_lost = {"image_failures": 0, "answer_failures": 0, "reference_failures": 0, "malformed": 0,
+                    "ill_posed": 0}
     assert result["failures"] == nothing_lost  # Nothing lost.
     assert "retry" in (tmp_path / "generate.log").read_text()  # The outage was seen, and ridden out by retries.
     records = [json.loads(line) for line in open(gen_dir / "dataset" / "data.jsonl", encoding="utf-8")]

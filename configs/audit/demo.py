@@ -17,7 +17,7 @@ def get_config(arg=None):
   c.mode = arg.mode
   c.group_size = 8
   c.max_words = 32
-  c.total_steps = arg.steps or (6 if fast else 120)
+  c.total_steps = arg.steps or (6 if fast else 100)
   # Paper recipe (AdamW, 10% warm-up, cosine to min_lr) at a learning rate suited to a tiny, SFT-initialised model.
   c.optimizer, c.lr, c.wd, c.b2, c.grad_clip_norm = "adamw", 2e-4, 0.0, 0.999, 1.0
   c.schedule = dict(decay_type="cosine", warmup_percent=0.1, min_lr=2e-5)
@@ -34,7 +34,7 @@ def get_config(arg=None):
       module="auditdm_jax.worlds.shapes.system", models_dir=arg.models_dir, weakness=arg.weakness,
       auditor="auditor", target="target", references=["ref0", "ref1"], prompt_len=64, max_new_tokens=24,
       temperature=1.0, top_p=1.0, batch_size=4 if fast else 8, answer_batch_size=64, eval_batches=1 if fast else 4,
-      pool_batches=2 if fast else 40, test_questions=40 if fast else 300, rectify_scenes=40 if fast else 1500, seed=0)
+      pool_batches=2 if fast else 40, test_questions=40 if fast else 1000, rectify_scenes=40 if fast else 1500, seed=0)
   c.pretrain_config = arg.pretrain_config or ("configs/demo/shapes.py:fast" if fast else "configs/demo/shapes.py")
   c.generate = dict(samples_per_source=2, keep="consensus", auditor_workdir="", baseline=False)
   c.rectify = dict(dataset="", mix=0.5, steps=20 if fast else 300, lr=5e-4, wd=0.0, batch_size=16 if fast else 64,

@@ -35,11 +35,11 @@ def get_config(arg=None):
   c.auditor_data = dict(num_scenes=100 if fast else 1500, per_scene=3, max_len=160)
   c.aux_weight = 1.0  # The per-cell attribute loss on the image tokens (pretrain.cell_loss).
   tiny = _arch(32, 1, 32, 1) if fast else {}
-  c.base = _fit("base", 0, 30 if fast else 3000, **(tiny or _arch()))
+  c.base = _fit("base", 0, 30 if fast else 2800, **(tiny or _arch()))
   # Fine-tunes of the base: the target with its planted weakness, the references on data of their own seeds.
-  finetune = dict(steps=10 if fast else 300, lr=5e-4)
+  finetune = dict(steps=10 if fast else 200, lr=5e-4)
   c.target = _fit("target", 10, planted_share=0.1, **finetune)
   c.references = [_fit("ref0", 11, **finetune), _fit("ref1", 12, **finetune)]
-  c.auditor = _fit("auditor", 3, 10 if fast else 400, batch_size=32, **(tiny or _arch(depth=2)))
+  c.auditor = _fit("auditor", 3, 10 if fast else 300, batch_size=32, **(tiny or _arch(depth=2)))
   c.eval = dict(per_skill=20 if fast else 200, seed=12345, auditor_samples=4 if fast else 64)
   return c
