@@ -20,6 +20,7 @@ from auditdm_jax.audit import answerers
 from auditdm_jax.audit import divergence
 from auditdm_jax.audit import policy as policy_lib
 from auditdm_jax.audit import system as system_lib
+from auditdm_jax.models import loading
 from auditdm_jax.models import tokenizer as tokenizer_lib
 from auditdm_jax.worlds.shapes import language as lang
 from auditdm_jax.worlds.shapes import pretrain
@@ -151,13 +152,6 @@ def write_original_jsonl(path, seed, num_scenes, per_scene, weakness, image_size
   return path
 
 
-def _model_spec(cfg):
-  """sft `config.model` reproducing `cfg` (the decoder/ViT fields as overrides of the variant)."""
-  llm = {k: v for k, v in cfg.llm.to_dict().items() if k != "variant"}
-  img = cfg.img.to_dict()
-  return dict(variant=cfg.variant, res=cfg.res, llm=llm, img=img)
-
-
 def weakness_label(spec):
   """The skill label (`System.skill_fn`) of a question inside the planted weakness `spec`."""
   return f"{tasks.parse_weakness(spec)[0]} (planted weakness {spec})"
@@ -202,7 +196,7 @@ def build(sc, workdir, target_npz=None):
   if sc.get("rectify_scenes"):
     write_original_jsonl(original, sc.seed + 3, sc.rectify_scenes, 4, sc.weakness, image_size)
   rectification = system_lib.Rectification(
-      target_spec=dict(model=_model_spec(tgt_cfg), model_init=tgt_npz, tokenizer=tok_path),
+      target_spec=dict(model=loading.model_spec(tgt_cfg), model_init=tgt_npz, tokenizer=tok_path),
       original_data=[dict(jsonl=original, weight=1.0)], evaluate_target=evaluate_target,
       with_target=lambda npz: build(sc, workdir, npz))
   return system_lib.System(
