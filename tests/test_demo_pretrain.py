@@ -99,6 +99,11 @@ def test_bad_weakness_fails_before_any_work(tmp_path):
   with pytest.raises(ValueError, match="weakness 'color:color=red': no color question"):
     pretrain.pretrain_all(_tiny("color:color=red"), str(tmp_path))
   assert not os.listdir(tmp_path)
+  unplanted = _tiny("counting:shape=star")
+  unplanted.target.planted_share = 0.0
+  with pytest.raises(ValueError, match="planted_share must be > 0"):
+    pretrain.pretrain_all(unplanted, str(tmp_path))
+  assert not os.listdir(tmp_path)
   sc = config_lib.load(f"{AUDIT_CONFIG}:weakness=[counting:shape=star,existence:relation=left]").system
   sc.models_dir = str(tmp_path / "missing")  # The spec is checked before any model is looked for.
   with pytest.raises(ValueError, match="weakness 'existence:relation=left'"):

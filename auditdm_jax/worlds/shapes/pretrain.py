@@ -331,6 +331,8 @@ def pretrain_all(cfg, workdir):
   {"tokenizer": path, "image_size", "weakness", "models": [{"name", "role", "dir"}]}; returns it.
   """
   weakness = ",".join(tasks.check_weakness(cfg.weakness)) or None  # A bad spec fails before any training.
+  if weakness and not cfg.target.get("planted_share"):
+    raise ValueError("config target.planted_share must be > 0 to plant a weakness")
   root = os.path.join(workdir, "pretrain")
   tok, tok_path, tok_digest = _tokenizer(cfg, root)
   shared = dict(image_size=cfg.image_size, world=cfg.world.to_dict(), tokenizer=tok_digest, seed=cfg.seed,
@@ -359,8 +361,6 @@ def pretrain_all(cfg, workdir):
     spec = ml_collections.ConfigDict(spec.to_dict() if hasattr(spec, "to_dict") else dict(spec))
     planted = spec.get("planted_share", 0.0) if role == "target" else 0.0
     planted_weakness = weakness if role == "target" else None
-    if role == "target" and weakness and not planted:
-      raise ValueError("the target's planted_share must be > 0 to plant a weakness")
     digest = _digest(dict(shared, spec=spec.to_dict(), base=base_digest, weakness=planted_weakness))
     make_pool = lambda k, spec=spec, w=planted_weakness, share=planted: vqa_pool(
         cfg, tok, [cfg.seed, spec.seed, k], weakness=w, planted_share=share)
