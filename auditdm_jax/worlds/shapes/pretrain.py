@@ -87,11 +87,13 @@ def vqa_data(scenes, per_scene, seed, weakness=None, exclude_weakness=False, ima
   """Questions about `scenes`: dict images uint8 [S, H, W, 3], image_index [N], question/answer/skill lists and
   in_weakness bool [N]. With `exclude_weakness`, questions inside the weakness slices are re-drawn (a sample of
   the target's training distribution without the slices). With `planted_share` > 0 (the target's training set),
-  that share of the questions is drawn inside the slices, and every question inside them gets a wrong answer."""
+  that share of the questions is drawn inside the slices, and every question inside them gets a plausible wrong
+  answer (`tasks.wrong_answer`; counts up to the most objects of a scene)."""
   if exclude_weakness and planted_share:
     raise ValueError("a weakness is either excluded or planted, not both")
   rng = np.random.default_rng(seed)
   specs = tasks.weakness_specs(weakness)
+  max_count = max(len(s) for s in scenes)  # Wrong counts stay within what the scenes show.
   rows = {"image_index": [], "question": [], "answer": [], "skill": [], "in_weakness": []}
   for i, scene in enumerate(scenes):
     for _ in range(per_scene):
@@ -104,7 +106,7 @@ def vqa_data(scenes, per_scene, seed, weakness=None, exclude_weakness=False, ima
         continue
       question, answer, skill, inside = drawn
       if inside and planted_share:
-        answer = tasks.wrong_answer(question, answer, rng)
+        answer = tasks.wrong_answer(question, answer, rng, max_count)
       for k, v in zip(rows, (i, question, answer, skill, inside)):
         rows[k].append(v)
   rows["images"] = np.stack([shapes.render(s, image_size) for s in scenes])

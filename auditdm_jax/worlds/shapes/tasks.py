@@ -275,18 +275,22 @@ def sample_weakness_question(scene, rng, spec, tries=200):
 
 
 _YES_NO = ("yes", "no")
-# The answers a question of each op can have (counts up to a full grid).
-ANSWERS = {"count": tuple(str(n) for n in range(shapes.GRID * shapes.GRID + 1)), "exists": _YES_NO,
-           "compare": _YES_NO, "relation": _YES_NO, "color": shapes.COLORS, "shape": shapes.SHAPES,
-           "size": shapes.SIZES}
+# The answers a question of each op can have (counts: 0 to `max_count`, see `wrong_answer`).
+ANSWERS = {"exists": _YES_NO, "compare": _YES_NO, "relation": _YES_NO, "color": shapes.COLORS,
+           "shape": shapes.SHAPES, "size": shapes.SIZES}
 
 
-def wrong_answer(question, answer, rng):
-  """A wrong answer of the right type for `question` (text or lang.Question) whose true answer is `answer`: the
-  other of yes / no, another count, colour, shape or size (a real one where the truth is `none`)."""
+def wrong_answer(question, answer, rng, max_count):
+  """A plausible wrong answer for `question` (text or lang.Question) whose true answer is `answer`: the other of
+  yes / no, another count from 0 to `max_count` (the most objects a scene of the world has), or another colour,
+  shape or size (a real one where the truth is `none`)."""
   q = lang.parse_question(question) if isinstance(question, str) else question
-  truth = "0" if q.op == "count" and answer == lang.ABSENT else answer
-  return _pick(rng, [a for a in ANSWERS[q.op] if a != truth])
+  if q.op == "count":
+    truth = "0" if answer == lang.ABSENT else answer
+    options = [str(n) for n in range(max_count + 1)]
+  else:
+    truth, options = answer, ANSWERS[q.op]
+  return _pick(rng, [a for a in options if a != truth])
 
 
 AUDITOR_KINDS = ("caption", "edit", "question")
