@@ -21,6 +21,7 @@ import numpy as np
 
 from auditdm_jax import io
 from auditdm_jax.models import gemma
+from auditdm_jax.models import variants
 from auditdm_jax.models import vit
 from auditdm_jax.models import vlm
 from auditdm_jax.tree_paths import flatten, unflatten
@@ -559,7 +560,7 @@ def config_from_hf(hf, **img_overrides):
 
 def _name_variant(cfg):
   """The VARIANTS name whose decoder has this config's shape (for logs and parameter tables)."""
-  for name, (family, llm_variant, _, _) in vlm.VARIANTS.items():
+  for name, (family, llm_variant, _, _) in variants.VARIANTS.items():
     ref = gemma.get_config(llm_variant)
     if family == cfg.family and all(ref[k] == cfg.llm[k] for k in ("width", "depth", "num_heads", "mlp_dim")):
       cfg.llm.variant = llm_variant

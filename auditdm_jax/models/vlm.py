@@ -21,22 +21,10 @@ import ml_collections
 import numpy as np
 
 from auditdm_jax.models import gemma
+from auditdm_jax.models import variants
 from auditdm_jax.models import vit
 
-# name -> (family, llm variant, vit variant, resolutions). Tiny variants: tiny SigLIP + tiny Gemma, for tests and
-# the shapes world.
-VARIANTS = {
-    "paligemma2_3b": ("paligemma", "gemma2_2b", "So400m/14", (224, 448, 896)),
-    "paligemma2_10b": ("paligemma", "gemma2_9b", "So400m/14", (224, 448, 896)),
-    "paligemma2_28b": ("paligemma", "gemma2_27b", "So400m/14", (224, 448, 896)),
-    "paligemma2_tiny": ("paligemma", "gemma2_tiny", "mu/8", (32, 64, 96, 128)),  # 96/128: shapes world
-    "gemma3_4b": ("gemma3", "gemma3_4b", "So400m/14", (896,)),
-    "gemma3_12b": ("gemma3", "gemma3_12b", "So400m/14", (896,)),
-    "gemma3_27b": ("gemma3", "gemma3_27b", "So400m/14", (896,)),
-    "gemma3_tiny": ("gemma3", "gemma3_tiny", "mu/8", (32,)),
-}
 PALIGEMMA_VOCAB = 257_152  # Gemma's 256000 + 1024 <loc> + 128 <seg>.
-GEMMA3_IMAGE_TOKEN = 262_144  # <image_soft_token>: outside the sentencepiece vocab, as in transformers.
 _TINY_VIT = dict(width=32, depth=2, mlp_dim=64, num_heads=4)
 
 
@@ -45,12 +33,7 @@ def get_config(variant, res=None, llm=None, img=None, **overrides):
 
   llm / img: dicts of overrides for the decoder (gemma.get_config fields) and the ViT (vit.Model fields).
   """
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown VLM variant {variant!r}; known: {sorted(VARIANTS)}")
-  family, llm_variant, vit_variant, resolutions = VARIANTS[variant]
-  res = res or resolutions[0]
-  if res not in resolutions:
-    raise ValueError(f"{variant} supports resolutions {resolutions}, got {res}")
+  family, llm_variant, vit_variant, res = variants.lookup(variant, res)
   llm = dict(llm or {})
   if family == "paligemma":
     llm.setdefault("sliding_window", None)  # big_vision's attention (module docstring).
@@ -61,12 +44,8 @@ def get_config(variant, res=None, llm=None, img=None, **overrides):
     img_cfg.update(_TINY_VIT)
   img_cfg.update(img or {})
   cfg = dict(variant=variant, family=family, res=res, img=img_cfg, llm=gemma.get_config(llm_variant, **llm))
-  if family == "gemma3" and variant.endswith("tiny"):  # Special tokens at the end of a tiny vocabulary.
-    v = cfg["llm"].vocab_size
-    cfg.update(mm_tokens_per_image=4, image_token_id=v - 1, boi_token_id=v - 3, eoi_token_id=v - 2)
-  elif family == "gemma3":
-    cfg.update(mm_tokens_per_image=256, image_token_id=GEMMA3_IMAGE_TOKEN, boi_token_id=255_999,
-               eoi_token_id=256_000)
+  if family == "gemma3":
+    cfg.update(variants.gemma3_image_tokens(variant, cfg["llm"].vocab_size))
   unknown = set(overrides) - set(cfg)
   if unknown:
     raise ValueError(f"unknown VLM config fields {sorted(unknown)}")
