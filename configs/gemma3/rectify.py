@@ -11,7 +11,7 @@ import ml_collections
 
 from auditdm_jax import config as config_lib
 from auditdm_jax.data import transfers as t
-from auditdm_jax.models import vlm
+from auditdm_jax.models import variants
 
 
 def get_config(arg=None):
@@ -21,13 +21,16 @@ def get_config(arg=None):
   if arg.tiny:
     arg.variant = "gemma3_tiny"
   llm = dict(vocab_size=arg.vocab) if arg.variant.endswith("tiny") else {}
-  cfg = vlm.get_config(arg.variant, res=arg.res or None, llm=llm)
-  text_len = arg.text_len or cfg.mm_tokens_per_image + (32 if arg.tiny else 128)
-  pp = "|".join([t.image_pp(cfg.res), t.gemma3_text_pp(arg.tokenizer, text_len, cfg.image_token_id,
-                                                        cfg.mm_tokens_per_image)])
+  family, _, _, res = variants.lookup(arg.variant, arg.res or None)
+  if family != "gemma3":
+    raise ValueError(f"rectify.py fine-tunes a Gemma3 variant, got {arg.variant}")
+  tokens = variants.gemma3_image_tokens(arg.variant, arg.vocab)
+  image_id, n_image = tokens["image_token_id"], tokens["mm_tokens_per_image"]
+  text_len = arg.text_len or n_image + (32 if arg.tiny else 128)
+  pp = "|".join([t.image_pp(res), t.gemma3_text_pp(arg.tokenizer, text_len, image_id, n_image)])
 
   c = ml_collections.ConfigDict()
-  c.model = dict(variant=arg.variant, res=cfg.res, llm=llm, img={})
+  c.model = dict(variant=arg.variant, res=res, llm=llm, img={})
   c.model_init = arg.model_init or None
   c.tokenizer = arg.tokenizer
   data = ([dict(jsonl=arg.train_jsonl, weight=1.0, pp=pp)] if arg.train_jsonl else []) + (
@@ -43,9 +46,9 @@ def get_config(arg=None):
   if arg.eval_jsonl:
     c.evals.eval = dict(
         type="exact_match", data=dict(jsonl=arg.eval_jsonl),
-        pp_fn="|".join(['setdefault("question_id", -1)', t.image_pp(cfg.res),
-                        t.gemma3_text_pp(arg.tokenizer, text_len, cfg.image_token_id, cfg.mm_tokens_per_image,
-                                         answer=None, keep=("question_id", "question", "answer"))]),
+        pp_fn="|".join(['setdefault("question_id", -1)', t.image_pp(res),
+                        t.gemma3_text_pp(arg.tokenizer, text_len, image_id, n_image, answer=None,
+                                         keep=("question_id", "question", "answer"))]),
         batch_size=min(arg.batch_size, 64), every_steps=0, max_decode_len=16)
   if arg.tiny:
     c.input.shuffle_buffer = 16
