@@ -85,7 +85,7 @@ CASES = [
      "group_size 8 -> 4, lr 0.0002 -> 0.001", "{aud}/config.json"),
     (["generate", "--config", DEMO, "--config.generate.keep=all", "--workdir", "{aud}"], 2,
      'generate.keep "consensus" -> "all"', "{aud}/config.json"),
-    (["demo", "--workdir", "{fast}"], 2, "ckpt_every 1 -> 30", "{fast}/config.json"),
+    (["demo", "--workdir", "{fast}"], 2, "ckpt_every 1 -> 25", "{fast}/config.json"),
     # README's train-auditor / generate lines without demo models: a clear error, not a tokenizer NOT_FOUND.
     (["train-auditor", "--config", DEMO, "--workdir", "{aud}"], 1, "no shapes-world demo models", "tokenizer.model"),
     (["generate", "--config", DEMO, "--workdir", "{root}/gen"], 1, "no shapes-world demo models", "tokenizer.model"),

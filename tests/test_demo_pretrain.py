@@ -75,7 +75,7 @@ def test_pretrain_cache_and_skills(tmp_path):
   out = auditor.generate(np.zeros((2, cfg.image_size, cfg.image_size, 3), np.uint8), ["a", "b"], max_new_tokens=5)
   assert role == "auditor" and len(out) == 2 and all(isinstance(t, str) for t in out)
   result = skills.evaluate(cfg, str(tmp_path))
-  assert set(result["models"]) == {"target", "ref0"}
+  assert set(result["models"]) == {"base", "target", "ref0"}
   acc = result["models"]["target"]["accuracy"]
   assert set(lang.SKILLS) <= set(acc) and "weakness" in acc and 0.0 <= acc["overall"] <= 1.0
   assert result["counts"]["weakness"] >= 4
