@@ -28,9 +28,11 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from auditdm_jax import compile_log
 from auditdm_jax.models import gemma
 
 log = logging.getLogger(__name__)
+compile_log.install()  # Every compilation over a second is logged with its function's name.
 
 MAX_STOP_TOKENS = 8  # Stop tokens are a padded array so changing them never recompiles.
 

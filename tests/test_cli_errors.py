@@ -168,12 +168,13 @@ def test_ctrl_c_saves_a_checkpoint_then_exits_130(monkeypatch, tmp_path, capsys)
     ckpt.close()
     return 0
   monkeypatch.setattr(info, "run", loop)
-  sigterm_before = signal.getsignal(signal.SIGTERM)  # Not SIG_DFL once another test started Ray in this process.
+  # Not SIG_DFL once another test started Ray in this process; SIGINT is SIG_IGN in a background job.
+  sigint_before, sigterm_before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
   assert main.main(["info"]) == 130
   assert steps_run == [1, 2, 3]
   assert checkpoint_lib.Checkpointer(str(tmp_path), handle_sigterm=False).all_steps() == [3]
   assert "interrupted; finished work is saved" in capsys.readouterr().err
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Handlers restored.
+  assert signal.getsignal(signal.SIGINT) == sigint_before  # Handlers restored.
   assert signal.getsignal(signal.SIGTERM) == sigterm_before
 
   def interrupted(args):

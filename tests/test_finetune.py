@@ -46,6 +46,8 @@ def test_transfer_configs_have_table1_values():
     assert c.input.batch_size == 256 and c.model.res == 224 and c.evals
     # big_vision's PaliGemma2 transfers drop the final logit softcap (Gemma2 pretrained with 30).
     assert sft.model_config(c).llm.final_softcap is None, task
+    # Both towers train scanned (compile time independent of depth).
+    assert sft.model_config(c).llm.scan_layers and sft.model_config(c).img.scan, task
     assert config_lib.load(f"configs/paligemma2/transfers/{task}.py").model.res == 448
   c = config_lib.load("configs/paligemma2/transfers/vqav2.py:extra_jsonl=/g.jsonl,extra_weight=0.5")
   assert [d.get("weight") for d in c.input.data] == [1.0, 0.5] and c.input.data[1]["jsonl"] == "/g.jsonl"

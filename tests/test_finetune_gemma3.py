@@ -57,6 +57,7 @@ def test_rectify_config_paper_values():
   assert (c.input.batch_size, c.lr, c.total_epochs, c.model.variant, c.model.res) == (512, 2e-6, 1, "gemma3_4b", 896)
   assert c.model_init == "/hf" and [d["jsonl"] for d in c.input.data] == ["/g.jsonl"]
   assert "image_token_id=262144, num_image_tokens=256" in c.input.pp
+  assert c.model.llm.scan_layers and c.model.img.scan
 
 
 def test_gemma3_tiny_sft(setup):

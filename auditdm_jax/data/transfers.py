@@ -19,6 +19,9 @@ TABLE1 = {
     "cococap": dict(total_epochs=8, lr=1e-5, wd=1e-6, llm_dropout=0.0, label_smoothing=0.0),
 }
 BATCH_SIZE = 256
+# Training scans the layers of both towers: the PaliGemma2-3B train step compiles in ~40 s instead of ~130 s on CPU
+# (docs/gpu.md). A checkpoint saved either way loads into a model either way.
+SCANNED = dict(llm=dict(scan_layers=True), img=dict(scan=True))
 
 
 def image_pp(res):
@@ -56,8 +59,8 @@ def base_config(task, arg_spec):
   """Shared fields of a transfer config; `arg_spec` is the parsed `res,tokenizer,data_dir,model_init,...` arg."""
   c = ml_collections.ConfigDict()
   # No final logit softcap, as big_vision's PaliGemma2 transfers ("better for transfer", transfers/forkme.py).
-  c.model = dict(variant=arg_spec.get("variant", "paligemma2_3b"), res=arg_spec.res, llm=dict(final_softcap=None),
-                 img={})
+  c.model = dict(variant=arg_spec.get("variant", "paligemma2_3b"), res=arg_spec.res,
+                 llm=dict(final_softcap=None, **SCANNED["llm"]), img=dict(SCANNED["img"]))
   c.model_init = arg_spec.model_init or None
   c.tokenizer = arg_spec.tokenizer
   c.input = ml_collections.ConfigDict(dict(data=[], pp="", batch_size=BATCH_SIZE, shuffle_buffer=50_000))

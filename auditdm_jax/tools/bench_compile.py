@@ -7,7 +7,7 @@ Gemma decoder, and a VLM train step.
 Prints one JSON line: seconds to lower and to compile each function, the backend, and the machine's load before
 and after (compiling is CPU work: a busy machine stretches it). Decode: bf16, greedy, batch/prompt/new tokens as
 the GPU check's batch-64 case. Train step: `bench_train`'s loss and optimizer, bf16 compute, float32 params, layers
-unrolled (`--scan`: scanned).
+scanned as the transfer configs train them (`data/transfers.SCANNED`; `--unrolled`: one copy of the code per layer).
 """
 import argparse
 import json
@@ -72,15 +72,16 @@ def main(argv=None):
   parser.add_argument("--res", type=int, default=224)
   parser.add_argument("--seq", type=int, default=128)
   parser.add_argument("--train_batch", type=int, default=16)
-  parser.add_argument("--scan", action="store_true", help="train step: scan the ViT and decoder layers")
+  parser.add_argument("--unrolled", action="store_true", help="train step: unroll the ViT and decoder layers")
   args = parser.parse_args(argv)
   before = machine.check_idle()
   result = dict(bench="compile", backend=jax.default_backend(), jax=jax.__version__,
                 decode=dict(model=args.decoder, batch=args.batch, prompt_len=args.prompt_len,
                             new_tokens=args.new_tokens,
                             **decode_compile(args.decoder, args.batch, args.prompt_len, args.new_tokens)),
-                train=dict(model=f"{args.vlm}@{args.res}px", seq=args.seq, batch=args.train_batch, scan=args.scan,
-                           **train_compile(args.vlm, args.res, args.seq, args.train_batch, args.scan)),
+                train=dict(model=f"{args.vlm}@{args.res}px", seq=args.seq, batch=args.train_batch,
+                           scan=not args.unrolled,
+                           **train_compile(args.vlm, args.res, args.seq, args.train_batch, not args.unrolled)),
                 machine_before=before, machine_after=machine.load())
   print(json.dumps(result))
   return result

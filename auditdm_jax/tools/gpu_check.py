@@ -11,7 +11,8 @@ it is measured (so a run cut short still reports what it finished), and a last l
   (64 new tokens): ms per decode step (from a 1-token and an N-token call in the same compiled buckets), the bytes a
   step must read (weights + KV cache buffers) over the HBM bandwidth (datasheet and measured), compile seconds of
   the prefill and decode functions;
-- train: the PaliGemma2-3B@224 train step of `bench_train` (seq 128, batch 16, bf16): step time, MFU;
+- train: the PaliGemma2-3B@224 train step of `bench_train` (seq 128, batch 16, bf16, layers scanned as the transfer
+  configs train them): step time, MFU;
 - audit: the audit loop's stages (issue 14 item 5) at the paper's sizes: Gemma3-4B auditor (896px) sampling
   256 rollouts (32 images x G=8, 64 new tokens), image editing, a PaliGemma2-3B@448 target and a reference of the
   same shapes answering the 256 pairs (16 tokens), the reward, and the auditor's GRPO update (8 micro-batches,
@@ -129,10 +130,10 @@ def decode_section(args, bandwidth, emit_fn):
 def train_section(args, emit_fn):
   ns = types.SimpleNamespace(res=32 if args.small else 224, seq=16 if args.small else 128,
                              batch=2 if args.small else 16, dtype="bfloat16", remat=None, steps=3 if args.small else 5,
-                             grad_accum=1, scan=False)
+                             grad_accum=1, scan=True)  # As the transfer configs train.
   setup = bench_train.vlm_setup(ns, "paligemma2_tiny" if args.small else "paligemma2_3b")
   result = bench_train.run(setup, None, ns)
-  emit_fn(dict(section="train", model=setup["name"], batch=ns.batch, seq=ns.seq, dtype=ns.dtype,
+  emit_fn(dict(section="train", model=setup["name"], batch=ns.batch, seq=ns.seq, dtype=ns.dtype, scan=ns.scan,
                step_time_s=round(result["step_time_s"], 4), mfu=result["mfu"] and round(result["mfu"], 4),
                compile_s=round(result["compile_s"], 2), tokens_per_s=round(result["tokens_per_s"], 1)))
 

@@ -19,8 +19,11 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from auditdm_jax import compile_log
 from auditdm_jax import sharding as sharding_lib
 from auditdm_jax import tree_paths as paths
+
+compile_log.install()  # Every compilation over a second is logged with its function's name.
 
 
 def opt_state_shardings(tx, params, mesh, param_shardings):

@@ -30,7 +30,7 @@ def get_config(arg=None):
   pp = "|".join([t.image_pp(res), t.gemma3_text_pp(arg.tokenizer, text_len, image_id, n_image)])
 
   c = ml_collections.ConfigDict()
-  c.model = dict(variant=arg.variant, res=res, llm=llm, img={})
+  c.model = dict(variant=arg.variant, res=res, llm=dict(llm, **t.SCANNED["llm"]), img=dict(t.SCANNED["img"]))
   c.model_init = arg.model_init or None
   c.tokenizer = arg.tokenizer
   data = ([dict(jsonl=arg.train_jsonl, weight=1.0, pp=pp)] if arg.train_jsonl else []) + (

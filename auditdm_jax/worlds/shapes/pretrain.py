@@ -289,14 +289,18 @@ def load_model(directory, digest=None, npz=None):
 ROLES = ("base", "target", "reference", "auditor")
 
 
+def _pool(tok, scenes, rows, prefixes, suffixes, max_len):
+  """The encoded texts of `rows` with their images, image indices and the scenes' cell labels."""
+  return dict(encode_examples(tok, prefixes, suffixes, max_len), images=rows["images"],
+              image_index=rows["image_index"], cells=np.stack([cell_labels(s) for s in scenes]))
+
+
 def vqa_pool(cfg, tok, seed, weakness=None, planted_share=0.0):
   """A `Stream` pool: questions about `cfg.vqa.num_scenes` new scenes (see `vqa_data`), encoded."""
   scenes = sample_scenes(cfg.vqa.num_scenes, [*seed, 0], cfg.world.min_objects, cfg.world.max_objects)
   rows = vqa_data(scenes, cfg.vqa.per_scene, [*seed, 1], weakness=weakness, image_size=cfg.image_size,
                   planted_share=planted_share)
-  enc = encode_examples(tok, [vqa_prefix(q) for q in rows["question"]], rows["answer"], cfg.vqa.max_len)
-  return dict(enc, images=rows["images"], image_index=rows["image_index"],
-              cells=np.stack([cell_labels(s) for s in scenes]))
+  return _pool(tok, scenes, rows, [vqa_prefix(q) for q in rows["question"]], rows["answer"], cfg.vqa.max_len)
 
 
 def auditor_pool(cfg, tok, seed):
@@ -304,9 +308,7 @@ def auditor_pool(cfg, tok, seed):
   data_cfg = cfg.auditor_data
   scenes = sample_scenes(data_cfg.num_scenes, [*seed, 0], 0, cfg.world.max_objects)
   rows = auditor_data(scenes, data_cfg.per_scene, [*seed, 1], cfg.image_size)
-  enc = encode_examples(tok, rows["prefix"], rows["suffix"], data_cfg.max_len)
-  return dict(enc, images=rows["images"], image_index=rows["image_index"],
-              cells=np.stack([cell_labels(s) for s in scenes]))
+  return _pool(tok, scenes, rows, rows["prefix"], rows["suffix"], data_cfg.max_len)
 
 
 def _model_cfg(cfg, spec, tok):
