@@ -130,7 +130,8 @@ class Sampler:
       seconds = time.perf_counter() - start
       self.compile_count += 1
       self.compile_seconds.append((name, seconds))
-      log.info("Compiled %s in %.1f s: %s", name, seconds, static)
+      # At info level, `compile_log` already names every compilation over a second.
+      log.debug("Compiled %s in %.1f s: %s", name, seconds, static)
     return self._compiled[key](*args)
 
   # --------------------------------------------------------------------------- jitted parts

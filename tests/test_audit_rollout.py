@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from auditdm_jax.audit import answerers
+from auditdm_jax.audit import divergence
 from auditdm_jax.audit import rollout
 from auditdm_jax.imagegen.errors import GenerationError
 
@@ -66,6 +67,26 @@ def test_counterfactual_modes_drop_generation_failures(mode):
   assert m["dropped"] == pytest.approx(failed.mean()) and m["precision"] == 1.0
 
 
+class IllPosed(GenerationError):
+  ill_posed = True
+
+
+@pytest.mark.parametrize("mode", ["edit", "edit_question"])
+def test_an_instruction_the_generator_rejects_as_ill_posed_is_penalised_not_dropped(mode):
+  gen = FakeGenerator()
+  gen._one = lambda text: IllPosed(text) if "size" in text else np.full((8, 8, 3), 7, np.uint8)
+  system = dataclasses.replace(audit_toy.build(audit_toy.get_config(), None), generator=gen)
+  source = dict(audit_toy._source(0), question=np.array(["how many count?"] * 4))  # pylint: disable=protected-access
+  res = rollout.Rollout(system, mode=mode, group_size=4)(system.params, source, jax.random.PRNGKey(0))
+  edits = res.actions[0].texts
+  ill = np.array([not t.endswith("?") and "size" in t for t in edits])
+  counted = ill if mode == "edit" else ill & np.array([q.endswith("?") for q in res.actions[1].texts])
+  assert counted.any() and res.counters["ill_posed"] == counted.sum()  # A malformed question counts as malformed.
+  assert res.counters["image_failures"] == 0
+  assert res.valid.all() and np.all(res.rewards[ill] == -0.5)
+  assert not any(res.samples[i].well_formed or res.samples[i].failure for i in np.flatnonzero(ill))
+
+
 def test_edit_question_mode_has_two_actions_per_sample():
   res, _ = _run("edit_question")
   assert len(res.actions) == 2 and all(len(a.texts) == 16 for a in res.actions)
@@ -122,3 +143,19 @@ def test_world_format_fn_marks_outputs_malformed():
   counting = np.array(["count" in t for t in res.actions[0].texts])
   assert counting.any() and not any(s.well_formed for s, c in zip(res.samples, counting) if c)
   assert np.all(res.rewards[counting] == -0.5)
+
+
+def test_diversity_spreads_the_reward_over_question_types():
+  system = audit_toy.build(audit_toy.get_config(), None)
+  source = audit_toy._source(0)  # pylint: disable=protected-access
+  run = lambda s, d: rollout.Rollout(s, mode="question", group_size=4, reward_config=divergence.RewardConfig(
+      diversity=d))(system.params, source, jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="type_fn"):
+    run(system, 0.5)
+  typed = dataclasses.replace(system, type_fn=lambda q: q.split()[1])
+  plain, spread = run(typed, 0.0), run(typed, 0.5)
+  fails = plain.parts["failure"]  # The toy target fails every well-formed counting question.
+  assert fails.sum() > 1
+  np.testing.assert_array_equal(spread.parts["failure"], fails)
+  np.testing.assert_allclose(spread.rewards[fails], fails.sum() ** -0.5, rtol=1e-6)
+  np.testing.assert_allclose(spread.rewards[~fails], plain.rewards[~fails])

@@ -131,6 +131,26 @@ def test_reward_config_validation():
     dv.RewardConfig(threshold=0.0)
   with pytest.raises(ValueError, match="partial_credit"):
     dv.RewardConfig(partial_credit=2.0)
+  with pytest.raises(ValueError, match="diversity"):
+    dv.RewardConfig(diversity=-0.5)
+
+
+def test_spread_pays_a_rare_failure_type_more_per_pair():
+  # Pairs 0-3 are failures of type "a", 4 of type "b"; 5 is a dropped "b" failure, 6 a non-failure, 7 malformed.
+  parts = dv.batch_rewards(["3"] * 6 + ["2", "x"], [["2"] * 8, ["2"] * 8], well_formed=[True] * 7 + [False])
+  types = ["a"] * 4 + ["b", "b", "a", "b"]
+  valid = [True] * 5 + [False, True, True]
+  out = dv.spread(parts, types, valid, 0.5)
+  np.testing.assert_allclose(out["divergence"], [0.5] * 4 + [1.0, 1.0, 0.0, 0.0])
+  np.testing.assert_allclose(out["reward"], [0.5] * 4 + [1.0, 1.0, 0.0, -0.5])
+  np.testing.assert_array_equal(out["type_count"], [4, 4, 4, 4, 1, 0, 0, 0])
+  np.testing.assert_array_equal(out["failure"], parts["failure"])  # Only the reward changes.
+  # A type found n times earns n ** (1 - diversity) in all; diversity 0 changes nothing.
+  assert out["divergence"][:4].sum() == pytest.approx(4 ** 0.5)
+  np.testing.assert_allclose(dv.spread(parts, types, valid, 0.0)["reward"], parts["reward"])
+  np.testing.assert_allclose(dv.spread(parts, types, valid, 1.0)["divergence"][:5], [0.25] * 4 + [1.0])
+  with pytest.raises(ValueError, match="one type per pair"):
+    dv.spread(parts, types[:3], valid, 0.5)
 
 
 @pytest.mark.parametrize("text,kind,ok", [

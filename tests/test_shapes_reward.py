@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from auditdm_jax.audit import answerers
+from auditdm_jax.audit import divergence
 from auditdm_jax.audit import grpo
 from auditdm_jax.audit import rollout
 from auditdm_jax.audit import system as system_lib
@@ -38,15 +39,16 @@ def _oracle_or(fallback):
   return lambda images, qs: [shapes_system.truth(im, q) or fallback for im, q in zip(images, qs)]
 
 
-def _audit(texts, target, posed_fn=shapes_system.posed):
+def _audit(texts, target, posed_fn=shapes_system.posed, diversity=0.0):
   """One question-mode rollout on IMAGE (one source, G = len(texts)) -> the samples and the rollout result."""
   refs = answerers.Ensemble([answerers.FunctionAnswerer(f"ref{i}", _oracle_or("yes")) for i in range(2)])
   system = system_lib.System(
       policy=ScriptedPolicy(texts), params={}, target=answerers.FunctionAnswerer("target", target),
       references=refs, generator=None, data=lambda k: None, eval_data=[], truth_fn=shapes_system.truth,
-      format_fn=shapes_system.well_formed, posed_fn=posed_fn)
+      format_fn=shapes_system.well_formed, posed_fn=posed_fn, type_fn=shapes_system.question_type)
   source = {"image": IMAGE[None], "id": np.array(["s0"])}
-  run = rollout.Rollout(system, mode="question", group_size=len(texts), max_words=16)
+  run = rollout.Rollout(system, mode="question", group_size=len(texts), max_words=16,
+                        reward_config=divergence.RewardConfig(diversity=diversity))
   res = run(None, source, jax.random.PRNGKey(0))
   return res.samples, res
 
@@ -101,6 +103,18 @@ def test_a_repeated_question_earns_nothing_extra():
   assert [s.reward for s in samples] == [1.0] * 4
   adv = grpo.advantages(res.rewards, 4, res.valid, grpo.loss_config("grpo"))
   np.testing.assert_allclose(adv, 0.0)
+
+
+def test_diversity_pays_the_rarer_skill_more():
+  """Three counting failures and one binding failure in a group: with diversity 1 each skill earns 1 in all, so the
+  binding question gets the highest advantage; type_fn reads the skill from the grammar, whatever is planted."""
+  texts = ["How many stars are there?", "How many large objects are there?", "How many green objects are there?",
+           "What shape is the green object?", "Circle what the is?"]
+  samples, res = _audit(texts, _always("3"), diversity=1.0)
+  assert [shapes_system.question_type(t) for t in texts] == ["counting"] * 3 + ["binding", "unparsed"]
+  np.testing.assert_allclose([s.reward for s in samples], [1 / 3] * 3 + [1.0, -0.5], rtol=1e-6)
+  adv = grpo.advantages(res.rewards, len(texts), res.valid, grpo.loss_config("grpo"))
+  assert np.argmax(adv) == 3
 
 
 def test_posed_matches_truth():

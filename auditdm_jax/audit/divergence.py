@@ -114,12 +114,15 @@ class RewardConfig:
   partial_credit: reward factor (times agreement) when the target differs from the references' unique top answer
     but its agreement is under the threshold (enough references answered); 0 is the paper's strict rule.
   format_penalty: subtracted from the reward of a malformed auditor output (which gets no divergence reward).
+  diversity: spreads the search over failure types: a scoring pair's divergence is divided by n ** diversity, n
+    the scoring pairs of its question type in the rollout batch (`spread`); 0 (default) leaves it as is.
   """
   threshold: float = 0.5
   min_references: int | None = None
   soft_agreement: bool = False
   partial_credit: float = 0.0
   format_penalty: float = 0.5
+  diversity: float = 0.0
 
   def __post_init__(self):
     if not 0.0 < self.threshold <= 1.0:
@@ -130,6 +133,8 @@ class RewardConfig:
       raise ValueError(f"partial_credit must be in [0, 1], got {self.partial_credit}")
     if self.format_penalty < 0:
       raise ValueError(f"format_penalty must be >= 0, got {self.format_penalty}")
+    if self.diversity < 0:
+      raise ValueError(f"diversity must be >= 0, got {self.diversity}")
 
 
 def reward(target_answer, reference_answers, well_formed=True, config=RewardConfig()):
@@ -184,6 +189,29 @@ def batch_rewards(target_answers, reference_answers, well_formed=None, config=Re
     out[key] = np.array([row[key] for row in rows], bool)
   out["label"] = [row["label"] for row in rows]
   out["target"] = [row["target"] for row in rows]
+  return out
+
+
+def spread(parts, types, valid, diversity):
+  """The diversity term: divides the divergence of each valid scoring pair by n ** diversity, n the valid scoring
+  pairs of the same type in the batch, so that a failure type found many times pays less per pair than a rare one
+  (one type found n times earns n ** (1 - diversity) in all). Returns a copy of `batch_rewards`' parts with
+  divergence and reward rescaled and `type_count` [N] (n; 0 for a pair that does not score).
+
+  Args:
+    parts: `batch_rewards` output; types: N hashable question types (e.g. a world's skill of each question);
+    valid: N bools (dropped pairs neither score nor count); diversity: the exponent (>= 0).
+  """
+  if len(types) != len(parts["reward"]):
+    raise ValueError(f"need one type per pair: {len(types)} types for {len(parts['reward'])} pairs")
+  scoring = (parts["divergence"] > 0) & np.asarray(valid, bool)
+  counts = collections.Counter(t for t, s in zip(types, scoring) if s)
+  type_count = np.array([counts[t] if s else 0 for t, s in zip(types, scoring)], np.int32)
+  scale = np.where(scoring, np.maximum(type_count, 1).astype(np.float32) ** -diversity, 1.0)
+  out = dict(parts)
+  out["divergence"] = (parts["divergence"] * scale).astype(np.float32)
+  out["reward"] = (out["divergence"] - parts["format_penalty"]).astype(np.float32)
+  out["type_count"] = type_count
   return out
 
 

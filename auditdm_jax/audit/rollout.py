@@ -13,7 +13,8 @@ A `Rollout` is bound to its system (`audit.system.System`: the auditor `Policy`,
 once and returns one `Sample` per row; each call runs propose -> render -> answer -> score.
 Generation failures (`imagegen.errors.GenerationError` items) and unanswered pairs (an answerer returning None) are
 counted and the sample dropped (valid=False); malformed auditor outputs (outside the format / the world's grammar,
-or a question the world's `posed_fn` finds ill-posed on its image) are kept and penalised (see divergence).
+a question the world's `posed_fn` finds ill-posed on its image, or a caption / edit the generator rejects as
+`ill_posed`, e.g. an edit of an object the image lacks) are kept and penalised (see divergence).
 """
 import dataclasses
 import time
@@ -99,6 +100,8 @@ class Rollout:
     self.image_kind, self.asks = check_mode(mode)
     if self.image_kind and system.generator is None:
       raise ValueError(f"mode {mode!r} renders images but the system has no image generator")
+    if reward_config.diversity and system.type_fn is None:
+      raise ValueError("reward.diversity > 0 needs question types: this world's System has no type_fn")
     self.system, self.mode, self.group_size = system, mode, group_size
     self.reward_config, self.max_words = reward_config, max_words
 
@@ -130,9 +133,12 @@ class Rollout:
       comp, instructions = self._propose(params, images, self.image_kind, g, rng_image, baseline, timings)
       actions.append(comp)
       well_formed &= [self._well_formed(t, self.image_kind) for t in instructions]
-      failed = self._render(images, src_idx, instructions, np.flatnonzero(well_formed), seed, cf_images, timings)
+      failed, unrenderable = self._render(images, src_idx, instructions, np.flatnonzero(well_formed), seed,
+                                          cf_images, timings)
       valid[failed] = False
       counters["image_failures"] = len(failed)
+    else:
+      unrenderable = []
     if self.asks:  # Propose a question about the (counterfactual) image.
       if self.image_kind:
         comp, questions = self._propose(params, _stack_like(cf_images, images.shape[1:]), "question", 1,
@@ -147,7 +153,10 @@ class Rollout:
                          f"field")
       questions = [str(source["question"][j]) for j in src_idx]
     counters["malformed"] = int((~well_formed).sum())
-    counters["ill_posed"] = self._check_posed(cf_images, questions, np.flatnonzero(valid & well_formed), well_formed)
+    unrenderable = [i for i in unrenderable if well_formed[i]]  # Counted once, as ill-posed.
+    well_formed[unrenderable] = False
+    counters["ill_posed"] = len(unrenderable) + self._check_posed(cf_images, questions,
+                                                                  np.flatnonzero(valid & well_formed), well_formed)
 
     # Only valid, well-formed pairs are sent to the models.
     target_answers, ref_answers, failed = self._answer(cf_images, questions, np.flatnonzero(valid & well_formed),
@@ -156,6 +165,9 @@ class Rollout:
     counters["answer_failures"] = len(failed)
     counters["reference_failures"] = sum(a is None for r in ref_answers for a in r)
     parts = divergence.batch_rewards(target_answers, ref_answers, well_formed, self.reward_config)
+    if self.reward_config.diversity:
+      parts = divergence.spread(parts, [self.system.type_fn(q) for q in questions], valid,
+                                self.reward_config.diversity)
     rewards = np.where(valid, parts["reward"], 0.0).astype(np.float32)
     samples = self._score(source, images, src_idx, instructions, questions, cf_images, target_answers, ref_answers,
                           parts, rewards, valid, well_formed)
@@ -184,7 +196,8 @@ class Rollout:
     return comp, [t.strip() for t in comp.texts]
 
   def _render(self, images, src_idx, instructions, todo, seed, cf_images, timings):
-    """Renders the instructions of rows `todo` into cf_images (in place); returns the rows whose rendering failed."""
+    """Renders the instructions of rows `todo` into cf_images (in place) -> (rows whose rendering failed, rows whose
+    instruction the generator rejected as ill-posed)."""
     seeds = [seed + int(i) for i in todo]
     generator = self.system.generator
     t0 = time.perf_counter()
@@ -193,13 +206,13 @@ class Rollout:
     else:
       outs = generator.generate([instructions[i] for i in todo], seeds)
     timings["image_service"] += time.perf_counter() - t0
-    failed = []
+    failed, ill_posed = [], []
     for i, out in zip(todo, outs):
       if isinstance(out, Exception):
-        failed.append(int(i))
+        (ill_posed if getattr(out, "ill_posed", False) else failed).append(int(i))
       else:
         cf_images[i] = np.asarray(out.convert("RGB") if hasattr(out, "convert") else out, np.uint8)
-    return failed
+    return failed, ill_posed
 
   def _answer(self, images, questions, ask, timings):
     """Target and reference answers of rows `ask` -> (target [N], references [R][N], failed rows). A row fails when

@@ -10,7 +10,9 @@ A world (`auditdm_jax/worlds/<name>/system.py`) provides `build(system_config, w
               (success-rate evaluation); pool: `len(pool)` / `pool[k]`, the batches `generate` turns into new pairs
 World knowledge, None when a world has none: `truth_fn(image, question) -> answer | None` (ground truth),
 `format_fn(text, kind) -> bool` (the world's grammar), `posed_fn(image, question) -> bool` (whether the question
-has a defined answer on that image: an ill-posed pair earns no reward), `skill_fn(question) -> skill name`.
+has a defined answer on that image: an ill-posed pair earns no reward), `skill_fn(question) -> skill name` (the
+report's labels; it may name a planted weakness), `type_fn(question) -> question type` (the reward's diversity
+term, `divergence.spread`; it must not know any planted weakness).
 What one command needs beyond the roles is explicit and checked where it is used (`System.require`):
 `rectification` (`auditdm rectify` / `iterate`) and `test_sets` (the shapes demo's fixed evaluation sets).
 """
@@ -86,6 +88,7 @@ class System:
   format_fn: Optional[Callable[[str, str], bool]] = None
   posed_fn: Optional[Callable[[Any, str], bool]] = None
   skill_fn: Optional[Callable[[str], str]] = None
+  type_fn: Optional[Callable[[str], str]] = None
   rectification: Optional[Rectification] = None
   test_sets: Any = None
 
@@ -97,7 +100,7 @@ class System:
       if not isinstance(getattr(self, name), kind):
         raise TypeError(f"System.{name} must implement {kind.__name__} ({kind.__doc__.split('.')[0]}); got "
                         f"{type(getattr(self, name)).__name__}")
-    for name in ("data", "truth_fn", "format_fn", "posed_fn", "skill_fn"):
+    for name in ("data", "truth_fn", "format_fn", "posed_fn", "skill_fn", "type_fn"):
       value = getattr(self, name)
       if (name == "data" or value is not None) and not callable(value):
         raise TypeError(f"System.{name} must be callable, got {type(value).__name__}")

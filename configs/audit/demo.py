@@ -3,14 +3,15 @@
   auditdm demo --workdir runs/demo                      # full demo (target: <= 30 min on 2 cores)
   auditdm demo --workdir runs/demo_fast --config configs/audit/demo.py:fast   # minutes; used by the tests
 Arguments: fast, steps (GRPO steps), weakness (planted in the target by demo-pretrain), models_dir (default
-<workdir>/pretrain), mode (rollout mode).
+<workdir>/pretrain), mode (rollout mode), diversity (the reward's diversity exponent, `divergence.spread`).
 """
 from auditdm_jax import config as config_lib
 
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, fast=False, steps=0, weakness="counting:shape=star", models_dir="",
-                             mode="question", pretrain_config="")
+                             mode="question", pretrain_config="",
+                             diversity=0.0)
   fast = arg.fast
   c = config_lib.ml_collections.ConfigDict()
   c.seed = 0
@@ -26,7 +27,9 @@ def get_config(arg=None):
   c.ckpt_every, c.ckpt_keep, c.log_every = max(1, c.total_steps // 4), 4, 5
   # With two references a consensus means both agree (threshold 1.0): one weak reference alone must not be able
   # to flag the target (this is what keeps the audit's precision high).
-  c.reward = dict(threshold=1.0, soft_agreement=False, partial_credit=0.0, format_penalty=0.5)
+  # diversity > 0 spreads the search over failure types (question skills), for audits that expect several.
+  c.reward = dict(threshold=1.0, soft_agreement=False, partial_credit=0.0, format_penalty=0.5,
+                  diversity=float(arg.diversity))
   c.loss = dict(algorithm="grpo", beta=0.04, kl_estimator="k3", advantage_std="population")
   # The shapes world's system (auditdm_jax/worlds/shapes/system.py); models_dir "" = <workdir>/pretrain, filled in
   # by the demo command.

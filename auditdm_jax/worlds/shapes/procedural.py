@@ -20,8 +20,10 @@ from auditdm_jax.imagegen import errors
 
 class SceneTextError(errors.GenerationError):
   """A caption or edit command the world cannot render. `kind`: "parse" (not in the language), "reference" (names
-  no single object) or "conflict" (two objects in one cell, full grid); `cause` is the LanguageError."""
+  no single object) or "conflict" (two objects in one cell, full grid); `cause` is the LanguageError. The text is
+  at fault (`ill_posed`)."""
 
+  ill_posed = True
   KINDS = {lang.ParseError: "parse", lang.ReferenceError_: "reference", lang.ConflictError: "conflict"}
 
   def __init__(self, cause):

@@ -63,6 +63,14 @@ def well_formed(text, kind):
   return True
 
 
+def question_type(question):
+  """The skill of a question of the language, "unparsed" outside it (`System.type_fn`: knows no weakness)."""
+  try:
+    return lang.parse_question(question).skill
+  except ValueError:
+    return "unparsed"
+
+
 def render_batch(scenes, image_size):
   return np.stack([shapes.render(s, image_size) for s in scenes])
 
@@ -204,5 +212,5 @@ def build(sc, workdir, target_npz=None):
       data=SceneSource(sc.seed, sc.batch_size, image_size),
       eval_data=[eval_source(k) for k in range(sc.eval_batches)],
       pool=SceneSource(sc.seed + 4, sc.batch_size, image_size, num=sc.pool_batches),
-      truth_fn=truth, format_fn=well_formed, posed_fn=posed, skill_fn=skill_fn, rectification=rectification,
+      truth_fn=truth, format_fn=well_formed, posed_fn=posed, skill_fn=skill_fn, type_fn=question_type, rectification=rectification,
       test_sets=(general, weak))
