@@ -86,6 +86,11 @@ CASES = [
     (["generate", "--config", DEMO, "--config.generate.keep=all", "--workdir", "{aud}"], 2,
      'generate.keep "consensus" -> "all"', "{aud}/config.json"),
     (["demo", "--workdir", "{fast}"], 2, "ckpt_every 1 -> 25", "{fast}/config.json"),
+    # A bad reward or mode fails before the demo pretrains anything.
+    (["demo", "--config", "configs/audit/demo.py:diversity=-1", "--workdir", "{root}/d1"], 1,
+     "diversity must be >= 0", None),
+    (["sweep", "--config", "configs/audit/demo.py:mode=edits", "--workdir", "{root}/s1", "--seeds", "0",
+      "--weaknesses", "counting:shape=star"], 1, "unknown rollout mode 'edits'", None),
     # README's train-auditor / generate lines without demo models: a clear error, not a tokenizer NOT_FOUND.
     (["train-auditor", "--config", DEMO, "--workdir", "{aud}"], 1, "no shapes-world demo models", "tokenizer.model"),
     (["generate", "--config", DEMO, "--workdir", "{root}/gen"], 1, "no shapes-world demo models", "tokenizer.model"),

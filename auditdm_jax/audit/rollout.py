@@ -86,6 +86,13 @@ def check_mode(mode):
   return MODES[mode]
 
 
+def check_config(config):
+  """Validates an audit config's rollout settings (mode, reward) before anything is built; returns its
+  `divergence.RewardConfig`."""
+  check_mode(config.mode)
+  return divergence.RewardConfig(**config.reward.to_dict())
+
+
 class Rollout:
   """The rollout of one system, bound once: `rollout(params, source, rng, seed=..., baseline=...)`.
 
@@ -109,7 +116,7 @@ class Rollout:
   def from_config(cls, system, config, group_size=None):
     """From an audit config (mode, group_size, reward, max_words)."""
     return cls(system, mode=config.mode, group_size=group_size or config.group_size,
-               reward_config=divergence.RewardConfig(**config.reward.to_dict()), max_words=config.max_words)
+               reward_config=check_config(config), max_words=config.max_words)
 
   def __call__(self, params, source, rng, *, seed=0, baseline=False):
     """Audits one batch of source examples.

@@ -49,6 +49,7 @@ def ensure_models(config, models_dir):
 def run(config, workdir):
   """The whole loop in `workdir`; returns the summary (also written to summary.json)."""
   config = ml_collections.ConfigDict(config.to_dict())
+  rollout.check_config(config)  # A bad mode or reward fails before pretraining.
   if not config.system.models_dir:
     config.system.models_dir = os.path.join(workdir, "pretrain")
   stage = lambda name, fn, cfg=config: workdir_lib.stage(os.path.join(workdir, name), cfg, fn)

@@ -128,6 +128,7 @@ def run(config, workdir, seeds, weaknesses):
 
   config: the demo config (`configs/audit/demo.py[:fast]`). Every weakness is checked before anything trains.
   """
+  rollout.check_config(config)
   for w in weaknesses:
     tasks.check_weakness(w)
   rows = []

@@ -212,5 +212,5 @@ def build(sc, workdir, target_npz=None):
       data=SceneSource(sc.seed, sc.batch_size, image_size),
       eval_data=[eval_source(k) for k in range(sc.eval_batches)],
       pool=SceneSource(sc.seed + 4, sc.batch_size, image_size, num=sc.pool_batches),
-      truth_fn=truth, format_fn=well_formed, posed_fn=posed, skill_fn=skill_fn, type_fn=question_type, rectification=rectification,
-      test_sets=(general, weak))
+      truth_fn=truth, format_fn=well_formed, posed_fn=posed, skill_fn=skill_fn, type_fn=question_type,
+      rectification=rectification, test_sets=(general, weak))
