@@ -45,7 +45,9 @@ def test_vlm_system_edit_mode_with_http_reference(tmp_path):
   assert len(system.pool) == 2 and system.pool[1]["question"].tolist() == ["what color?"] * 2
   config = ml_collections.ConfigDict(dict(mode="edit", group_size=2, max_words=32,
                                           reward=dict(threshold=0.5, soft_agreement=False, partial_credit=0.0,
-                                                      format_penalty=0.5)))
+                                                      format_penalty=0.5, diversity=0.5)))
+  assert [system.type_fn(q) for q in ("What color is it?", "How many cats?", "?")] == ["what color", "how many",
+                                                                                     "empty"]
   n_before = len(_FakeOpenAI.bodies)
   result, samples = trainer.evaluate(system, system.params, config)
   srv.shutdown()

@@ -13,7 +13,8 @@
 - rectification (`auditdm rectify` / `iterate`, JAX targets): `target_train` (JSONL(s) of the target's original
   {image, question, answer} data, mixed with the generated pairs) and `target_eval` (a labelled JSONL: exact-match
   accuracy before and after); a randomly initialised tiny target is saved to `<workdir>/target_init.npz` first.
-Single-model analysis = several references excluding the target; model comparison = one reference.
+Single-model analysis = several references excluding the target; model comparison = one reference. The reward's
+diversity term types questions by their first two words (`question_type`).
 The RL policy (`policy.VLMPolicy`) prompts a PaliGemma auditor with its prefix-LM format and a Gemma3 auditor with
 the chat template (image + instruction in the user turn, sampling the model turn).
 """
@@ -102,6 +103,12 @@ def rectification(sc, workdir, spec, cfg, params, target, tok):
       evaluate_target=evaluate_target, with_target=lambda npz: build(sc, workdir, npz))
 
 
+def question_type(question, words=2):
+  """The question's first `words` words, lower-cased ("how many", "what color", "is there"): the VQA notion of a
+  question type, for the reward's diversity term (`System.type_fn`)."""
+  return " ".join(divergence.normalize_answer(question).split()[:words]) or "empty"
+
+
 def build(sc, workdir, target_init=None):
   """The System for `config.system` (sc); `target_init` replaces the target's weights (refinement iterations)."""
   aud_cfg, aud_params = loading.load_vlm(sc.auditor, seed=0)
@@ -130,5 +137,6 @@ def build(sc, workdir, target_init=None):
   return system_lib.System(
       policy=policy, params=aud_params, target=target, references=references, generator=generator, data=pool,
       pool=pool, eval_data=[eval_pool[k] for k in range(min(sc.eval_batches, len(eval_pool)))],
+      type_fn=question_type,
       rectification=(rectification(sc, workdir, target_spec, target.cfg, target.params, target, tok)
                      if isinstance(target, answerers.VLMAnswerer) else None))  # An HTTP target cannot be tuned.
