@@ -96,6 +96,20 @@ def test_accuracy_table_per_weakness_spec():
   assert "| weakness/binding:color=red | 1 | 0.0 |" in table
 
 
+def test_accuracy_table_splits_counting_by_true_count():
+  test = [(None, "How many circles are there?", "2", "counting", False),
+          (None, "How many red objects are there?", "2", "counting", False),
+          (None, "How many objects are there?", "10", "counting", False),
+          (None, "How many squares are there?", "1", "counting", False),
+          (None, "How many stars are there?", "4", "counting", True)]  # In the slice: not in a count row.
+  acc, counts = skills.accuracy_table(["2", "1", "10", "1", "4"], test, "counting:shape=star")
+  assert (acc["counting=1"], acc["counting=2"], acc["counting=10"]) == (1.0, 0.5, 1.0) and "counting=4" not in acc
+  assert counts["counting=2"] == 2
+  table = skills.format_table(dict(models={"t": dict(role="target", accuracy=acc)}, counts=counts)).splitlines()
+  rows = [line.split(" | ")[0].strip("| ") for line in table[2:]]
+  assert rows[:4] == ["counting", "counting=1", "counting=2", "counting=10"]
+
+
 def test_bad_weakness_fails_before_any_work(tmp_path):
   with pytest.raises(ValueError, match="weakness 'color:color=red': no color question"):
     pretrain.pretrain_all(_tiny("color:color=red"), str(tmp_path))

@@ -135,6 +135,7 @@ class Rollout:
     actions, instructions = [], [None] * n
     rng_image, rng_question = jax.random.split(rng)
     cf_images = [images[i] for i in src_idx]
+    unrenderable = []  # Rows whose caption / edit the generator rejected as ill-posed.
 
     if self.image_kind:  # Propose a caption / edit command, then render it.
       comp, instructions = self._propose(params, images, self.image_kind, g, rng_image, baseline, timings)
@@ -144,8 +145,6 @@ class Rollout:
                                           cf_images, timings)
       valid[failed] = False
       counters["image_failures"] = len(failed)
-    else:
-      unrenderable = []
     if self.asks:  # Propose a question about the (counterfactual) image.
       if self.image_kind:
         comp, questions = self._propose(params, _stack_like(cf_images, images.shape[1:]), "question", 1,

@@ -24,7 +24,8 @@ def test_set(cfg):
 
 def accuracy_table(answers, test, weakness=None):
   """{skill: accuracy} over the test rows (+ "weakness": the slices, "weakness/<spec>" per spec when `weakness`
-  lists several, "overall": all rows outside the slices)."""
+  lists several, "counting=<n>": counting rows outside the slices by true count, "overall": all rows outside the
+  slices)."""
   groups = collections.defaultdict(list)
   specs = tasks.weakness_specs(weakness)
   for pred, (_, question, gold, skill, weak) in zip(answers, test):
@@ -37,6 +38,8 @@ def accuracy_table(answers, test, weakness=None):
           groups[f"{WEAKNESS_ROW}/{spec}"].append(ok)
     else:
       groups["overall"].append(ok)
+      if skill == "counting":
+        groups[f"counting={gold}"].append(ok)
   return {k: float(np.mean(v)) for k, v in sorted(groups.items())}, {k: len(v) for k, v in groups.items()}
 
 
@@ -85,7 +88,9 @@ def auditor_validity(cfg, workdir, num=32, max_new_tokens=64, temperature=1.0):
 def format_table(result):
   """Markdown table: one row per skill (+ weakness slice, overall), one column per model."""
   names = list(result["models"])
-  rows = list(lang.SKILLS) + [WEAKNESS_ROW] + sorted(r for r in result["counts"] if r.startswith(WEAKNESS_ROW + "/"))
+  by_count = sorted((r for r in result["counts"] if r.startswith("counting=")), key=lambda r: int(r.split("=")[1]))
+  rows = (["counting"] + by_count + [s for s in lang.SKILLS if s != "counting"] + [WEAKNESS_ROW] +
+          sorted(r for r in result["counts"] if r.startswith(WEAKNESS_ROW + "/")))
   rows.append("overall")
   lines = ["| skill | n | " + " | ".join(f"{n} ({result['models'][n]['role']})" for n in names) + " |",
            "|---|---|" + "---|" * len(names)]

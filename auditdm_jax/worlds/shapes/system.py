@@ -63,12 +63,21 @@ def well_formed(text, kind):
   return True
 
 
+UNPARSED = "unparsed"  # The type / skill of a text outside the language.
+
+
+def _parse_question(question):
+  """The parsed question, None outside the language."""
+  try:
+    return lang.parse_question(question)
+  except ValueError:
+    return None
+
+
 def question_type(question):
   """The skill of a question of the language, "unparsed" outside it (`System.type_fn`: knows no weakness)."""
-  try:
-    return lang.parse_question(question).skill
-  except ValueError:
-    return "unparsed"
+  q = _parse_question(question)
+  return q.skill if q else UNPARSED
 
 
 def render_batch(scenes, image_size):
@@ -193,10 +202,9 @@ def build(sc, workdir, target_npz=None):
                             sc.weakness)
 
   def skill_fn(question):
-    try:
-      q = lang.parse_question(question)
-    except ValueError:
-      return "unparsed"
+    q = _parse_question(question)
+    if q is None:
+      return UNPARSED
     planted = [spec for spec in tasks.weakness_specs(sc.weakness) if tasks.in_weakness(q, spec)]
     return weakness_label(planted[0]) if planted else q.skill
 
