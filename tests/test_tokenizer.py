@@ -23,6 +23,14 @@ def test_ids_and_roundtrip(tok):
   assert tok.decode([tok.pad_id] + ids[:-1] + [tok.pad_id, 262_144]) == text
 
 
+def test_rare_characters_keep_a_piece(tmp_path):
+  # One "9" in ~20k characters: under sentencepiece's default character_coverage it would become <unk>.
+  texts = ["how many stars are there? 1", "how many squares are there? 2"] * 400 + ["how many circles? 9"]
+  tok = tok_lib.train(tmp_path / "rare.model", texts, vocab_size=1300)
+  ids = tok.encode("9")
+  assert tok.sp.unk_id() not in ids and tok.decode(ids) == "9"
+
+
 def test_special_pieces_are_single_tokens(tok):
   for piece in ("<loc0000>", "<loc1023>", "<seg000>", "<seg127>", "<start_of_image>", "<image_soft_token>",
                 "<start_of_turn>", "\n"):

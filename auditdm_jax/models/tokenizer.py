@@ -66,7 +66,8 @@ def train(model_path, texts, vocab_size=2000, special=("\n\n", "\n") + LOC_TOKEN
   """Trains a small sentencepiece model with Gemma's id layout (pad 0, eos 1, bos 2, unk 3) and the PaliGemma/
   Gemma3 special pieces as single tokens. For the embedded shapes world and tests: the real Gemma tokenizer is a
   file you point `Tokenizer` at. `vocab_size` counts the special pieces; it is a soft limit for tiny corpora.
-  Returns a `Tokenizer`.
+  Every character of the corpus gets a piece (character_coverage=1: sentencepiece's default 0.9995 maps the rarest
+  ones, e.g. an uncommon digit, to <unk>). Returns a `Tokenizer`.
   """
   model_path = str(model_path)
   if not model_path.endswith(".model"):
@@ -78,7 +79,7 @@ def train(model_path, texts, vocab_size=2000, special=("\n\n", "\n") + LOC_TOKEN
     spm.SentencePieceTrainer.Train(
         input=corpus, model_prefix=os.path.join(tmp, "m"), vocab_size=vocab_size, model_type="bpe",
         pad_id=0, eos_id=1, bos_id=2, unk_id=3, user_defined_symbols=list(special), hard_vocab_limit=False,
-        byte_fallback=False, split_digits=True, add_dummy_prefix=False, remove_extra_whitespaces=False, minloglevel=2,
+        byte_fallback=False, character_coverage=1.0, split_digits=True, add_dummy_prefix=False, remove_extra_whitespaces=False, minloglevel=2,
         normalization_rule_name="identity")
     with open(os.path.join(tmp, "m.model"), "rb") as f:
       data = f.read()
