@@ -83,6 +83,18 @@ def test_pretrain_cache_and_skills(tmp_path):
   assert "| weakness |" in table and "target (target)" in table
   assert os.path.exists(tmp_path / "skills.json")
 
+  # A second target beside the first (an `auditdm sweep` seed's layout): the manifest now names it, but skills
+  # (and load_demo_models with target_weakness) pick the target trained on the asked weakness.
+  other = _tiny("binding:color=red")
+  other.target.name = "target_b"
+  pretrain.pretrain_all(other, str(tmp_path))
+  assert list(pretrain.load_demo_models(str(tmp_path), roles=("target",))) == ["target_b"]
+  picked = pretrain.load_demo_models(str(tmp_path), roles=("target",), target_weakness="counting:shape=star")
+  assert list(picked) == ["target"]
+  assert "target" in skills.evaluate(cfg, str(tmp_path))["models"]
+  with pytest.raises(ValueError, match=r"no target .* 'existence:shape=triangle' .*target_b: 'binding:color=red'"):
+    pretrain.load_demo_models(str(tmp_path), target_weakness="existence:shape=triangle")
+
 
 def test_accuracy_table_per_weakness_spec():
   both = "counting:shape=star,binding:color=red"

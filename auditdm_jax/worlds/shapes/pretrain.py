@@ -377,18 +377,42 @@ def pretrain_all(cfg, workdir):
   return manifest
 
 
-def load_demo_models(workdir, roles=ROLES):
-  """{name: (role, DemoVLM)} of the pretrained demo models under `<workdir>/pretrain/` (see `pretrain_all`)."""
+def load_demo_models(workdir, roles=ROLES, target_weakness=None):
+  """{name: (role, DemoVLM)} of the pretrained demo models under `<workdir>/pretrain/` (see `pretrain_all`).
+
+  With `target_weakness` (a weakness spec) the target is the model there trained on that weakness, not the one the
+  manifest names (an `auditdm sweep` seed keeps one target per weakness; the manifest names the last trained).
+  """
   path = os.path.join(workdir, "pretrain", "manifest.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"no pretrained demo models under {workdir!r}: run `auditdm demo-pretrain` first")
   manifest = io.read_json(path)
   tok = tokenizer_lib.Tokenizer(manifest["tokenizer"])
+  entries = [e for e in manifest["models"] if e["role"] in roles]
+  if target_weakness is not None and "target" in roles:
+    entries = [e for e in entries if e["role"] != "target"] + [_target_entry(os.path.dirname(path), target_weakness)]
   out = {}
-  for entry in manifest["models"]:
-    if entry["role"] in roles:
-      loaded = load_model(entry["dir"])
-      if loaded is None:
-        raise FileNotFoundError(f"model {entry['name']} missing in {entry['dir']}")
-      out[entry["name"]] = (entry["role"], DemoVLM(loaded[0], loaded[1], tok))
+  for entry in entries:
+    loaded = load_model(entry["dir"])
+    if loaded is None:
+      raise FileNotFoundError(f"model {entry['name']} missing in {entry['dir']}")
+    out[entry["name"]] = (entry["role"], DemoVLM(loaded[0], loaded[1], tok))
   return out
+
+
+def _target_entry(root, weakness):
+  """The manifest entry of the target under `root` trained on `weakness`; ValueError naming the others if none."""
+  want = ",".join(tasks.check_weakness(weakness)) or None
+  found = {}
+  for name in sorted(os.listdir(root)):
+    meta_path = os.path.join(root, name, "meta.json")
+    if os.path.exists(meta_path):
+      meta = io.read_json(meta_path)
+      if meta.get("role") == "target":
+        found[name] = meta.get("weakness")
+  for name, trained_on in found.items():
+    if trained_on == want:
+      return {"name": name, "role": "target", "dir": os.path.join(root, name)}
+  raise ValueError(f"no target under {root} was trained on weakness {want!r} (targets there: "
+                   f"{', '.join(f'{n}: {w!r}' for n, w in found.items()) or 'none'}); pretrain one with "
+                   f"`auditdm demo-pretrain --config configs/demo/shapes.py:weakness=...`")

@@ -44,12 +44,14 @@ def accuracy_table(answers, test, weakness=None):
 
 
 def evaluate(cfg, workdir):
-  """Answers the held-out test with every VQA model (target, references); writes `<workdir>/skills.json`."""
+  """Answers the held-out test with every VQA model (the target trained on `cfg.weakness`, references); writes
+  `<workdir>/skills.json`."""
   test = test_set(cfg)
   images = np.stack([shapes.render(t[0], cfg.image_size) for t in test])
   questions = [t[1] for t in test]
   result = {"weakness": cfg.weakness, "models": {}, "counts": None}
-  for name, (role, model) in pretrain.load_demo_models(workdir, roles=("base", "target", "reference")).items():
+  models = pretrain.load_demo_models(workdir, roles=("base", "target", "reference"), target_weakness=cfg.weakness)
+  for name, (role, model) in models.items():
     acc, counts = accuracy_table(model.answer(images, questions), test, cfg.weakness)
     result["models"][name] = {"role": role, "accuracy": acc}
     result["counts"] = counts
