@@ -79,8 +79,8 @@ def train(model_path, texts, vocab_size=2000, special=("\n\n", "\n") + LOC_TOKEN
     spm.SentencePieceTrainer.Train(
         input=corpus, model_prefix=os.path.join(tmp, "m"), vocab_size=vocab_size, model_type="bpe",
         pad_id=0, eos_id=1, bos_id=2, unk_id=3, user_defined_symbols=list(special), hard_vocab_limit=False,
-        byte_fallback=False, character_coverage=1.0, split_digits=True, add_dummy_prefix=False, remove_extra_whitespaces=False, minloglevel=2,
-        normalization_rule_name="identity")
+        byte_fallback=False, character_coverage=1.0, split_digits=True, add_dummy_prefix=False,
+        remove_extra_whitespaces=False, minloglevel=2, normalization_rule_name="identity")
     with open(os.path.join(tmp, "m.model"), "rb") as f:
       data = f.read()
   io.write_bytes(model_path, data)
