@@ -327,6 +327,11 @@ def _tokenizer(cfg, root):
   return tok, path, digest
 
 
+def _planted(weakness):
+  """The checked weakness as a target records it in its meta.json ("spec,spec"; None for none)."""
+  return ",".join(tasks.check_weakness(weakness)) or None
+
+
 def pretrain_all(cfg, workdir):
   """Trains (or loads from `<workdir>/pretrain/`) the tokenizer, the base, the target and references fine-tuned
   from it, and the auditor.
@@ -334,7 +339,7 @@ def pretrain_all(cfg, workdir):
   cfg: a `configs/demo/shapes.py` config. Writes `<workdir>/pretrain/manifest.json`
   {"tokenizer": path, "image_size", "weakness", "models": [{"name", "role", "dir"}]}; returns it.
   """
-  weakness = ",".join(tasks.check_weakness(cfg.weakness)) or None  # A bad spec fails before any training.
+  weakness = _planted(cfg.weakness)  # A bad spec fails before any training.
   if weakness and not cfg.target.get("planted_share"):
     raise ValueError("config target.planted_share must be > 0 to plant a weakness")
   root = os.path.join(workdir, "pretrain")
@@ -402,7 +407,7 @@ def load_demo_models(workdir, roles=ROLES, target_weakness=None):
 
 def _target_entry(root, weakness):
   """The manifest entry of the target under `root` trained on `weakness`; ValueError naming the others if none."""
-  want = ",".join(tasks.check_weakness(weakness)) or None
+  want = _planted(weakness)
   found = {}
   for name in sorted(os.listdir(root)):
     meta_path = os.path.join(root, name, "meta.json")
