@@ -28,6 +28,17 @@ def test_failure_types_pick_k_by_silhouette_and_are_named_by_top_terms():
   assert len(report.failure_types([dict(question="how many?", failure=True)] * 3)) == 1  # one distinct text
 
 
+def test_default_cap_gives_each_of_eight_failure_kinds_its_own_type():
+  # Eight kinds of failure with disjoint words: the default cap (10 types) leaves each its own type; a cap of 6
+  # (the earlier default) has to merge some, which is how neighbouring failures diluted a weakness's type.
+  kinds = ["circle", "square", "triangle", "star", "red", "green", "blue", "yellow"]
+  templates = ["is there a {}?", "what is the {}?", "is there any {} in the image?", "the {} in this picture"]
+  records = [dict(question=t.format(k), failure=True, kind=k) for k in kinds for t in templates]
+  types = report.failure_types(records)
+  assert sorted({m["kind"] for m in t["members"]}.pop() for t in types) == sorted(kinds)
+  assert all(len({m["kind"] for m in t["members"]}) == 1 and t["count"] == 4 for t in types)
+  assert len(report.failure_types(records, k=6)) == 6
+
 def test_summary_is_formatted_and_checked_against_targets():
   s = dict(success_ratio=4.4, precision_trained=0.917, weakness_gap_closed=0.4, target_outside_weakness_before=0.743,
            target_outside_weakness_after=0.743, stage_seconds=dict(pretrain=1358.2, rectify=65.0))
