@@ -39,6 +39,7 @@ def test_default_cap_gives_each_of_eight_failure_kinds_its_own_type():
   assert all(len({m["kind"] for m in t["members"]}) == 1 and t["count"] == 4 for t in types)
   assert len(report.failure_types(records, k=6)) == 6
 
+
 def test_summary_is_formatted_and_checked_against_targets():
   s = dict(success_ratio=4.4, precision_trained=0.917, weakness_gap_closed=0.4, target_outside_weakness_before=0.743,
            target_outside_weakness_after=0.743, stage_seconds=dict(pretrain=1358.2, rectify=65.0))

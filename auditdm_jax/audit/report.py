@@ -23,13 +23,17 @@ from auditdm_jax.data import jsonl_source
 _STOP = ("a an the is are of to in on what which how there this that image picture does do any".split()
          + "make change turn add remove".split())  # Edit verbs say nothing about the kind of failure.
 
+# The most failure types a report shows. k is chosen by silhouette below it, but on the templated texts of an audit
+# the silhouette keeps rising with k, so the cap decides: it must leave neighbouring failures types of their own.
+MAX_TYPES = 10
+
 
 def read_records(path):
   """The records of a generated data.jsonl (errors name the file and line)."""
   return jsonl_source.read_jsonl(path, allow_empty=True)  # An audit may find nothing.
 
 
-def cluster_texts(texts, max_k=10, seed=0):
+def cluster_texts(texts, max_k=MAX_TYPES, seed=0):
   """TF-IDF + k-means over `texts`, k in [2, max_k] chosen by silhouette (1 cluster when there are too few
   distinct texts). Returns (assignments [N], centroids [k, V], vocabulary)."""
   vec = feature_extraction.text.TfidfVectorizer(token_pattern=r"[a-z]+", stop_words=_STOP)
@@ -48,7 +52,7 @@ def cluster_texts(texts, max_k=10, seed=0):
   return best[1], best[2], list(vocab)
 
 
-def failure_types(records, k=10, seed=0, top_terms=4):
+def failure_types(records, k=MAX_TYPES, seed=0, top_terms=4):
   """Clusters the failures' question + edit/caption text (k <= `k`, by silhouette); each type is named by its
   centroid's top TF-IDF terms. Returns [{name, count, members}] largest first."""
   fails = [r for r in records if r.get("failure")]
@@ -135,7 +139,7 @@ _CSS = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-co
         "h2{border-bottom:1px solid #999}")
 
 
-def render(records, metrics=(), summary=None, root=".", title="AuditDM report", k=10, examples_per_type=3,
+def render(records, metrics=(), summary=None, root=".", title="AuditDM report", k=MAX_TYPES, examples_per_type=3,
            max_exemplars=12, seed=0):
   """The report as one HTML string. Image paths in records are resolved against `root`."""
   fails = [r for r in records if r.get("failure")]

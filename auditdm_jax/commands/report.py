@@ -13,7 +13,8 @@ def add_arguments(parser):
   parser.add_argument("--metrics", default=None, help="the auditor's metrics.jsonl (training curves)")
   parser.add_argument("--summary", default=None, help="optional JSON file of headline numbers")
   parser.add_argument("--out", default=None, help="output .html (default: <workdir>/report.html)")
-  parser.add_argument("--clusters", type=int, default=10, help="most failure types (k-means, k chosen by silhouette)")
+  parser.add_argument("--clusters", type=int, default=report.MAX_TYPES,
+                      help="most failure types (k-means, k chosen by silhouette)")
 
 
 def run(args):
