@@ -271,13 +271,18 @@ def save_model(directory, cfg, params, meta):
   io.write_json(os.path.join(directory, "meta.json"), meta)  # Written last: its presence marks completion.
 
 
+def _read_meta(directory):
+  """The meta.json of a model directory written by `save_model`, or None when it is absent (not a finished model)."""
+  path = os.path.join(directory, "meta.json")
+  return io.read_json(path) if os.path.exists(path) else None
+
+
 def load_model(directory, digest=None, npz=None):
   """(cfg, host params, meta) of a model directory written by `save_model`, or None when absent (or trained from
   another config than `digest`). `npz` replaces its params.npz (a rectified target)."""
-  meta_path = os.path.join(directory, "meta.json")
-  if not os.path.exists(meta_path):
+  meta = _read_meta(directory)
+  if meta is None:
     return None
-  meta = io.read_json(meta_path)
   if digest is not None and meta.get("digest") != digest:
     return None
   cfg = ml_collections.ConfigDict(io.read_json(os.path.join(directory, "model_config.json")))
@@ -410,11 +415,9 @@ def _target_entry(root, weakness):
   want = _planted(weakness)
   found = {}
   for name in sorted(os.listdir(root)):
-    meta_path = os.path.join(root, name, "meta.json")
-    if os.path.exists(meta_path):
-      meta = io.read_json(meta_path)
-      if meta.get("role") == "target":
-        found[name] = meta.get("weakness")
+    meta = _read_meta(os.path.join(root, name))
+    if meta and meta.get("role") == "target":
+      found[name] = meta.get("weakness")
   for name, trained_on in found.items():
     if trained_on == want:
       return {"name": name, "role": "target", "dir": os.path.join(root, name)}
