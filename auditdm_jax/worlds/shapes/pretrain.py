@@ -200,6 +200,13 @@ def init_params(cfg, batch, seed):
                     batch["input_mask"][:1])["params"]
 
 
+def make_optimizer(lr, steps):
+  """(optax transformation, lr schedule) of the demo's models: AdamW, 5% warmup, cosine decay to 5% of `lr`."""
+  return optim.make_optimizer(ml_collections.ConfigDict(dict(
+      optimizer="adamw", lr=lr, wd=1e-4, grad_clip_norm=1.0, total_steps=steps,
+      schedule=dict(decay_type="cosine", warmup_percent=0.05, min_lr=lr * 0.05))))
+
+
 def train(cfg, stream, steps, lr, seed, init=None, aux_weight=1.0, desc="pretrain"):
   """Trains a model on `stream` (`Stream`) from `init` (params; None: a fresh model); returns host params.
 
@@ -211,9 +218,7 @@ def train(cfg, stream, steps, lr, seed, init=None, aux_weight=1.0, desc="pretrai
   head_rng = np.random.default_rng(seed)
   state = {"vlm": params, "cell_head": {
       name: jnp.asarray(head_rng.normal(0, d ** -0.5, (d, k)), jnp.float32) for name, k in CELL_HEADS}}
-  ocfg = ml_collections.ConfigDict(dict(optimizer="adamw", lr=lr, wd=1e-4, grad_clip_norm=1.0, total_steps=steps,
-                                        schedule=dict(decay_type="cosine", warmup_percent=0.05, min_lr=lr * 0.05)))
-  tx, schedule_fn = optim.make_optimizer(ocfg)
+  tx, schedule_fn = make_optimizer(lr, steps)
   opt_state = tx.init(state)
 
   def loss_fn(p, batch, _):

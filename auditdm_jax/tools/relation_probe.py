@@ -1,0 +1,150 @@
+"""Can the shapes demo's decoder learn spatial relations at all? A symbolic probe: text only, no image, no parsing.
+
+Each example lists 2-4 objects as tokens `<obj> colour shape row col` (random order; colour + shape unique, so
+each object has a name), then asks `<q> colourA shapeA relation colourB shapeB <ans>`; the decoder (our Gemma
+with the demo's width and depth, trained with the demo's optimizer) answers yes / no at `<ans>`. Relations and
+answers are drawn as `worlds/shapes/tasks.py` draws them (yes and no about equally often). `--ground W` adds a
+grounding target with weight W: at each name's last token, the named object's cell.
+
+  python -m auditdm_jax.tools.relation_probe                          # the demo decoder (width 128, depth 3)
+  python -m auditdm_jax.tools.relation_probe --ground 0.5 --seeds 0,1
+
+Prints one JSON line: per seed, held-out accuracy and answer loss every `--eval_every` steps; chance is 50%
+(and ln 2 = 0.693).
+"""
+import argparse
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from auditdm_jax import progress
+from auditdm_jax.models import gemma
+from auditdm_jax.tools import machine
+from auditdm_jax.worlds.shapes import language as lang
+from auditdm_jax.worlds.shapes import pretrain
+from auditdm_jax.worlds.shapes import scenes as shapes
+
+NUM_COLORS, NUM_SHAPES, GRID, MAX_OBJECTS = len(shapes.COLORS), len(shapes.SHAPES), shapes.GRID, 4
+RELATIONS = lang.RELATIONS  # Relation k is token REL0 + k.
+# Token ids: 0 pad, then colours, shapes, rows, columns, relations, the markers, answers and cells.
+COLOR0 = 1
+SHAPE0 = COLOR0 + NUM_COLORS
+ROW0 = SHAPE0 + NUM_SHAPES
+COL0 = ROW0 + GRID
+REL0 = COL0 + GRID
+OBJ, QUESTION, ANSWER, YES, NO = range(REL0 + len(RELATIONS), REL0 + len(RELATIONS) + 5)
+CELL0 = NO + 1
+VOCAB = CELL0 + GRID * GRID
+OBJ_LEN, Q_LEN = 5, 7
+NAME_ENDS = (-5, -2)  # Positions of shapeA and shapeB from the end of a sequence.
+
+
+def sample(rng, n):
+  """n examples -> tokens int32 [n, MAX_OBJECTS * OBJ_LEN + Q_LEN] (objects, padding, question), answer [n]
+  (YES / NO), cells [n, 2] (CELL0 + the cell of object A and of object B)."""
+  k = rng.integers(2, MAX_OBJECTS + 1, n)
+  cells = np.argsort(rng.random((n, GRID * GRID)), 1)[:, :MAX_OBJECTS]
+  names = rng.integers(0, NUM_COLORS * NUM_SHAPES, (n, MAX_OBJECTS))
+  live = np.arange(MAX_OBJECTS)[None] < k[:, None]
+  while True:  # Redraw rows where two live objects share a name.
+    dup = ((names[:, :, None] == names[:, None, :]) & live[:, :, None] & live[:, None, :]).sum((1, 2)) > k
+    if not dup.any():
+      break
+    names[dup] = rng.integers(0, NUM_COLORS * NUM_SHAPES, (dup.sum(), MAX_OBJECTS))
+  rows, cols = cells // GRID, cells % GRID
+  ia = rng.integers(0, k)
+  ib = (ia + 1 + rng.integers(0, k - 1)) % k
+  at = lambda a, i: np.take_along_axis(a, i[:, None], 1)[:, 0]
+  (ra, ca, na), (rb, cb, nb) = [(at(rows, i), at(cols, i), at(names, i)) for i in (ia, ib)]
+  truth = np.stack([ca < cb, ca > cb, ra < rb, ra > rb], 1)
+  want = rng.random(n) < 0.5
+  fits = truth == want[:, None]
+  fits[~fits.any(1)] = True  # No relation gives the drawn answer: any relation.
+  rel = np.argmax(np.where(fits, rng.random((n, len(RELATIONS))), -1), 1)
+  answer = np.where(at(truth, rel), YES, NO)
+  order = np.argsort(np.where(live, rng.random((n, MAX_OBJECTS)), 2), 1)  # Live objects first, shuffled.
+  obj = np.stack([np.full((n, MAX_OBJECTS), OBJ), COLOR0 + names // NUM_SHAPES, SHAPE0 + names % NUM_SHAPES,
+                  ROW0 + rows, COL0 + cols], -1)
+  obj = np.where(live[..., None], obj, 0)
+  obj = np.take_along_axis(obj, order[..., None], 1).reshape(n, -1)
+  question = np.stack([np.full(n, QUESTION), COLOR0 + na // NUM_SHAPES, SHAPE0 + na % NUM_SHAPES, REL0 + rel,
+                       COLOR0 + nb // NUM_SHAPES, SHAPE0 + nb % NUM_SHAPES, np.full(n, ANSWER)], 1)
+  cells_ab = CELL0 + np.stack([ra * GRID + ca, rb * GRID + cb], 1)
+  return np.concatenate([obj, question], 1).astype(np.int32), answer.astype(np.int32), cells_ab.astype(np.int32)
+
+
+def run(seed, width=128, depth=3, steps=3000, batch=64, lr=2e-3, ground=0.0, causal=False, eval_every=500,
+        eval_size=2000):
+  """Trains one decoder; -> [(step, held-out accuracy, held-out answer loss)] every `eval_every` steps and at the
+  end."""
+  model = gemma.Model(pretrain.model_config(VOCAB, width=width, depth=depth).llm)  # The demo's decoder.
+
+  def logits(params, tokens):
+    valid = tokens != 0
+    mask = valid[:, None, :] & valid[:, :, None]
+    if causal:
+      mask &= jnp.tril(jnp.ones((tokens.shape[1],) * 2, bool))
+    x = model.apply({"params": params}, tokens, method=model.embed_tokens)
+    return model.apply({"params": params}, x, jnp.cumsum(valid, 1) - 1, mask)[0]
+
+  def loss_fn(params, tokens, answer, cells):
+    out = logits(params, tokens)
+    loss = optax.softmax_cross_entropy_with_integer_labels(out[:, -1], answer).mean()
+    grounding = optax.softmax_cross_entropy_with_integer_labels(out[:, jnp.array(NAME_ENDS)], cells).mean()
+    return loss + ground * grounding
+
+  tx, _ = pretrain.make_optimizer(lr, steps)
+  params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 1, width)), jnp.zeros((1, 1), jnp.int32),
+                      jnp.ones((1, 1, 1), bool))["params"]
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, tokens, answer, cells):
+    grads = jax.grad(loss_fn)(params, tokens, answer, cells)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  @jax.jit
+  def evaluate(params, tokens, answer):
+    out = logits(params, tokens)[:, -1]
+    return (out.argmax(-1) == answer).mean(), optax.softmax_cross_entropy_with_integer_labels(out, answer).mean()
+
+  held_tokens, held_answer, _ = sample(np.random.default_rng([seed, 1]), eval_size)
+  rng = np.random.default_rng([seed, 0])
+  curve = []
+  for i in progress.track(range(steps), desc=f"relation probe seed {seed}", unit="step"):
+    params, opt_state = step(params, opt_state, *sample(rng, batch))
+    if (i + 1) % eval_every == 0 or i + 1 == steps:
+      curve.append((i + 1, *(round(float(v), 4) for v in evaluate(params, held_tokens, held_answer))))
+  return curve
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--width", type=int, default=128)
+  parser.add_argument("--depth", type=int, default=3)
+  parser.add_argument("--steps", type=int, default=3000)
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--lr", type=float, default=2e-3)
+  parser.add_argument("--ground", type=float, default=0.0, help="weight of the grounding target (0: none)")
+  parser.add_argument("--causal", action="store_true", help="causal attention (default: bidirectional prefix)")
+  parser.add_argument("--seeds", default="0")
+  parser.add_argument("--eval_every", type=int, default=500)
+  args = parser.parse_args(argv)
+  if min(args.width, args.depth, args.steps, args.batch, args.eval_every) < 1 or args.width % 4:
+    parser.error("width (a multiple of 4), depth, steps, batch and eval_every must be positive")
+  seeds = [int(s) for s in args.seeds.split(",")]
+  settings = {k: v for k, v in vars(args).items() if k != "seeds"}
+  runs = [dict(seed=s, curve=run(s, **settings)) for s in seeds]
+  final = [r["curve"][-1][1] for r in runs]
+  result = dict(probe="relation", **settings, runs=runs, final_mean=round(float(np.mean(final)), 4),
+                final_std=round(float(np.std(final)), 4), machine=machine.load())
+  print(json.dumps(result))
+  return result
+
+
+if __name__ == "__main__":
+  main()

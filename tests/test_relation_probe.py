@@ -1,0 +1,43 @@
+"""The symbolic spatial-relation probe: its examples are labelled right, and a run trains and evaluates."""
+import numpy as np
+
+from auditdm_jax.tools import relation_probe as rp
+
+
+def _decode(tokens):
+  """One example's tokens -> ({name: (row, col)}, name A, relation, name B)."""
+  objects = {}
+  for o in tokens[:rp.MAX_OBJECTS * rp.OBJ_LEN].reshape(rp.MAX_OBJECTS, rp.OBJ_LEN):
+    if o[0]:
+      assert o[0] == rp.OBJ
+      name = (o[1] - rp.COLOR0, o[2] - rp.SHAPE0)
+      assert name not in objects, "two objects share a name"
+      objects[name] = (o[3] - rp.ROW0, o[4] - rp.COL0)
+  q = tokens[-rp.Q_LEN:]
+  assert q[0] == rp.QUESTION and q[-1] == rp.ANSWER
+  return objects, (q[1] - rp.COLOR0, q[2] - rp.SHAPE0), rp.RELATIONS[q[3] - rp.REL0], (q[4] - rp.COLOR0,
+                                                                                        q[5] - rp.SHAPE0)
+
+
+def test_examples_are_labelled_by_the_positions_of_the_named_objects():
+  tokens, answer, cells = rp.sample(np.random.default_rng(3), 2000)
+  assert tokens.shape == (2000, rp.MAX_OBJECTS * rp.OBJ_LEN + rp.Q_LEN) and tokens.max() < rp.VOCAB
+  for t, y, c in zip(tokens, answer, cells):
+    objects, a, rel, b = _decode(t)
+    assert 2 <= len(objects) <= rp.MAX_OBJECTS and a != b
+    (ra, ca), (rb, cb) = objects[a], objects[b]
+    holds = {"left": ca < cb, "right": ca > cb, "above": ra < rb, "below": ra > rb}[rel]
+    assert y == (rp.YES if holds else rp.NO)
+    assert list(c) == [rp.CELL0 + ra * rp.GRID + ca, rp.CELL0 + rb * rp.GRID + cb]
+    assert t[rp.NAME_ENDS[0]] == rp.SHAPE0 + a[1] and t[rp.NAME_ENDS[1]] == rp.SHAPE0 + b[1]
+  assert 0.45 < np.mean(answer == rp.YES) < 0.55
+  assert set(tokens[:, -4] - rp.REL0) == set(range(len(rp.RELATIONS)))
+
+
+def test_run_trains_and_the_grounding_target_changes_training():
+  kw = dict(seed=0, width=16, depth=1, steps=6, batch=8, eval_every=3, eval_size=64)
+  plain = rp.run(**kw)
+  assert [s for s, _, _ in plain] == [3, 6] and all(0 <= a <= 1 and loss > 0 for _, a, loss in plain)
+  assert rp.run(**kw) == plain
+  grounded = rp.run(ground=1.0, **kw)
+  assert abs(grounded[-1][2] - plain[-1][2]) > 1e-3
