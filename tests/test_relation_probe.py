@@ -1,5 +1,6 @@
 """The symbolic spatial-relation probe: its examples are labelled right, and a run trains and evaluates."""
 import numpy as np
+import pytest
 
 from auditdm_jax.tools import relation_probe as rp
 
@@ -41,3 +42,10 @@ def test_run_trains_and_the_grounding_target_changes_training():
   assert rp.run(**kw) == plain
   grounded = rp.run(ground=1.0, **kw)
   assert abs(grounded[-1][2] - plain[-1][2]) > 1e-3
+
+
+@pytest.mark.parametrize("argv", [["--seeds", "0,a"], ["--ground", "-1"], ["--width", "30"], ["--steps", "0"]])
+def test_bad_flags_fail_at_once(argv, capsys):
+  with pytest.raises(SystemExit):
+    rp.main(argv)
+  assert "error:" in capsys.readouterr().err

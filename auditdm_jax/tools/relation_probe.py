@@ -136,7 +136,12 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if min(args.width, args.depth, args.steps, args.batch, args.eval_every) < 1 or args.width % 4:
     parser.error("width (a multiple of 4), depth, steps, batch and eval_every must be positive")
-  seeds = [int(s) for s in args.seeds.split(",")]
+  if args.ground < 0:
+    parser.error(f"--ground is a loss weight >= 0, got {args.ground}")
+  try:
+    seeds = [int(s) for s in args.seeds.split(",")]
+  except ValueError:
+    parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
   settings = {k: v for k, v in vars(args).items() if k != "seeds"}
   runs = [dict(seed=s, curve=run(s, **settings)) for s in seeds]
   final = [r["curve"][-1][1] for r in runs]
