@@ -59,7 +59,8 @@ def sample(rng, n):
   ib = (ia + 1 + rng.integers(0, k - 1)) % k
   at = lambda a, i: np.take_along_axis(a, i[:, None], 1)[:, 0]
   (ra, ca, na), (rb, cb, nb) = [(at(rows, i), at(cols, i), at(names, i)) for i in (ia, ib)]
-  truth = np.stack([ca < cb, ca > cb, ra < rb, ra > rb], 1)
+  holds = {"left": ca < cb, "right": ca > cb, "above": ra < rb, "below": ra > rb}
+  truth = np.stack([holds[r] for r in RELATIONS], 1)
   want = rng.random(n) < 0.5
   fits = truth == want[:, None]
   fits[~fits.any(1)] = True  # No relation gives the drawn answer: any relation.
