@@ -59,7 +59,7 @@ def sample(rng, n):
   ib = (ia + 1 + rng.integers(0, k - 1)) % k
   at = lambda a, i: np.take_along_axis(a, i[:, None], 1)[:, 0]
   (ra, ca, na), (rb, cb, nb) = [(at(rows, i), at(cols, i), at(names, i)) for i in (ia, ib)]
-  holds = {"left": ca < cb, "right": ca > cb, "above": ra < rb, "below": ra > rb}
+  holds = lang.relations_hold(ra, ca, rb, cb)
   truth = np.stack([holds[r] for r in RELATIONS], 1)
   want = rng.random(n) < 0.5
   fits = truth == want[:, None]

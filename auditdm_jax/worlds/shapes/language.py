@@ -34,6 +34,11 @@ ABSENT = "none"  # The answer of a colour / shape / size question about an objec
 EDIT_OPS = ("recolor", "resize", "retexture", "remove", "add", "move", "replace")
 
 
+def relations_hold(row_a, col_a, row_b, col_b):
+  """{relation: whether "A <relation> B" holds} for A at (row_a, col_a), B at (row_b, col_b); scalars or arrays."""
+  return {"left": col_a < col_b, "right": col_a > col_b, "above": row_a < row_b, "below": row_a > row_b}
+
+
 class LanguageError(ValueError):
   """Base of every error about text in the shapes world's language."""
 
@@ -596,8 +601,7 @@ class Question:
       a, b = (r.resolve(scene) for r in self.refs)
       if a == b:
         raise ReferenceError_("a spatial relation needs two different objects")
-      ok = {"left": a.col < b.col, "right": a.col > b.col, "above": a.row < b.row, "below": a.row > b.row}
-      return "yes" if ok[self.arg] else "no"
+      return "yes" if relations_hold(a.row, a.col, b.row, b.col)[self.arg] else "no"
     raise ValueError(f"unknown question op {self.op!r}")
 
   def to_dict(self):

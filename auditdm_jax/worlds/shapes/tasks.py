@@ -129,7 +129,7 @@ def _spatial(rng, scene):
     ra, rb = (absent, rb) if rng.random() < 0.5 else (ra, absent)
   if ra is None or rb is None:
     return None
-  truth = {"left": a.col < b.col, "right": a.col > b.col, "above": a.row < b.row, "below": a.row > b.row}
+  truth = lang.relations_hold(a.row, a.col, b.row, b.col)
   want = rng.random() < 0.5
   rels = [r for r in lang.RELATIONS if truth[r] == want] or list(lang.RELATIONS)
   rel = _pick(rng, rels)
