@@ -126,9 +126,11 @@ def stage(path, config, fn):
 
   The result is recorded in `<path>/done.json` with the config that made it; a rerun with the same config returns
   the record, another config raises WorkdirMismatch (naming the changed keys) unless the workdir was claimed with
-  "resume", in which case the stage runs again (resuming from the checkpoints / shards it left).
+  "resume", in which case the stage runs again (resuming from the checkpoints / shards it left) and its "seconds"
+  add up the wall time of every run that made the result.
   """
   marker = os.path.join(path, DONE)
+  earlier = 0.0
   if os.path.exists(marker):
     done = _read_json(marker)
     if done.get("config_digest") == digest(config):
@@ -138,10 +140,11 @@ def stage(path, config, fn):
     if _on_change == "refuse":
       raise WorkdirMismatch(f"stage {path} was made by another config ({change}); {_HINT}", marker)
     log.warning("stage %s was made by another config (%s): running it again", path, change)
+    earlier = done.get("result", {}).get("seconds", 0.0)
   os.makedirs(path, exist_ok=True)
   t0 = time.time()
   result = dict(fn())
-  result["seconds"] = time.time() - t0
+  result["seconds"] = earlier + time.time() - t0
   io_lib.write_json(marker, dict(config_digest=digest(config), config=plain(config), result=result))
   log.info("stage %s: %.0f s", path, result["seconds"])
   return result

@@ -79,7 +79,8 @@ def test_report_renders(tmp_path):
   assert 'alt="failure-search success rate"' in text
   assert "Failure types (2 clusters" in text and "Legend" in text
   assert "<td>precision_trained</td><td>90.0%</td>" in text  # percentages
-  assert "<td>3.20x</td><td>&gt;= 3x</td><td class=pass>pass" in text  # targets
+  assert "<td>3.20x</td><td>&gt;= 4x</td><td class=bad>FAIL" in text  # targets
+  assert "<td>90.0%</td><td>&gt;= 85%</td><td class=pass>pass" in text
   assert "how many red circles" in text and "make the star blue" in text
   assert "<td>count</td><td>3</td>" in text  # failures by skill
   assert "6 failures" in text

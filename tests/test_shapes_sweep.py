@@ -41,7 +41,8 @@ def test_sweep_end_to_end(tmp_path):
   assert main.main(["sweep", "--workdir", str(tmp_path), "--config", "configs/audit/demo.py:fast",
                     "--seeds", "0,1", "--weaknesses", ",".join(weaknesses), "--config.total_steps=2",
                     "--config.rectify.steps=2", "--config.system.pool_batches=1",
-                    "--config.system.test_questions=12", "--config.system.rectify_scenes=8"]) == 0
+                    "--config.system.test_questions=12", "--config.system.weakness_questions=6",
+                    "--config.system.rectify_scenes=8"]) == 0
   result = json.load(open(tmp_path / "sweep.json"))
   assert [(r["seed"], r["weakness"]) for r in result["runs"]] == [(s, w) for s in (0, 1) for w in weaknesses]
   for r in result["runs"]:

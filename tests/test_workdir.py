@@ -58,7 +58,12 @@ def test_stage_runs_once_per_config(tmp_path):
     workdir.stage(path, _config(group_size=4), fn)
   assert len(calls) == 1
   # Under --resume-with-changes the stage runs again (resuming from its own checkpoints / shards).
+  # Its wall time adds up both runs.
   workdir.claim(str(tmp_path), _config(group_size=4), on_change="resume")
-  assert workdir.stage(path, _config(group_size=4), fn)["records"] == 2
-  assert workdir.stage(path, _config(group_size=4), fn)["records"] == 2
+  marker = os.path.join(path, "done.json")
+  done["result"]["seconds"] = 100.0
+  open(marker, "w").write(json.dumps(done))
+  again = workdir.stage(path, _config(group_size=4), fn)
+  assert again["records"] == 2 and 100.0 <= again["seconds"] < 110.0
+  assert workdir.stage(path, _config(group_size=4), fn) == again
   workdir.claim(str(tmp_path), _config(group_size=4))  # Back to the default for the rest of the session.

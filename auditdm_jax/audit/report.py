@@ -204,8 +204,8 @@ def fmt(key, value):
 
 # The demo's targets (README): (name, value of the summary or None when not measured, goal, formatted, passes).
 TARGETS = (
-    ("failure-search success, trained vs baseline", lambda s: s.get("success_ratio"), ">= 3x",
-     lambda v: f"{v:.2f}x", lambda v: v >= 3.0),
+    ("failure-search success, trained vs baseline", lambda s: s.get("success_ratio"), ">= 4x",
+     lambda v: f"{v:.2f}x", lambda v: v >= 4.0),
     ("audit precision vs ground truth (trained)", lambda s: s.get("precision_trained"), ">= 85%",
      lambda v: f"{100 * v:.1f}%", lambda v: v >= 0.85),
     ("weakness gap closed by rectification", lambda s: s.get("weakness_gap_closed"), ">= 50%",

@@ -37,7 +37,11 @@ def get_config(arg=None):
       module="auditdm_jax.worlds.shapes.system", models_dir=arg.models_dir, weakness=arg.weakness,
       auditor="auditor", target="target", references=["ref0", "ref1"], prompt_len=64, max_new_tokens=24,
       temperature=1.0, top_p=1.0, batch_size=4 if fast else 8, answer_batch_size=64, eval_batches=1 if fast else 4,
-      pool_batches=2 if fast else 40, test_questions=40 if fast else 1000, rectify_scenes=40 if fast else 1500, seed=0)
+      pool_batches=2 if fast else 40, rectify_scenes=40 if fast else 1500, seed=0,
+      # Held-out questions: general ones (accuracy outside the weakness: 10000 puts the standard error of its
+      # change under rectification near 0.3 points; 1000 left it near 1, the size of the change the demo bounds)
+      # and inside the weakness slices.
+      test_questions=40 if fast else 10000, weakness_questions=40 if fast else 1000)
   c.pretrain_config = arg.pretrain_config or ("configs/demo/shapes.py:fast" if fast else "configs/demo/shapes.py")
   c.generate = dict(samples_per_source=2, keep="consensus", auditor_workdir="", baseline=False)
   c.rectify = dict(dataset="", mix=0.5, steps=20 if fast else 300, lr=5e-4, wd=0.0, batch_size=16 if fast else 64,

@@ -84,7 +84,7 @@ def run(config, workdir):
       out = dict(generated_pairs=0, before=before, after=before, target_npz=None)
     test_sets = system.require("test_sets", "the references' weakness accuracy")
     out["reference_weakness"] = float(np.mean([
-        shapes_system.skill_accuracies(r, *test_sets)["weakness"] for r in system.references.references]))
+        shapes_system.accuracy(r, test_sets[1]) for r in system.references.references]))
     return out
   rect_res = stage("rectify", rect)
 
@@ -110,6 +110,7 @@ def run(config, workdir):
       "target_overall_before": before["overall"], "target_overall_after": after["overall"],
       "target_outside_weakness_before": before["outside_weakness"],
       "target_outside_weakness_after": after["outside_weakness"],
+      "target_outside_weakness_change_se": after.get("outside_weakness_change_se"),
       "target_before": before, "target_after": after,  # Per skill and per weakness spec.
       "stage_seconds": {name: st["seconds"] for name, st in zip(
           ("pretrain", "train_auditor", "audit", "generate", "rectify"), stages + [audit_res, gen, rect_res])},
@@ -136,7 +137,8 @@ def format_summary(s):
       f"target on planted weakness: {pct(s['target_weakness_before'])} -> {pct(s['target_weakness_after'])} "
       f"(references {pct(s['reference_weakness'])}; gap closed {pct(s['weakness_gap_closed'])})",
       f"target overall: {pct(s['target_overall_before'])} -> {pct(s['target_overall_after'])}; outside the "
-      f"weakness {pct(s['target_outside_weakness_before'])} -> {pct(s['target_outside_weakness_after'])}",
+      f"weakness {pct(s['target_outside_weakness_before'])} -> {pct(s['target_outside_weakness_after'])} (standard "
+      f"error of the change {pct(s['target_outside_weakness_change_se'])})",
       f"time per stage (s): {json.dumps({k: round(v) for k, v in s['stage_seconds'].items()})}, total "
       f"{sum(s['stage_seconds'].values()) / 60:.1f} min",
       json.dumps(s),

@@ -37,6 +37,7 @@ COLUMNS = (
     ("reference_weakness", "weakness refs", "pct"), ("weakness_gap_closed", "gap closed", "pct"),
     ("target_outside_weakness_before", "outside before", "pct"),
     ("target_outside_weakness_after", "outside after", "pct"),
+    ("target_outside_weakness_change_se", "outside change s.e.", "pct"),
     *((f"seconds_{s}", f"{s} s", "int") for s in STAGES),
 )
 

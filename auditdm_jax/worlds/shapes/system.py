@@ -110,12 +110,12 @@ class SceneSource:
             "id": np.array([f"s{self.seed}-{k}-{i}" for i in range(self.batch_size)])}
 
 
-def test_set(seed, num, weakness, image_size):
-  """Fixed evaluation questions: `num` general ones (all skills) and `num` in the weakness slices (shared evenly
-  between the specs of `weakness`)."""
+def test_set(seed, num, weakness, image_size, num_weak=None):
+  """Fixed evaluation questions: `num` general ones (all skills) and `num_weak` (default `num`) in the weakness
+  slices (shared evenly between the specs of `weakness`)."""
   rng = np.random.default_rng(seed)
   specs = tasks.weakness_specs(weakness)
-  per_spec = -(-num // len(specs)) if specs else 0
+  per_spec = -(-(num if num_weak is None else num_weak) // len(specs)) if specs else 0
   general, weak = [], {spec: [] for spec in specs}
   while len(general) < num or any(len(w) < per_spec for w in weak.values()):
     scene = shapes.sample_scene(rng, 2, 4)
@@ -138,20 +138,25 @@ def accuracy(answerer, items):
                         for p, it in zip(preds, items)]))
 
 
-def skill_accuracies(answerer, general, weak, weakness=None):
-  """overall, per skill, weakness slice and everything outside it (+ `weakness/<spec>` per spec of a list)."""
+def skill_accuracies(answerer, general, weak, weakness=None, before=None):
+  """overall, per skill, weakness slice and everything outside it (+ `weakness/<spec>` per spec of a list) ->
+  (that dict, per-question correctness on `general`). With `before` (the correctness of another model on the same
+  questions), also "outside_weakness_change_se": the standard error of the paired change outside the weakness."""
   preds = answerer.answer([it[0] for it in general], [it[1] for it in general])
   ok = np.array([divergence.normalize_answer(p) == divergence.normalize_answer(it[2]) for p, it in zip(preds, general)])
   skills = np.array([it[3] for it in general])
-  inside = np.array([it[4] for it in general])
-  out = {"overall": float(ok.mean()), "outside_weakness": float(ok[~inside].mean()) if (~inside).any() else None,
+  outside = ~np.array([it[4] for it in general], bool)
+  out = {"overall": float(ok.mean()), "outside_weakness": float(ok[outside].mean()) if outside.any() else None,
          "weakness": accuracy(answerer, weak)}
+  if before is not None and outside.sum() > 1:
+    change = ok[outside].astype(float) - before[outside]
+    out["outside_weakness_change_se"] = float(change.std(ddof=1) / np.sqrt(len(change)))
   out.update({f"skill/{s}": float(ok[skills == s].mean()) for s in sorted(set(skills))})
   specs = tasks.weakness_specs(weakness)
   if len(specs) > 1:
     for spec in specs:
       out[f"weakness/{spec}"] = accuracy(answerer, [it for it in weak if tasks.in_weakness(it[1], spec)])
-  return out
+  return out, ok
 
 
 def write_original_jsonl(path, seed, num_scenes, per_scene, weakness, image_size):
@@ -195,11 +200,18 @@ def build(sc, workdir, target_npz=None):
     raise ValueError(f"target resolution {tgt_cfg.res} differs from the auditor's {image_size}")
   generator = procedural.ProceduralGenerator(image_size=image_size)
   eval_source = SceneSource(sc.seed + 1, sc.batch_size, image_size)
-  general, weak = test_set(sc.seed + 2, sc.test_questions, sc.weakness, image_size)
+  general, weak = test_set(sc.seed + 2, sc.test_questions, sc.weakness, image_size,
+                           sc.weakness_questions)
+  target_correct = []  # The unrectified target's per-question correctness, for the paired standard error.
 
   def evaluate_target(params=None):
-    return skill_accuracies(target if params is None else answer("rectified", tgt_cfg, params), general, weak,
-                            sc.weakness)
+    if params is None or not target_correct:
+      acc, ok = skill_accuracies(target, general, weak, sc.weakness)
+      target_correct[:] = [ok]
+      if params is None:
+        return acc
+    return skill_accuracies(answer("rectified", tgt_cfg, params), general, weak, sc.weakness,
+                            before=target_correct[0])[0]
 
   def skill_fn(question):
     q = _parse_question(question)
