@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from auditdm_jax.tools import relation_probe as rp
+from auditdm_jax.worlds.shapes import pretrain
 
 
 def _decode(tokens):
@@ -42,9 +43,18 @@ def test_run_trains_and_the_grounding_target_changes_training():
   assert rp.run(**kw) == plain
   grounded = rp.run(ground=1.0, **kw)
   assert abs(grounded[-1][2] - plain[-1][2]) > 1e-3
+  assert abs(rp.run(heads=4, kv_heads=4, **kw)[-1][2] - plain[-1][2]) > 1e-4  # Another head layout.
 
 
-@pytest.mark.parametrize("argv", [["--seeds", "0,a"], ["--ground", "-1"], ["--width", "30"], ["--steps", "0"]])
+def test_model_config_head_layout():
+  llm = pretrain.model_config(50, width=64, heads=8, kv_heads=2).llm
+  assert (llm.num_heads, llm.num_kv_heads, llm.head_dim) == (8, 2, 8)
+  with pytest.raises(ValueError, match="split into 3 heads"):
+    pretrain.model_config(50, width=64, heads=3)
+
+
+@pytest.mark.parametrize("argv", [["--seeds", "0,a"], ["--ground", "-1"], ["--width", "30"], ["--steps", "0"],
+                                  ["--heads", "3"], ["--kv_heads", "3"]])
 def test_bad_flags_fail_at_once(argv, capsys):
   with pytest.raises(SystemExit):
     rp.main(argv)

@@ -8,6 +8,7 @@ grounding target with weight W: at each name's last token, the named object's ce
 
   python -m auditdm_jax.tools.relation_probe                          # the demo decoder (width 128, depth 3)
   python -m auditdm_jax.tools.relation_probe --ground 0.5 --seeds 0,1
+  python -m auditdm_jax.tools.relation_probe --depth 6          # or --lr 5e-4, --heads 8 --kv_heads 8
 
 Prints one JSON line: per seed, held-out accuracy and answer loss every `--eval_every` steps; chance is 50%
 (and ln 2 = 0.693).
@@ -77,11 +78,11 @@ def sample(rng, n):
   return np.concatenate([obj, question], 1).astype(np.int32), answer.astype(np.int32), cells_ab.astype(np.int32)
 
 
-def run(seed, width=128, depth=3, steps=3000, batch=64, lr=2e-3, ground=0.0, causal=False, eval_every=500,
-        eval_size=2000):
+def run(seed, width=128, depth=3, heads=4, kv_heads=1, steps=3000, batch=64, lr=2e-3, ground=0.0, causal=False,
+        eval_every=500, eval_size=2000):
   """Trains one decoder; -> [(step, held-out accuracy, held-out answer loss)] every `eval_every` steps and at the
   end."""
-  model = gemma.Model(pretrain.model_config(VOCAB, width=width, depth=depth).llm)  # The demo's decoder.
+  model = gemma.Model(pretrain.model_config(VOCAB, width=width, depth=depth, heads=heads, kv_heads=kv_heads).llm)
 
   def logits(params, tokens):
     valid = tokens != 0
@@ -127,6 +128,8 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--width", type=int, default=128)
   parser.add_argument("--depth", type=int, default=3)
+  parser.add_argument("--heads", type=int, default=4, help="query heads")
+  parser.add_argument("--kv_heads", type=int, default=1, help="key/value heads (1: multi-query, the demo's)")
   parser.add_argument("--steps", type=int, default=3000)
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--lr", type=float, default=2e-3)
@@ -135,8 +138,11 @@ def main(argv=None):
   parser.add_argument("--seeds", default="0")
   parser.add_argument("--eval_every", type=int, default=500)
   args = parser.parse_args(argv)
-  if min(args.width, args.depth, args.steps, args.batch, args.eval_every) < 1 or args.width % 4:
-    parser.error("width (a multiple of 4), depth, steps, batch and eval_every must be positive")
+  if min(args.width, args.depth, args.heads, args.kv_heads, args.steps, args.batch, args.eval_every) < 1:
+    parser.error("width, depth, heads, kv_heads, steps, batch and eval_every must be positive")
+  if args.width % args.heads or args.heads % args.kv_heads:
+    parser.error(f"--width {args.width} must split into --heads {args.heads}, and those into --kv_heads "
+                 f"{args.kv_heads} groups")
   if args.ground < 0:
     parser.error(f"--ground is a loss weight >= 0, got {args.ground}")
   try:

@@ -40,19 +40,24 @@ from auditdm_jax.worlds.shapes import tokenizer_train
 log = logging.getLogger(__name__)
 
 
-def model_config(vocab_size, res=96, width=128, depth=2, img_width=128, img_depth=2, patch=None):
-  """Tiny PaliGemma config: ViT -> Gemma2 decoder with all-global attention.
+def model_config(vocab_size, res=96, width=128, depth=2, img_width=128, img_depth=2, patch=None, heads=4,
+                 kv_heads=1):
+  """Tiny PaliGemma config: ViT -> Gemma2 decoder with all-global attention (`heads` query heads sharing
+  `kv_heads` key/value heads).
 
   The default patch is a third of the image: one image token per grid cell, so the tiny models learn in minutes.
   """
+  if width % heads or heads % kv_heads:
+    raise ValueError(f"width {width} must split into {heads} heads, and those into {kv_heads} key/value groups")
   patch = patch or res // shapes.GRID
   if res % patch:
     raise ValueError(f"image size {res} is not a multiple of the patch size {patch}")
   cfg = vlm.get_config(
       "paligemma2_tiny", res=res,
       img=dict(variant=f"mu/{patch}", width=img_width, depth=img_depth, mlp_dim=2 * img_width, num_heads=4),
-      llm=dict(width=width, depth=depth, mlp_dim=2 * width, num_heads=4, num_kv_heads=1, head_dim=width // 4,
-               vocab_size=vocab_size, sliding_window=None, query_pre_attn_scalar=width // 4))
+      llm=dict(width=width, depth=depth, mlp_dim=2 * width, num_heads=heads, num_kv_heads=kv_heads,
+               head_dim=width // heads, vocab_size=vocab_size, sliding_window=None,
+               query_pre_attn_scalar=width // heads))
   return cfg
 
 
