@@ -30,7 +30,10 @@ def get_config(arg=None):
   # diversity > 0 spreads the search over failure types (question skills), for audits that expect several.
   c.reward = dict(threshold=1.0, soft_agreement=False, partial_credit=0.0, format_penalty=0.5,
                   diversity=float(arg.diversity))
-  c.loss = dict(algorithm="grpo", beta=0.04, kl_estimator="k3", advantage_std="population")
+  # With the diversity term, advantages are r - group mean (Dr.GRPO's): dividing by the group's std would scale a
+  # group whose failures share one type back up, undoing the term's 1/n between groups.
+  c.loss = dict(algorithm="grpo", beta=0.04, kl_estimator="k3", advantage_std="population",
+                advantage="dr_grpo" if arg.diversity else "grpo")
   # The shapes world's system (auditdm_jax/worlds/shapes/system.py); models_dir "" = <workdir>/pretrain, filled in
   # by the demo command.
   c.system = dict(
