@@ -1,9 +1,13 @@
 """Answer normalisation, consensus and reward cases."""
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from auditdm_jax import config as config_lib
 from auditdm_jax.audit import divergence as dv
+from auditdm_jax.audit import grpo
 from auditdm_jax.audit import prompts
+from auditdm_jax.audit import trainer
 
 
 @pytest.mark.parametrize("raw,norm", [
@@ -151,6 +155,20 @@ def test_spread_pays_a_rare_failure_type_more_per_pair():
   np.testing.assert_allclose(dv.spread(parts, types, valid, 1.0)["divergence"][:5], [0.25] * 4 + [1.0])
   with pytest.raises(ValueError, match="one type per pair"):
     dv.spread(parts, types[:3], valid, 0.5)
+
+
+def test_diversity_survives_dr_grpo_advantages_not_group_std():
+  """Two groups of 4: a common type's failures (reward 1/4 after `spread` at diversity 1) and a rare type's (1).
+  Dividing by each group's std gives both the same advantages; r - mean keeps the rare one 4x as strong, which is
+  why the demo uses Dr.GRPO's advantages when the diversity term is on."""
+  rewards = jnp.array([0.25, 0.25, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+  std = grpo.advantages(rewards, 4, config=grpo.loss_config("grpo"))
+  np.testing.assert_allclose(std[:4], std[4:], rtol=1e-4)
+  dr = grpo.advantages(rewards, 4, config=grpo.loss_config("grpo", advantage="dr_grpo"))
+  np.testing.assert_allclose(dr[4:], 4 * dr[:4], rtol=1e-6)
+  demo = lambda arg: config_lib.load(config_lib.find_spec(f"configs/audit/demo.py:{arg}"))
+  assert trainer.loss_config(demo("diversity=1.0")).advantage == "dr_grpo"
+  assert trainer.loss_config(demo("")).advantage == "grpo"
 
 
 @pytest.mark.parametrize("text,kind,ok", [
