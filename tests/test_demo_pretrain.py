@@ -108,6 +108,29 @@ def test_accuracy_table_per_weakness_spec():
   assert "| weakness/binding:color=red | 1 | 0.0 |" in table
 
 
+class _Replies:
+  """An answerer that gives fixed replies in order."""
+
+  def __init__(self, replies):
+    self.replies = replies
+
+  def answer(self, images, questions):
+    return self.replies[:len(questions)]
+
+
+def test_skill_accuracies_outside_the_weakness_and_the_paired_standard_error():
+  general = [(None, f"How many circles are there? {i}", "1", "counting", False) for i in range(4)]
+  general.append((None, "How many stars are there?", "1", "counting", True))
+  weak = [(None, "How many stars are there?", "1", "counting", True)]
+  before, ok = shapes_system.skill_accuracies(_Replies(["1", "1", "0", "0", "0"]), general, weak)
+  assert before["outside_weakness"] == 0.5 and before["overall"] == 0.4 and before["weakness"] == 1.0
+  assert "outside_weakness_change_se" not in before and ok.tolist() == [True, True, False, False, False]
+  after, _ = shapes_system.skill_accuracies(_Replies(["1", "0", "1", "0", "1"]), general, weak, before=ok)
+  # Changes outside the weakness: 0, -1, +1, 0 -> sample std sqrt(2/3), standard error that / sqrt(4).
+  assert after["outside_weakness"] == 0.5 and after["outside_weakness_change_se"] == pytest.approx(
+      np.sqrt(2 / 3) / 2)
+
+
 def test_accuracy_table_splits_counting_by_true_count():
   test = [(None, "How many circles are there?", "2", "counting", False),
           (None, "How many red objects are there?", "2", "counting", False),
