@@ -140,9 +140,10 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if min(args.width, args.depth, args.heads, args.kv_heads, args.steps, args.batch, args.eval_every) < 1:
     parser.error("width, depth, heads, kv_heads, steps, batch and eval_every must be positive")
-  if args.width % args.heads or args.heads % args.kv_heads:
-    parser.error(f"--width {args.width} must split into --heads {args.heads}, and those into --kv_heads "
-                 f"{args.kv_heads} groups")
+  try:  # The decoder's own check of the head layout.
+    pretrain.model_config(VOCAB, width=args.width, depth=args.depth, heads=args.heads, kv_heads=args.kv_heads)
+  except ValueError as e:
+    parser.error(str(e))
   if args.ground < 0:
     parser.error(f"--ground is a loss weight >= 0, got {args.ground}")
   try:

@@ -110,12 +110,12 @@ class SceneSource:
             "id": np.array([f"s{self.seed}-{k}-{i}" for i in range(self.batch_size)])}
 
 
-def test_set(seed, num, weakness, image_size, num_weak=None):
-  """Fixed evaluation questions: `num` general ones (all skills) and `num_weak` (default `num`) in the weakness
-  slices (shared evenly between the specs of `weakness`)."""
+def test_set(seed, num, num_weak, weakness, image_size):
+  """Fixed evaluation questions: `num` general ones (all skills) and `num_weak` in the weakness slices (shared
+  evenly between the specs of `weakness`)."""
   rng = np.random.default_rng(seed)
   specs = tasks.weakness_specs(weakness)
-  per_spec = -(-(num if num_weak is None else num_weak) // len(specs)) if specs else 0
+  per_spec = -(-num_weak // len(specs)) if specs else 0
   general, weak = [], {spec: [] for spec in specs}
   while len(general) < num or any(len(w) < per_spec for w in weak.values()):
     scene = shapes.sample_scene(rng, 2, 4)
@@ -200,8 +200,7 @@ def build(sc, workdir, target_npz=None):
     raise ValueError(f"target resolution {tgt_cfg.res} differs from the auditor's {image_size}")
   generator = procedural.ProceduralGenerator(image_size=image_size)
   eval_source = SceneSource(sc.seed + 1, sc.batch_size, image_size)
-  general, weak = test_set(sc.seed + 2, sc.test_questions, sc.weakness, image_size,
-                           sc.weakness_questions)
+  general, weak = test_set(sc.seed + 2, sc.test_questions, sc.weakness_questions, sc.weakness, image_size)
   target_correct = []  # The unrectified target's per-question correctness, for the paired standard error.
 
   def evaluate_target(params=None):
