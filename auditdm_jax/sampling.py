@@ -86,10 +86,16 @@ def filter_logits(logits, temperature, top_k=0, top_p=1.0):
   return logits, ids
 
 
-def pick_tokens(logits, keys, temperature, top_k=0, top_p=1.0, greedy=False):
-  """Chooses one token per row of logits [B, V] with per-row PRNG keys [B]."""
-  if greedy:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+def first_argmax(logits, max_logit=None):
+  """argmax over the last axis (the first of tied maxima) as a max and a min reduction, which XLA's CPU backend
+  runs several times faster than argmax's paired reduction; `max_logit` [..., 1] if already computed."""
+  m = jnp.max(logits, axis=-1, keepdims=True) if max_logit is None else max_logit
+  v = logits.shape[-1]
+  return jnp.min(jnp.where(logits == m, jnp.arange(v, dtype=jnp.int32), v), axis=-1)
+
+
+def pick_tokens(logits, keys, temperature, top_k=0, top_p=1.0):
+  """Samples one token per row of logits [B, V] with per-row PRNG keys [B] (greedy: `first_argmax`)."""
   cand, ids = filter_logits(logits, temperature, top_k, top_p)
   choice = jax.vmap(jax.random.categorical)(keys, cand)
   return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
@@ -163,13 +169,18 @@ class Sampler:
     """while_loop decode -> tokens/logprobs [B, gen_len], lengths [B], stopped [B], cache."""
     b = logits.shape[0]
     params = gemma.compute_params(params, self.model.config)  # Once, outside the loop.
-    layers = gemma.unstack_layers(params)
+    layers = gemma.decode_layers(params, self.model.config)
 
     def choose(logits, step):
-      step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, step)
-      tok = pick_tokens(logits, step_keys, temperature, top_k, top_p, greedy)
+      m = jnp.max(logits, axis=-1, keepdims=True)
+      if greedy:
+        tok = first_argmax(logits, m)
+      else:
+        step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, step)
+        tok = pick_tokens(logits, step_keys, temperature, top_k, top_p)
       # log_softmax at the chosen token only: no [B, V] array of log-probs written and read back each step.
-      logp = jnp.take_along_axis(logits, tok[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(logits, axis=-1)
+      shifted = logits - m
+      logp = jnp.take_along_axis(shifted, tok[:, None], axis=-1)[:, 0] - jnp.log(jnp.sum(jnp.exp(shifted), -1))
       return tok, logp
 
     def record(state, tok, logp):

@@ -48,6 +48,13 @@ def test_filter_logits_hand_values():
   assert sampling.bucket(1) == 16 and sampling.bucket(17) == 32 and sampling.bucket(64) == 64
 
 
+def test_first_argmax_is_argmax_with_ties_to_the_first():
+  logits = jnp.array([[1.0, 3.0, 3.0, -2.0], [-jnp.inf, -5.0, -jnp.inf, -5.0], [0.0, 0.0, 0.0, 0.0]])
+  np.testing.assert_array_equal(sampling.first_argmax(logits), [1, 1, 0])
+  rand = jax.random.normal(jax.random.key(1), (64, 1000))
+  np.testing.assert_array_equal(sampling.first_argmax(rand), jnp.argmax(rand, -1))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["gemma2_tiny", "gemma3_tiny"])
 def test_greedy_matches_transformers_generate(variant):

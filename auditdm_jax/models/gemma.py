@@ -160,7 +160,8 @@ def attend(q, k, v, mask, attn_softcap=None):
   logits = softcap(logits, attn_softcap)
   logits = jnp.where(mask[:, None, None], logits, _MASK)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bkgts,bksh->btkgh", probs, v).reshape(b, t, n, h)
+  # [B, K, G, T, H] out, then moved: this output layout keeps the CPU backend on its fast matmul path.
+  return jnp.einsum("bkgts,bksh->bkgth", probs, v).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
 def heads_first(x):
@@ -224,19 +225,16 @@ def dropout(x, rate, rng):
   return jax.lax.select(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
 
 
-def _project_weights_in_place(spec, h, weight):
-  """`jnp.einsum(spec, h, weight)` for spec "btd,<lead>d<out>-><...>": h [B, T, D] times a weight whose contracted
-  D sits between leading axes and an output axis (q [N, D, H], kv [2, K, D, H], gating [2, D, F]).
-
-  As a plain matmul such a weight needs its leading axes moved next to the output axis, and XLA materialises
-  that transposed copy of the weight on every call: inside a decode loop, every step. Broadcasting the (one
-  token per row) activations over the leading axes instead makes them batch axes of a batched matmul that
-  reads the weight where it lies.
-  """
-  ins, out = spec.split("->")
-  lead = ins.split(",")[1].split("d")[0]
-  x = jnp.broadcast_to(h, weight.shape[:len(lead)] + h.shape)
-  return jnp.einsum(f"{lead}btd,{ins.split(',')[1]}->{out}", x, weight)
+def _attn_projections(a, h, cfg):
+  """(q [B, T, N, H], k, v [B, T, K, H]) of h [B, T, D], from checkpoint-layout or `decode_layers` weights."""
+  if "qkv" not in a:
+    w = lambda x: x.astype(cfg.dtype)
+    k, v = jnp.einsum("btd,ckdh->cbtkh", h, w(a["kv_einsum"]["w"]))
+    return jnp.einsum("btd,ndh->btnh", h, w(a["q_einsum"]["w"])), k, v
+  b, t, _ = h.shape
+  n, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  q, k, v = jnp.split(h @ a["qkv"], [n * hd, (n + kv) * hd], axis=-1)
+  return q.reshape(b, t, n, hd), k.reshape(b, t, kv, hd), v.reshape(b, t, kv, hd)
 
 
 def _layer(p, x, positions, local, cfg, mask_fn, rng=None):
@@ -254,11 +252,8 @@ def _layer(p, x, positions, local, cfg, mask_fn, rng=None):
     drop_attn = drop_ffw = lambda a: a
   dtype = jnp.dtype(cfg.dtype)
   w = lambda a: a.astype(dtype)
-  decode = x.shape[1] == 1  # One token per row: read each weight in place (see `_project_weights_in_place`).
-  proj = _project_weights_in_place if decode else jnp.einsum
   h = rms_norm(x, p["pre_attention_norm"]["scale"], cfg.norm_eps)
-  q = proj("btd,ndh->btnh", h, w(p["attn"]["q_einsum"]["w"]))
-  k, v = proj("btd,ckdh->cbtkh", h, w(p["attn"]["kv_einsum"]["w"]))
+  q, k, v = _attn_projections(p["attn"], h, cfg)
   if cfg.qk_norm:
     q = rms_norm(q, p["attn"]["_query_norm"]["scale"], cfg.norm_eps)
     k = rms_norm(k, p["attn"]["_key_norm"]["scale"], cfg.norm_eps)
@@ -269,29 +264,49 @@ def _layer(p, x, positions, local, cfg, mask_fn, rng=None):
   k = apply_rope(k, positions, base, scale)
   k_all, v_all, mask = mask_fn(k, v)
   o = attend(q, k_all, v_all, mask, cfg.attn_softcap)
-  if decode:  # Per-head products summed in float32: XLA otherwise transposes this weight every step too.
-    o = jnp.einsum("btnh,nhd->nbtd", o, w(p["attn"]["attn_vec_einsum"]["w"]),
-                   preferred_element_type=jnp.float32).sum(0).astype(dtype)
+  if "out" in p["attn"]:
+    o = o.reshape(*o.shape[:2], -1) @ p["attn"]["out"]
   else:
     o = jnp.einsum("btnh,nhd->btd", o, w(p["attn"]["attn_vec_einsum"]["w"]))
   x = x + drop_attn(rms_norm(o, p["post_attention_norm"]["scale"], cfg.norm_eps))
 
   h = rms_norm(x, p["pre_ffw_norm"]["scale"], cfg.norm_eps)
-  gate, up = proj("btd,cdf->cbtf", h, w(p["mlp"]["gating_einsum"]))
+  if "gate_up" in p["mlp"]:
+    gate, up = jnp.split(h @ p["mlp"]["gate_up"], 2, axis=-1)
+  else:
+    gate, up = jnp.einsum("btd,cdf->cbtf", h, w(p["mlp"]["gating_einsum"]))
   h = jax.nn.gelu(gate, approximate=True) * up
   h = drop_ffw(h @ w(p["mlp"]["linear"]))  # Before the post-FFW norm, as big_vision.
   return x + rms_norm(h, p["post_ffw_norm"]["scale"], cfg.norm_eps)
 
 
-def unstack_layers(params):
-  """Tuple of per-layer param trees from params["layers"] (stacked), for `Model(layers=...)`.
+def decode_layers(params, cfg):
+  """Per-layer weights laid out for a decode loop (one token per row): a tuple of L trees, made once before it.
 
-  Slicing the stacked layers once, outside a decode loop, saves copying every layer's
-  weights at every step.
+  Each projection becomes one plain [in, out] matmul weight in the compute dtype: attn/qkv [D, (N + 2K) H] (q, k
+  and v fused), attn/out [N H, D], mlp/gate_up [D, 2F], mlp/linear [F, D]; norm scales are kept. In the checkpoint
+  layout the contracted D of q [N, D, H], kv [2, K, D, H] and gating [2, D, F] sits between leading axes and the
+  output axis, so each step's matmul would need a transposed copy of the weight (XLA makes it inside the loop,
+  every step) or a batched matmul per head (slow on CPU). The price is one copy of the q, kv and gating weights
+  for the loop's lifetime (in place of the compute-dtype cast when the params are wider). `_layer` takes either
+  layout.
   """
+  dtype = jnp.dtype(cfg.dtype)
+  d = cfg.width
+
+  def layer(p):
+    a, m = p["attn"], p["mlp"]
+    q = jnp.transpose(a["q_einsum"]["w"], (1, 0, 2)).reshape(d, -1)
+    kv = jnp.transpose(a["kv_einsum"]["w"], (2, 0, 1, 3)).reshape(d, -1)
+    attn = {k: v for k, v in a.items() if k.startswith("_")}  # qk norms.
+    attn.update(qkv=jnp.concatenate([q, kv], 1).astype(dtype),
+                out=a["attn_vec_einsum"]["w"].reshape(-1, d).astype(dtype))
+    mlp = dict(gate_up=jnp.transpose(m["gating_einsum"], (1, 0, 2)).reshape(d, -1).astype(dtype),
+               linear=m["linear"].astype(dtype))
+    return {**p, "attn": attn, "mlp": mlp}
+
   layers = params["layers"]
-  depth = jax.tree.leaves(layers)[0].shape[0]
-  return tuple(jax.tree.map(lambda a, i=i: a[i], layers) for i in range(depth))
+  return tuple(layer(jax.tree.map(lambda a, i=i: a[i], layers)) for i in range(cfg.depth))
 
 
 def compute_params(params, cfg):
@@ -383,7 +398,7 @@ class Model(nn.Module):
         written to the cache iff it attends to itself (attn_mask[b, t, t]).
       cache: None, or a cache from `init_cache` (slot = position % slots).
       return_hidden: return the final-normed hidden states [B, T, D] instead of logits.
-      layers: optional `unstack_layers(params)` of these params, hoisted out of a decode loop.
+      layers: optional `decode_layers(params)` of these params, hoisted out of a decode loop.
       deterministic: False applies `config.dropout` (needs a "dropout" rng); True (default) disables it.
 
     Returns:
