@@ -214,16 +214,16 @@ def test_prefill_equals_a_call_on_an_empty_cache(scan_layers):
 
 @pytest.mark.parametrize("variant,dtype", [("gemma2_tiny", "float32"), ("gemma3_tiny", "bfloat16")])
 def test_decode_layers_give_the_checkpoint_layouts_logits(variant, dtype):
-  """`decode_layers` (fused [in, out] matmul weights, made once before a decode loop) computes what the
-  checkpoint layout computes: a prompt chunk and then one-token steps on the same cache."""
+  """`decode_layers` (D-leading matmul weights, made once before a decode loop) computes what the checkpoint
+  layout computes: a prompt chunk and then one-token steps on the same cache."""
   cfg = gemma.get_config(variant, dtype=dtype)
   params = gemma.random_params(cfg)
   model = gemma.Model(cfg)
   tokens, attn_mask, positions, valid = _inputs(cfg, t=12)
   x = model.apply({"params": params}, tokens, method=model.embed_tokens)
   layers = gemma.decode_layers(params, cfg)
-  assert layers[0]["attn"]["qkv"].shape == (cfg.width, (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim)
-  assert layers[0]["mlp"]["gate_up"].dtype == jnp.dtype(dtype) and "q_einsum" not in layers[0]["attn"]
+  assert layers[0]["attn"]["k"].shape == (cfg.width, cfg.num_kv_heads, cfg.head_dim)
+  assert layers[0]["mlp"]["gate"].dtype == jnp.dtype(dtype) and "q_einsum" not in layers[0]["attn"]
   apply = jax.jit(model.apply)
   tol = 2e-5 if dtype == "float32" else 5e-2
   caches = {}

@@ -1,4 +1,7 @@
 """Sampler on 8 simulated CPU devices (conftest sets XLA_FLAGS) gives the 1-device outputs."""
+import collections
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -48,3 +51,21 @@ def test_sharded_sampling_matches_single_device():
   out = sampling.Sampler(gemma.Model(cfg), sharded, mesh=mesh).sample_tokens(tokens, mask, **kw)
   np.testing.assert_array_equal(out.tokens, single.tokens)
   np.testing.assert_allclose(out.logprobs, single.logprobs, atol=1e-5)
+
+
+@pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+def test_tensor_parallel_decode_step_has_only_all_reduces():
+  """With heads, MLP and vocab sharded over 'model', the compiled decode step communicates through the
+  all-reduces of tensor parallelism only: no weight is gathered and no activation resharded per step (a fused
+  q/k/v decode weight once made XLA split its sharded result with collective-permutes every step)."""
+  cfg = gemma.get_config("gemma3_tiny")
+  mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
+  params = _shard_params(gemma.random_params(cfg), mesh)
+  hlo = sampling.Sampler(gemma.Model(cfg), params, mesh=mesh).lower(
+      params, 8, 16, 16, greedy=True)["decode"].compile().as_text()
+  body = re.findall(r"body=%?([\w.\-]+)", hlo)[0]
+  start = hlo.index(body + " ")
+  ops = collections.Counter(re.findall(
+      r"= \S+ (all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter)(?:-start)?\(",
+      hlo[start:hlo.index("\n}\n", start)]))
+  assert set(ops) == {"all-reduce"} and ops["all-reduce"] >= 2 * cfg.depth, ops

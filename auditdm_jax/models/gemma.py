@@ -225,16 +225,9 @@ def dropout(x, rate, rng):
   return jax.lax.select(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
 
 
-def _attn_projections(a, h, cfg):
-  """(q [B, T, N, H], k, v [B, T, K, H]) of h [B, T, D], from checkpoint-layout or `decode_layers` weights."""
-  if "qkv" not in a:
-    w = lambda x: x.astype(cfg.dtype)
-    k, v = jnp.einsum("btd,ckdh->cbtkh", h, w(a["kv_einsum"]["w"]))
-    return jnp.einsum("btd,ndh->btnh", h, w(a["q_einsum"]["w"])), k, v
-  b, t, _ = h.shape
-  n, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  q, k, v = jnp.split(h @ a["qkv"], [n * hd, (n + kv) * hd], axis=-1)
-  return q.reshape(b, t, n, hd), k.reshape(b, t, kv, hd), v.reshape(b, t, kv, hd)
+def _lead_matmul(h, w):
+  """h [B, T, D] times w [D, ...] -> [B, T, ...], as one [D, prod(...)] matmul that reads w in place."""
+  return (h @ w.reshape(w.shape[0], -1)).reshape(*h.shape[:-1], *w.shape[1:])
 
 
 def _layer(p, x, positions, local, cfg, mask_fn, rng=None):
@@ -253,7 +246,11 @@ def _layer(p, x, positions, local, cfg, mask_fn, rng=None):
   dtype = jnp.dtype(cfg.dtype)
   w = lambda a: a.astype(dtype)
   h = rms_norm(x, p["pre_attention_norm"]["scale"], cfg.norm_eps)
-  q, k, v = _attn_projections(p["attn"], h, cfg)
+  if "q" in p["attn"]:  # `decode_layers`.
+    q, k, v = (_lead_matmul(h, p["attn"][name]) for name in ("q", "k", "v"))
+  else:
+    q = jnp.einsum("btd,ndh->btnh", h, w(p["attn"]["q_einsum"]["w"]))
+    k, v = jnp.einsum("btd,ckdh->cbtkh", h, w(p["attn"]["kv_einsum"]["w"]))
   if cfg.qk_norm:
     q = rms_norm(q, p["attn"]["_query_norm"]["scale"], cfg.norm_eps)
     k = rms_norm(k, p["attn"]["_key_norm"]["scale"], cfg.norm_eps)
@@ -264,15 +261,15 @@ def _layer(p, x, positions, local, cfg, mask_fn, rng=None):
   k = apply_rope(k, positions, base, scale)
   k_all, v_all, mask = mask_fn(k, v)
   o = attend(q, k_all, v_all, mask, cfg.attn_softcap)
-  if "out" in p["attn"]:
-    o = o.reshape(*o.shape[:2], -1) @ p["attn"]["out"]
+  if "q" in p["attn"]:  # [N, H, D] read as [N H, D] (a bitcast): no transposed copy of it per step.
+    o = o.reshape(*o.shape[:2], -1) @ p["attn"]["attn_vec_einsum"]["w"].reshape(-1, cfg.width)
   else:
     o = jnp.einsum("btnh,nhd->btd", o, w(p["attn"]["attn_vec_einsum"]["w"]))
   x = x + drop_attn(rms_norm(o, p["post_attention_norm"]["scale"], cfg.norm_eps))
 
   h = rms_norm(x, p["pre_ffw_norm"]["scale"], cfg.norm_eps)
-  if "gate_up" in p["mlp"]:
-    gate, up = jnp.split(h @ p["mlp"]["gate_up"], 2, axis=-1)
+  if "gate" in p["mlp"]:
+    gate, up = h @ p["mlp"]["gate"], h @ p["mlp"]["up"]
   else:
     gate, up = jnp.einsum("btd,cdf->cbtf", h, w(p["mlp"]["gating_einsum"]))
   h = jax.nn.gelu(gate, approximate=True) * up
@@ -283,25 +280,25 @@ def _layer(p, x, positions, local, cfg, mask_fn, rng=None):
 def decode_layers(params, cfg):
   """Per-layer weights laid out for a decode loop (one token per row): a tuple of L trees, made once before it.
 
-  Each projection becomes one plain [in, out] matmul weight in the compute dtype: attn/qkv [D, (N + 2K) H] (q, k
-  and v fused), attn/out [N H, D], mlp/gate_up [D, 2F], mlp/linear [F, D]; norm scales are kept. In the checkpoint
-  layout the contracted D of q [N, D, H], kv [2, K, D, H] and gating [2, D, F] sits between leading axes and the
-  output axis, so each step's matmul would need a transposed copy of the weight (XLA makes it inside the loop,
-  every step) or a batched matmul per head (slow on CPU). The price is one copy of the q, kv and gating weights
-  for the loop's lifetime (in place of the compute-dtype cast when the params are wider). `_layer` takes either
-  layout.
+  q [N, D, H], kv [2, K, D, H] and gating [2, D, F] contract D between leading axes and the output axis, so each
+  step's matmul would need a transposed copy of the weight (XLA makes it inside the loop, every step) or a
+  batched matmul per head (slow on CPU). Here they are split and D moved to the front once, in the compute
+  dtype: attn/q [D, N, H], attn/k and attn/v [D, K, H], mlp/gate and mlp/up [D, F], each read in place as a
+  plain [D, out] matmul whose sharded axis (heads, MLP) stays the major output axis, so tensor-sharded weights
+  need no resharding in the loop. attn_vec and linear are only cast. The price is one copy of the q, kv and
+  gating weights for the loop's lifetime (in place of the compute-dtype cast when the params are wider).
+  `_layer` takes either layout.
   """
   dtype = jnp.dtype(cfg.dtype)
-  d = cfg.width
+  lead = lambda a, axes: jnp.transpose(a, axes).astype(dtype)
 
   def layer(p):
     a, m = p["attn"], p["mlp"]
-    q = jnp.transpose(a["q_einsum"]["w"], (1, 0, 2)).reshape(d, -1)
-    kv = jnp.transpose(a["kv_einsum"]["w"], (2, 0, 1, 3)).reshape(d, -1)
     attn = {k: v for k, v in a.items() if k.startswith("_")}  # qk norms.
-    attn.update(qkv=jnp.concatenate([q, kv], 1).astype(dtype),
-                out=a["attn_vec_einsum"]["w"].reshape(-1, d).astype(dtype))
-    mlp = dict(gate_up=jnp.transpose(m["gating_einsum"], (1, 0, 2)).reshape(d, -1).astype(dtype),
+    kv = a["kv_einsum"]["w"]
+    attn.update(q=lead(a["q_einsum"]["w"], (1, 0, 2)), k=lead(kv[0], (1, 0, 2)), v=lead(kv[1], (1, 0, 2)),
+                attn_vec_einsum=dict(w=a["attn_vec_einsum"]["w"].astype(dtype)))
+    mlp = dict(gate=m["gating_einsum"][0].astype(dtype), up=m["gating_einsum"][1].astype(dtype),
                linear=m["linear"].astype(dtype))
     return {**p, "attn": attn, "mlp": mlp}
 
