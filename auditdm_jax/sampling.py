@@ -14,8 +14,9 @@ batch and max_new_tokens are padded to buckets so that few shapes are ever compi
 sequence's generated tokens include its stop token; `lengths` counts it, `text` omits it.
 
 Speed (docs/gpu.md): the prefill is one cache-free forward over the prompt that then writes its k/v
-(`gemma.Model.prefill`); the decode loop reads weights cast once to the compute dtype and updates the donated cache
-in place. Each function is compiled ahead of time per input signature and its compile time logged and kept in
+(`gemma.Model.prefill`); both read the layer weights laid out for plain matmuls (`gemma.decode_layers`, made in
+each function so that tensor-sharded weights keep their sharding), and the decode loop updates the donated cache in
+place. Each function is compiled ahead of time per input signature and its compile time logged and kept in
 `Sampler.compile_seconds`.
 """
 import dataclasses
@@ -152,6 +153,7 @@ class Sampler:
     """Prompt [B, T, D] -> (last logits [B*N, V], cache, next position [B*N])."""
     hidden, cache = self.model.apply({"params": params}, x, positions, attn_mask, cache_len,
                                      self.cache_dtype or self.model.config.dtype, return_hidden=True,
+                                     layers=gemma.decode_layers(params, self.model.config),
                                      method=self.model.prefill)
     cache = self._shard_batch(cache)
     valid = jnp.diagonal(attn_mask, axis1=1, axis2=2)

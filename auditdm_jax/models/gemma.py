@@ -395,7 +395,7 @@ class Model(nn.Module):
         written to the cache iff it attends to itself (attn_mask[b, t, t]).
       cache: None, or a cache from `init_cache` (slot = position % slots).
       return_hidden: return the final-normed hidden states [B, T, D] instead of logits.
-      layers: optional `decode_layers(params)` of these params, hoisted out of a decode loop.
+      layers: optional `decode_layers(params)` of these params (made once, before a decode loop).
       deterministic: False applies `config.dropout` (needs a "dropout" rng); True (default) disables it.
 
     Returns:
@@ -418,12 +418,12 @@ class Model(nn.Module):
       return x, new_cache
     return self.unembed(x), new_cache
 
-  def prefill(self, x, positions, attn_mask, cache_len, cache_dtype=None, return_hidden=False):
+  def prefill(self, x, positions, attn_mask, cache_len, cache_dtype=None, return_hidden=False, layers=None):
     """A prompt's forward pass and the fresh cache it fills, for `cache_len` positions in all.
 
     Same result as `__call__` with an empty `init_cache(B, cache_len)`, at the cost of a cache-free forward:
     attention spans the T prompt tokens only (not the empty cache slots too), and each layer's k/v are then
-    written into the cache. x [B, T, D], positions [B, T], attn_mask [B, T, T] as `__call__`.
+    written into the cache. x [B, T, D], positions [B, T], attn_mask [B, T, T] and `layers` as `__call__`.
 
     Returns:
       (logits [B, T, V] float32 or hidden [B, T, D], cache).
@@ -431,7 +431,8 @@ class Model(nn.Module):
     cfg = self.config
     x = x.astype(cfg.dtype)
     kinds = attn_kinds(cfg)
-    x, kv = self._run_layers(x, positions, attn_mask, kinds, self.layers, collect_kv=True)
+    layers = self.layers if layers is None else layers
+    x, kv = self._run_layers(x, positions, attn_mask, kinds, layers, collect_kv=True)
     cache = init_cache(cfg, x.shape[0], cache_len, cache_dtype)
     valid = jnp.diagonal(attn_mask, axis1=1, axis2=2)
     slots = {}
