@@ -15,8 +15,8 @@ sequence's generated tokens include its stop token; `lengths` counts it, `text` 
 
 Speed (docs/gpu.md): the prefill is one cache-free forward over the prompt that then writes its k/v
 (`gemma.Model.prefill`); both read the layer weights laid out for plain matmuls (`gemma.decode_layers`, made in
-each function so that tensor-sharded weights keep their sharding), and the decode loop updates the donated cache in
-place. Each function is compiled ahead of time per input signature and its compile time logged and kept in
+each function so that tensor-sharded weights keep their sharding; a `scan_layers` model's prefill scans the
+checkpoint layout instead), and the decode loop updates the donated cache in place. Each function is compiled ahead of time per input signature and its compile time logged and kept in
 `Sampler.compile_seconds`.
 """
 import dataclasses
@@ -151,9 +151,10 @@ class Sampler:
 
   def _prefill_fn(self, params, x, attn_mask, positions, *, cache_len, num_samples):
     """Prompt [B, T, D] -> (last logits [B*N, V], cache, next position [B*N])."""
+    cfg = self.model.config  # A scanned model keeps its scan (and compile time) for the prefill.
     hidden, cache = self.model.apply({"params": params}, x, positions, attn_mask, cache_len,
-                                     self.cache_dtype or self.model.config.dtype, return_hidden=True,
-                                     layers=gemma.decode_layers(params, self.model.config),
+                                     self.cache_dtype or cfg.dtype, return_hidden=True,
+                                     layers=None if cfg.scan_layers else gemma.decode_layers(params, cfg),
                                      method=self.model.prefill)
     cache = self._shard_batch(cache)
     valid = jnp.diagonal(attn_mask, axis1=1, axis2=2)

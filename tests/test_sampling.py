@@ -186,6 +186,17 @@ def test_bad_inputs():
     sampler.sample(x, np.ones((2, 4, 4), bool), np.zeros((2, 4), int), max_new_tokens=0)
 
 
+def test_scanned_model_samples_as_unrolled():
+  """A `scan_layers` model prefills with its scan over the checkpoint layout (the unrolled model with the decode
+  layout): both give the same greedy tokens and logprobs."""
+  params = gemma.random_params(gemma.get_config("gemma3_tiny"))
+  tokens, mask = _prompts(gemma.get_config("gemma3_tiny"), [11, 4, 9], 11)
+  outs = [sampling.Sampler(gemma.Model(gemma.get_config("gemma3_tiny", scan_layers=scan)), params).sample_tokens(
+      tokens, mask, max_new_tokens=6, stop_tokens=()) for scan in (False, True)]
+  np.testing.assert_array_equal(outs[0].tokens, outs[1].tokens)
+  np.testing.assert_allclose(outs[0].logprobs, outs[1].logprobs, atol=1e-5)
+
+
 def test_params_passed_per_call():
   """`params=` replaces the construction-time params for one call, reusing the compiled code."""
   cfg = gemma.get_config("gemma2_tiny")
