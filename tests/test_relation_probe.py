@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from auditdm_jax.models import gemma
 from auditdm_jax.tools import relation_probe as rp
 from auditdm_jax.worlds.shapes import pretrain
 
@@ -46,6 +47,25 @@ def test_run_trains_and_the_grounding_target_changes_training():
   assert abs(rp.run(heads=4, kv_heads=4, **kw)[-1][2] - plain[-1][2]) > 1e-4  # Another head layout.
 
 
+def test_chain_trains_and_the_prompt_does_not_see_it():
+  kw = dict(seed=0, width=16, depth=1, steps=6, batch=8, eval_every=3, eval_size=64)
+  chained = rp.run(chain=True, **kw)
+  assert [s for s, _, _ in chained] == [3, 6] and all(0 <= a <= 1 and loss > 0 for _, a, loss in chained)
+  assert abs(chained[-1][2] - rp.run(**kw)[-1][2]) > 1e-3
+  model = gemma.Model(pretrain.model_config(rp.VOCAB, width=16, depth=1).llm)
+  params = gemma.random_params(model.config)
+  tokens, _, cells = rp.sample(np.random.default_rng(0), 4)
+  with_chain = rp.forward(model, params, np.concatenate([tokens, cells], 1))
+  other_chain = rp.forward(model, params, np.concatenate([tokens, cells[:, :1], cells[:, :1]], 1))  # 2nd differs.
+  valid = tokens != 0  # (Padding rows attend to nothing and hold no value.)
+  np.testing.assert_allclose(with_chain[:, :-1][np.pad(valid, ((0, 0), (0, 1)), constant_values=True)],
+                             other_chain[:, :-1][np.pad(valid, ((0, 0), (0, 1)), constant_values=True)],
+                             atol=1e-5)  # Nothing before the second chain token sees it.
+  assert np.abs(with_chain[:, -1] - other_chain[:, -1]).max() > 1e-4
+  np.testing.assert_allclose(with_chain[:, :tokens.shape[1]][valid], rp.forward(model, params, tokens)[valid],
+                             atol=1e-5)
+
+
 def test_model_config_head_layout():
   llm = pretrain.model_config(50, width=64, heads=8, kv_heads=2).llm
   assert (llm.num_heads, llm.num_kv_heads, llm.head_dim) == (8, 2, 8)
@@ -54,7 +74,7 @@ def test_model_config_head_layout():
 
 
 @pytest.mark.parametrize("argv", [["--seeds", "0,a"], ["--ground", "-1"], ["--width", "30"], ["--steps", "0"],
-                                  ["--heads", "3"], ["--kv_heads", "3"]])
+                                  ["--heads", "3"], ["--kv_heads", "3"], ["--chain", "--ground", "0.5"]])
 def test_bad_flags_fail_at_once(argv, capsys):
   with pytest.raises(SystemExit):
     rp.main(argv)

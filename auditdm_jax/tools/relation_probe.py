@@ -4,10 +4,13 @@ Each example lists 2-4 objects as tokens `<obj> colour shape row col` (random or
 each object has a name), then asks `<q> colourA shapeA relation colourB shapeB <ans>`; the decoder (our Gemma
 with the demo's width and depth, trained with the demo's optimizer) answers yes / no at `<ans>`. Relations and
 answers are drawn as `worlds/shapes/tasks.py` draws them (yes and no about equally often). `--ground W` adds a
-grounding target with weight W: at each name's last token, the named object's cell.
+grounding target with weight W: at each name's last token, the named object's cell. `--chain` makes the answer a
+chain of three tokens, `cellA cellB yes|no` (trained as language: each token predicted from the ones before it, the
+chain attending causally), and scores the answer the decoder reaches when it writes its own chain (greedy).
 
   python -m auditdm_jax.tools.relation_probe                          # the demo decoder (width 128, depth 3)
   python -m auditdm_jax.tools.relation_probe --ground 0.5 --seeds 0,1
+  python -m auditdm_jax.tools.relation_probe --chain --seeds 0,1
   python -m auditdm_jax.tools.relation_probe --depth 6          # or --lr 5e-4, --heads 8 --kv_heads 8
 
 Prints one JSON line: per seed, held-out accuracy and answer loss every `--eval_every` steps; chance is 50%
@@ -78,25 +81,39 @@ def sample(rng, n):
   return np.concatenate([obj, question], 1).astype(np.int32), answer.astype(np.int32), cells_ab.astype(np.int32)
 
 
+def forward(model, params, tokens, causal=False):
+  """Logits [B, T, V] of examples [B, T] (a chain may follow the question): objects and question attend to each
+  other (or causally), a chain after them causally."""
+  prompt_len = MAX_OBJECTS * OBJ_LEN + Q_LEN
+  valid = tokens != 0
+  q, k = np.arange(tokens.shape[1])[:, None], np.arange(tokens.shape[1])[None]
+  allowed = k <= q if causal else (k <= q) | ((q < prompt_len) & (k < prompt_len))
+  mask = valid[:, None, :] & valid[:, :, None] & jnp.asarray(allowed)
+  x = model.apply({"params": params}, tokens, method=model.embed_tokens)
+  return model.apply({"params": params}, x, jnp.cumsum(valid, 1) - 1, mask)[0]
+
+
 def run(seed, width=128, depth=3, heads=4, kv_heads=1, steps=3000, batch=64, lr=2e-3, ground=0.0, causal=False,
-        eval_every=500, eval_size=2000):
+        chain=False, eval_every=500, eval_size=2000):
   """Trains one decoder; -> [(step, held-out accuracy, held-out answer loss)] every `eval_every` steps and at the
   end."""
   model = gemma.Model(pretrain.model_config(VOCAB, width=width, depth=depth, heads=heads, kv_heads=kv_heads).llm)
-
-  def logits(params, tokens):
-    valid = tokens != 0
-    mask = valid[:, None, :] & valid[:, :, None]
-    if causal:
-      mask &= jnp.tril(jnp.ones((tokens.shape[1],) * 2, bool))
-    x = model.apply({"params": params}, tokens, method=model.embed_tokens)
-    return model.apply({"params": params}, x, jnp.cumsum(valid, 1) - 1, mask)[0]
+  logits = lambda params, tokens: forward(model, params, tokens, causal)
 
   def loss_fn(params, tokens, answer, cells):
+    if chain:  # Targets cellA, cellB, answer at <ans>, cellA, cellB.
+      out = logits(params, jnp.concatenate([tokens, cells], 1))[:, -3:]
+      return optax.softmax_cross_entropy_with_integer_labels(out, jnp.concatenate([cells, answer[:, None]], 1)).mean()
     out = logits(params, tokens)
     loss = optax.softmax_cross_entropy_with_integer_labels(out[:, -1], answer).mean()
     grounding = optax.softmax_cross_entropy_with_integer_labels(out[:, jnp.array(NAME_ENDS)], cells).mean()
     return loss + ground * grounding
+
+  def answer_logits(params, tokens):
+    """The answer's logits [B, V]; with `chain`, after the decoder wrote cellA and cellB itself (greedy)."""
+    for _ in range(2 if chain else 0):
+      tokens = jnp.concatenate([tokens, logits(params, tokens)[:, -1:].argmax(-1).astype(tokens.dtype)], 1)
+    return logits(params, tokens)[:, -1]
 
   tx, _ = pretrain.make_optimizer(lr, steps)
   params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 1, width)), jnp.zeros((1, 1), jnp.int32),
@@ -111,7 +128,7 @@ def run(seed, width=128, depth=3, heads=4, kv_heads=1, steps=3000, batch=64, lr=
 
   @jax.jit
   def evaluate(params, tokens, answer):
-    out = logits(params, tokens)[:, -1]
+    out = answer_logits(params, tokens)
     return (out.argmax(-1) == answer).mean(), optax.softmax_cross_entropy_with_integer_labels(out, answer).mean()
 
   held_tokens, held_answer, _ = sample(np.random.default_rng([seed, 1]), eval_size)
@@ -135,6 +152,7 @@ def main(argv=None):
   parser.add_argument("--lr", type=float, default=2e-3)
   parser.add_argument("--ground", type=float, default=0.0, help="weight of the grounding target (0: none)")
   parser.add_argument("--causal", action="store_true", help="causal attention (default: bidirectional prefix)")
+  parser.add_argument("--chain", action="store_true", help="answer as the chain `cellA cellB yes|no`")
   parser.add_argument("--seeds", default="0")
   parser.add_argument("--eval_every", type=int, default=500)
   args = parser.parse_args(argv)
@@ -146,6 +164,8 @@ def main(argv=None):
     parser.error(str(e))
   if args.ground < 0:
     parser.error(f"--ground is a loss weight >= 0, got {args.ground}")
+  if args.chain and args.ground:
+    parser.error("--chain and --ground are two ways to supervise the cells: give one")
   try:
     seeds = [int(s) for s in args.seeds.split(",")]
   except ValueError:
