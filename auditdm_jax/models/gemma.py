@@ -160,8 +160,9 @@ def attend(q, k, v, mask, attn_softcap=None):
   logits = softcap(logits, attn_softcap)
   logits = jnp.where(mask[:, None, None], logits, _MASK)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  # [B, K, G, T, H] out, then moved: this output layout keeps the CPU backend on its fast matmul path.
-  return jnp.einsum("bkgts,bksh->bkgth", probs, v).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+  if t == 1:  # A decode step: [B, K, G, 1, H] is [B, 1, N, H] as it lies, and keeps XLA's CPU backend on its fast
+    return jnp.einsum("bkgts,bksh->bkgth", probs, v).reshape(b, t, n, h)  # matmul path ([B, 1, K, G, H] does not).
+  return jnp.einsum("bkgts,bksh->btkgh", probs, v).reshape(b, t, n, h)
 
 
 def heads_first(x):
