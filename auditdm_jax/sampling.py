@@ -16,8 +16,8 @@ sequence's generated tokens include its stop token; `lengths` counts it, `text` 
 Speed (docs/gpu.md): the prefill is one cache-free forward over the prompt that then writes its k/v
 (`gemma.Model.prefill`); both read the layer weights laid out for plain matmuls (`gemma.decode_layers`, made in
 each function so that tensor-sharded weights keep their sharding; a `scan_layers` model's prefill scans the
-checkpoint layout instead), and the decode loop updates the donated cache in place. Each function is compiled ahead of time per input signature and its compile time logged and kept in
-`Sampler.compile_seconds`.
+checkpoint layout instead), and the decode loop updates the donated cache in place. Each function is compiled
+ahead of time per input signature and its compile time logged and kept in `Sampler.compile_seconds`.
 """
 import dataclasses
 import logging

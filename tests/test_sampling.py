@@ -213,12 +213,17 @@ def test_params_passed_per_call():
     sampling.Sampler(gemma.Model(cfg), None).sample_tokens(tokens, mask, **kw)
 
 
-def _loop_body_arrays(hlo_text):
-  """(dtype, shape) of every array an instruction of the (first) while body materialises."""
+def _loop_body(hlo_text):
+  """The text of the (first) while body of an optimised HLO module."""
   body = re.findall(r"body=%?([\w.\-]+)", hlo_text)[0]
   start = hlo_text.index(body + " ")
+  return hlo_text[start:hlo_text.index("\n}\n", start)]
+
+
+def _loop_body_arrays(hlo_text):
+  """(dtype, shape) of every array an instruction of the (first) while body materialises."""
   out = []
-  for line in hlo_text[start:hlo_text.index("\n}\n", start)].splitlines()[1:]:
+  for line in _loop_body(hlo_text).splitlines()[1:]:
     m = re.match(r"\s*(?:ROOT )?%?[\w.\-]+ = (\(.*?\)|\S+) ([\w\-]+)\(", line)
     if m and m.group(2) not in ("parameter", "get-tuple-element", "bitcast", "tuple", "constant"):
       for dtype, dims in re.findall(r"(\w+)\[([\d,]*)\]", m.group(1)):  # A multi-output op has several.

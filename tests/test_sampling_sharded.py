@@ -10,6 +10,7 @@ from jax.sharding import PartitionSpec as P
 
 from auditdm_jax import sampling
 from auditdm_jax.models import gemma
+from test_sampling import _loop_body
 
 
 def _shard_params(params, mesh):
@@ -63,9 +64,6 @@ def test_tensor_parallel_decode_step_has_only_all_reduces():
   params = _shard_params(gemma.random_params(cfg), mesh)
   hlo = sampling.Sampler(gemma.Model(cfg), params, mesh=mesh).lower(
       params, 8, 16, 16, greedy=True)["decode"].compile().as_text()
-  body = re.findall(r"body=%?([\w.\-]+)", hlo)[0]
-  start = hlo.index(body + " ")
   ops = collections.Counter(re.findall(
-      r"= \S+ (all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter)(?:-start)?\(",
-      hlo[start:hlo.index("\n}\n", start)]))
+      r"= \S+ (all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter)(?:-start)?\(", _loop_body(hlo)))
   assert set(ops) == {"all-reduce"} and ops["all-reduce"] >= 2 * cfg.depth, ops

@@ -246,8 +246,9 @@ def _layer(p, x, positions, local, cfg, mask_fn, rng=None):
     drop_attn = drop_ffw = lambda a: a
   dtype = jnp.dtype(cfg.dtype)
   w = lambda a: a.astype(dtype)
+  decode_layout = "q" in p["attn"]  # `decode_layers`' weights, else the checkpoint layout.
   h = rms_norm(x, p["pre_attention_norm"]["scale"], cfg.norm_eps)
-  if "q" in p["attn"]:  # `decode_layers`.
+  if decode_layout:
     q, k, v = (_lead_matmul(h, p["attn"][name]) for name in ("q", "k", "v"))
   else:
     q = jnp.einsum("btd,ndh->btnh", h, w(p["attn"]["q_einsum"]["w"]))
@@ -262,14 +263,14 @@ def _layer(p, x, positions, local, cfg, mask_fn, rng=None):
   k = apply_rope(k, positions, base, scale)
   k_all, v_all, mask = mask_fn(k, v)
   o = attend(q, k_all, v_all, mask, cfg.attn_softcap)
-  if "q" in p["attn"]:  # [N, H, D] read as [N H, D] (a bitcast): no transposed copy of it per step.
+  if decode_layout:  # [N, H, D] read as [N H, D] (a bitcast): no transposed copy of it per step.
     o = o.reshape(*o.shape[:2], -1) @ p["attn"]["attn_vec_einsum"]["w"].reshape(-1, cfg.width)
   else:
     o = jnp.einsum("btnh,nhd->btd", o, w(p["attn"]["attn_vec_einsum"]["w"]))
   x = x + drop_attn(rms_norm(o, p["post_attention_norm"]["scale"], cfg.norm_eps))
 
   h = rms_norm(x, p["pre_ffw_norm"]["scale"], cfg.norm_eps)
-  if "gate" in p["mlp"]:
+  if decode_layout:
     gate, up = h @ p["mlp"]["gate"], h @ p["mlp"]["up"]
   else:
     gate, up = jnp.einsum("btd,cdf->cbtf", h, w(p["mlp"]["gating_einsum"]))
