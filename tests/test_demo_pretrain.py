@@ -1,15 +1,18 @@
 """`auditdm demo-pretrain` / `auditdm skills` with tiny budgets: roles, planted weakness data, cache, report."""
 import os
 
+import jax
 import numpy as np
 import pytest
 
 from auditdm_jax import config as config_lib
+from auditdm_jax.models import vlm
 from auditdm_jax.worlds.shapes import language as lang
 from auditdm_jax.worlds.shapes import tasks
 from auditdm_jax.worlds.shapes import pretrain
 from auditdm_jax.worlds.shapes import skills
 from auditdm_jax.worlds.shapes import system as shapes_system
+from auditdm_jax.worlds.shapes import tokenizer_train
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "demo", "shapes.py")
 AUDIT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "audit", "demo.py")
@@ -154,7 +157,73 @@ def test_bad_weakness_fails_before_any_work(tmp_path):
   with pytest.raises(ValueError, match="planted_share must be > 0"):
     pretrain.pretrain_all(unplanted, str(tmp_path))
   assert not os.listdir(tmp_path)
+  with pytest.raises(ValueError, match="ground_weight is a loss weight >= 0, got -1"):
+    pretrain.pretrain_all(config_lib.load(f"{CONFIG}:fast,ground=-1"), str(tmp_path))
+  assert not os.listdir(tmp_path)
   sc = config_lib.load(f"{AUDIT_CONFIG}:weakness=[counting:shape=star,existence:relation=left]").system
   sc.models_dir = str(tmp_path / "missing")  # The spec is checked before any model is looked for.
   with pytest.raises(ValueError, match="weakness 'existence:relation=left'"):
     shapes_system.build(sc, str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def world_tokenizer(tmp_path_factory):
+  return tokenizer_train.train_tokenizer(str(tmp_path_factory.mktemp("tok") / "tok.model"), 600, 150, 0)
+
+
+def test_grounding_labels_point_at_the_named_objects(world_tokenizer):
+  tok = world_tokenizer
+  scenes = pretrain.sample_scenes(200, 5)
+  rows = pretrain.vqa_data(scenes, 3, 6, image_size=48)
+  targets = nameable = 0
+  for question, i in zip(rows["question"], rows["image_index"]):
+    pos, cls = pretrain.grounding_labels(tok, question, scenes[i])
+    full = tok.encode(pretrain.vqa_prefix(question), add_bos=True)
+    for k, ref in enumerate(lang.parse_question(question).refs):
+      found = ref.select(scenes[i])
+      nameable += len(found) <= 1
+      if pos[k] < 0:
+        continue
+      targets += 1
+      assert len(found) <= 1, (question, ref)
+      assert cls[k] == (found[0].row * 3 + found[0].col if found else pretrain.GROUND_CLASSES - 1)
+      last = tok.decode(full[:pos[k] + 1]).split()[-1]  # The expression's last word ends at the position.
+      assert last in {ref.phrase().split()[-1], ref.phrase(plural=True).split()[-1]}, (question, last)
+    assert all(pos[len(lang.parse_question(question).refs):] == -1)
+  assert targets >= 0.9 * nameable and nameable > 400
+
+
+def test_grounded_losses_share_the_forward_pass_and_train(world_tokenizer):
+  cfg = _tiny("counting:shape=star")
+  cfg.ground_weight = 1.0
+  pool = pretrain.vqa_pool(cfg, world_tokenizer, [0, 1, 0])
+  assert pool["ground_pos"].shape == (len(pool["tokens"]), 2) and (pool["ground_pos"] >= 0).mean() > 0.3
+  batch = next(pretrain.Stream(lambda k: pool, 16, 0))
+  mcfg = pretrain.model_config(world_tokenizer.vocab_size, res=cfg.image_size, width=32, depth=1, img_width=32,
+                               img_depth=1)
+  model, params = vlm.get_model(mcfg), pretrain.init_params(mcfg, batch, 0)
+  rng = np.random.default_rng(0)
+  head = {"name": rng.normal(0, 0.5, (32, pretrain.GROUND_CLASSES)).astype(np.float32),
+          "answer": rng.normal(0, 0.5, (2, 32, pretrain.GROUND_CLASSES)).astype(np.float32)}
+  text, ground = pretrain.grounded_losses(model, params, head, batch)
+  np.testing.assert_allclose(text, pretrain.suffix_loss(model, params, batch), rtol=1e-5)
+  assert ground > 1.0  # Two targets per expression, each about ln(10) for random hidden states.
+  unlabelled = dict(batch, ground_pos=np.full_like(batch["ground_pos"], -1))
+  assert pretrain.grounded_losses(model, params, head, unlabelled)[1] == 0
+  # The answer head reads the last prefix token: swapping its two slots changes the loss, the name head does not.
+  swapped = dict(head, answer=head["answer"][::-1])
+  assert abs(pretrain.grounded_losses(model, params, swapped, batch)[1] - ground) > 1e-3
+  no_answer = dict(head, answer=np.zeros_like(head["answer"]))  # Uniform: ln(10) per labelled expression.
+  name_only = pretrain.grounded_losses(model, params, no_answer, batch)[1] - np.log(pretrain.GROUND_CLASSES)
+  hidden = model.apply({"params": params}, batch["images"], batch["tokens"], batch["mask_ar"], batch["input_mask"],
+                       return_hidden=True)
+  pos, cell = np.asarray(batch["ground_pos"]), np.asarray(batch["ground_cell"])
+  logits = np.einsum("bkd,dc->bkc", np.take_along_axis(np.asarray(hidden), np.maximum(pos, 0)[..., None], 1),
+                     head["name"])
+  expected = -np.take_along_axis(jax.nn.log_softmax(logits), cell[..., None], -1)[..., 0][pos >= 0].mean()
+  np.testing.assert_allclose(name_only, expected, rtol=1e-4)
+  stream = pretrain.Stream(lambda k: pool, 16, 0)
+  trained = pretrain.train(mcfg, stream, 2, 1e-3, 0, ground_weight=1.0)
+  plain = pretrain.train(mcfg, pretrain.Stream(lambda k: pool, 16, 0), 2, 1e-3, 0)
+  assert jax.tree.structure(trained) == jax.tree.structure(params)  # The grounding head is not kept.
+  assert max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), trained, plain))) > 1e-6

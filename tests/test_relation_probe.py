@@ -45,6 +45,21 @@ def test_run_trains_and_the_grounding_target_changes_training():
   grounded = rp.run(ground=1.0, **kw)
   assert abs(grounded[-1][2] - plain[-1][2]) > 1e-3
   assert abs(rp.run(heads=4, kv_heads=4, **kw)[-1][2] - plain[-1][2]) > 1e-4  # Another head layout.
+  assert abs(rp.run(one_token=True, ground=1.0, **kw)[-1][2] - grounded[-1][2]) > 1e-3
+
+
+def test_one_token_objects_sum_their_tokens():
+  model = gemma.Model(pretrain.model_config(rp.VOCAB, width=16, depth=1).llm)
+  params = gemma.random_params(model.config)
+  tokens, _, _ = rp.sample(np.random.default_rng(0), 4)
+  out = rp.forward(model, params, tokens, one_token=True)
+  assert out.shape == (4, tokens.shape[1] - (rp.OBJ_LEN - 1) * rp.MAX_OBJECTS, rp.VOCAB)
+  swapped = tokens.copy()
+  objects = swapped[:, :rp.MAX_OBJECTS * rp.OBJ_LEN].reshape(4, rp.MAX_OBJECTS, rp.OBJ_LEN)
+  objects[..., [3, 4]] = objects[..., [4, 3]]  # Row and column tokens change places within each object.
+  swapped[:, :rp.MAX_OBJECTS * rp.OBJ_LEN] = objects.reshape(4, -1)
+  np.testing.assert_allclose(rp.forward(model, params, swapped, one_token=True), out, atol=1e-5)
+  assert np.abs(rp.forward(model, params, swapped)[:, -1] - rp.forward(model, params, tokens)[:, -1]).max() > 1e-4
 
 
 def test_chain_trains_and_the_prompt_does_not_see_it():

@@ -206,3 +206,27 @@ def test_weakness_specs():
   rng = np.random.default_rng(0)
   test = tasks.balanced_test(rng, 10, "counting:shape=star")
   assert sum(t[4] for t in test) >= 10 and all(tasks.in_weakness(t[1], "counting:shape=star") == t[4] for t in test)
+
+
+@pytest.mark.parametrize("text,phrases", [
+    ("Is the red circle to the left of the blue star?", ["Is the red circle", " to the left of the blue star"]),
+    ("Are there more squares than stars?", ["Are there more squares", " than stars"]),
+    ("How many large red circles can you see?", ["How many large red circles"]),
+    ("Is there a circle in the image?", ["Is there a circle"]),
+    ("Is the star in the top left above the star in the center?",
+     ["Is the star in the top left", " above the star in the center"]),
+    ("What is in the top left?", [None]),  # Named by its cell alone: no phrase of the referent.
+])
+def test_ref_ends_finds_each_referring_expression_in_order(text, phrases):
+  ends = lang.ref_ends(text, lang.parse_question(text))
+  expected, at = [], 0
+  for p in phrases:
+    expected.append(None if p is None else at + len(p))
+    at = expected[-1] or at
+  assert ends == expected
+
+
+def test_ref_ends_stops_at_word_boundaries():
+  q = lang.Question(skill="counting", op="count", refs=(lang.Ref(shape="star"),))
+  assert lang.ref_ends("How many stars are there?", q) == [len("How many stars")]  # Not inside "stars".
+  assert lang.ref_ends("How many starfish are there?", q) == [None]

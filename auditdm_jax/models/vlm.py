@@ -119,16 +119,20 @@ class PaliGemma(nn.Module):
     x, full_mask, full_ar = self.embed_image_and_text(images, tokens, input_mask, mask_ar)
     return x, make_attn_mask(full_mask, full_ar), positions_from_mask(full_mask)
 
-  def __call__(self, images, tokens, mask_ar, input_mask=None, deterministic=True):
-    """Training forward: logits [B, T, V] for the text positions (next-token prediction at each text token).
+  def __call__(self, images, tokens, mask_ar, input_mask=None, deterministic=True, return_hidden=False):
+    """Training forward: logits [B, T, V] for the text positions (next-token prediction at each text token); with
+    `return_hidden` the final-normed hidden states [B, T, D] there instead (`unembed` maps them to logits).
 
     deterministic=False applies the decoder's `llm.dropout` (needs a "dropout" rng).
     """
     if input_mask is None:
       input_mask = jnp.ones_like(tokens, bool)
     x, attn_mask, positions = self.embed_prompt(images, tokens, input_mask, mask_ar)
-    logits, _ = self.llm(x, positions, attn_mask, deterministic=deterministic)
-    return logits[:, -tokens.shape[1]:]
+    out, _ = self.llm(x, positions, attn_mask, deterministic=deterministic, return_hidden=return_hidden)
+    return out[:, -tokens.shape[1]:]
+
+  def unembed(self, hidden):
+    return self.llm.unembed(hidden)
 
 
 class Gemma3VLM(nn.Module):

@@ -7,10 +7,13 @@ answers are drawn as `worlds/shapes/tasks.py` draws them (yes and no about equal
 grounding target with weight W: at each name's last token, the named object's cell. `--chain` makes the answer a
 chain of three tokens, `cellA cellB yes|no` (trained as language: each token predicted from the ones before it, the
 chain attending causally), and scores the answer the decoder reaches when it writes its own chain (greedy).
+`--one_token` gives each object one position, the sum of its five tokens' embeddings (as the demo's image tokens
+hold one cell each), instead of five.
 
   python -m auditdm_jax.tools.relation_probe                          # the demo decoder (width 128, depth 3)
   python -m auditdm_jax.tools.relation_probe --ground 0.5 --seeds 0,1
   python -m auditdm_jax.tools.relation_probe --chain --seeds 0,1
+  python -m auditdm_jax.tools.relation_probe --one_token --ground 0.5 --seeds 0,1,2
   python -m auditdm_jax.tools.relation_probe --depth 6          # or --lr 5e-4, --heads 8 --kv_heads 8
 
 Prints one JSON line: per seed, held-out accuracy and answer loss every `--eval_every` steps; chance is 50%
@@ -81,24 +84,30 @@ def sample(rng, n):
   return np.concatenate([obj, question], 1).astype(np.int32), answer.astype(np.int32), cells_ab.astype(np.int32)
 
 
-def forward(model, params, tokens, causal=False):
+def forward(model, params, tokens, causal=False, one_token=False):
   """Logits [B, T, V] of examples [B, T] (a chain may follow the question): objects and question attend to each
-  other (or causally), a chain after them causally."""
-  prompt_len = MAX_OBJECTS * OBJ_LEN + Q_LEN
+  other (or causally), a chain after them causally. With `one_token` each object's five tokens are summed into
+  one position, so T shrinks by 4 * MAX_OBJECTS (the question keeps its offsets from the end)."""
+  x = model.apply({"params": params}, tokens, method=model.embed_tokens)
   valid = tokens != 0
-  q, k = np.arange(tokens.shape[1])[:, None], np.arange(tokens.shape[1])[None]
+  if one_token:
+    split = MAX_OBJECTS * OBJ_LEN
+    objects = x[:, :split].reshape(x.shape[0], MAX_OBJECTS, OBJ_LEN, -1).sum(2)
+    x = jnp.concatenate([objects, x[:, split:]], 1)
+    valid = jnp.concatenate([valid[:, :split:OBJ_LEN], valid[:, split:]], 1)
+  prompt_len = x.shape[1] - tokens.shape[1] + MAX_OBJECTS * OBJ_LEN + Q_LEN
+  q, k = np.arange(x.shape[1])[:, None], np.arange(x.shape[1])[None]
   allowed = k <= q if causal else (k <= q) | ((q < prompt_len) & (k < prompt_len))
   mask = valid[:, None, :] & valid[:, :, None] & jnp.asarray(allowed)
-  x = model.apply({"params": params}, tokens, method=model.embed_tokens)
   return model.apply({"params": params}, x, jnp.cumsum(valid, 1) - 1, mask)[0]
 
 
 def run(seed, width=128, depth=3, heads=4, kv_heads=1, steps=3000, batch=64, lr=2e-3, ground=0.0, causal=False,
-        chain=False, eval_every=500, eval_size=2000):
+        chain=False, one_token=False, eval_every=500, eval_size=2000):
   """Trains one decoder; -> [(step, held-out accuracy, held-out answer loss)] every `eval_every` steps and at the
   end."""
   model = gemma.Model(pretrain.model_config(VOCAB, width=width, depth=depth, heads=heads, kv_heads=kv_heads).llm)
-  logits = lambda params, tokens: forward(model, params, tokens, causal)
+  logits = lambda params, tokens: forward(model, params, tokens, causal, one_token)
 
   def loss_fn(params, tokens, answer, cells):
     if chain:  # Targets cellA, cellB, answer at <ans>, cellA, cellB.
@@ -153,6 +162,7 @@ def main(argv=None):
   parser.add_argument("--ground", type=float, default=0.0, help="weight of the grounding target (0: none)")
   parser.add_argument("--causal", action="store_true", help="causal attention (default: bidirectional prefix)")
   parser.add_argument("--chain", action="store_true", help="answer as the chain `cellA cellB yes|no`")
+  parser.add_argument("--one_token", action="store_true", help="each object one position (summed embeddings)")
   parser.add_argument("--seeds", default="0")
   parser.add_argument("--eval_every", type=int, default=500)
   args = parser.parse_args(argv)

@@ -5,8 +5,10 @@ the base fine-tuned on data whose planted weakness slices carry wrong answers (`
 inside them); the auditor is SFT-trained on the instruction prompts. See auditdm_jax/worlds/shapes/pretrain.py.
 
 Arguments: `weakness=` the target's planted weakness (a `worlds/shapes/tasks.py` spec, e.g.
-"spatial:relation=left", "counting:shape=star", or a bracketed list), `fast` (tiny budgets for tests).
+"spatial:relation=left", "counting:shape=star", or a bracketed list), `fast` (tiny budgets for tests), `ground`
+(the grounding loss's weight, `ground_weight`).
   auditdm demo-pretrain --workdir W --config configs/demo/shapes.py:weakness=spatial:relation=left
+  auditdm demo --workdir W --config configs/audit/demo.py:pretrain_config=configs/demo/shapes.py:ground=0.5
 """
 import ml_collections
 
@@ -22,7 +24,7 @@ def _fit(name, seed, steps, batch_size=64, lr=2e-3, **extra):
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, weakness="counting:shape=star", fast=False)
+  arg = config_lib.parse_arg(arg, weakness="counting:shape=star", fast=False, ground=0.0)
   fast = arg.fast
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -34,6 +36,10 @@ def get_config(arg=None):
   c.vqa = dict(num_scenes=100 if fast else 4000, per_scene=4, max_len=32)
   c.auditor_data = dict(num_scenes=100 if fast else 1500, per_scene=3, max_len=160)
   c.aux_weight = 1.0  # The per-cell attribute loss on the image tokens (pretrain.cell_loss).
+  # The grounding loss (pretrain.grounded_losses): the objects a question names, predicted where they are named
+  # and where the answer is. 0: off (the README's models); 0.5 makes spatial relations learnable
+  # (docs/shapes_world.md).
+  c.ground_weight = arg.ground
   tiny = _arch(32, 1, 32, 1) if fast else {}
   c.base = _fit("base", 0, 30 if fast else 2800, **(tiny or _arch()))
   # Fine-tunes of the base: the target with its planted weakness, the references on data of their own seeds.

@@ -702,6 +702,25 @@ def parse_question(text):
   raise ParseError(f"not a question of the shapes world: {text!r}" + (f" ({first_error})" if first_error else ""))
 
 
+def ref_ends(text, question):
+  """Where each referring expression of `question` (parsed from `text`) ends in `text`: character offsets, in
+  order, None where its phrase is not there as the world's samplers write it (`Ref.phrase`: "the red circle", "red
+  circles", "a red circle"). Phrases are searched left to right and must end at a word boundary."""
+  lower, start, ends = text.lower(), 0, []
+  for ref in question.refs:
+    found = None
+    for phrase in sorted({ref.phrase(), ref.phrase(det=None), ref.phrase(plural=True, det=None)}, key=len,
+                         reverse=True):
+      for m in re.finditer(re.escape(phrase) + r"(?![a-z])", lower[start:]):
+        found = start + m.end()
+        break
+      if found is not None:
+        break
+    ends.append(found)
+    start = found if found is not None else start
+  return ends
+
+
 def answer(question_text, scene):
   """Ground-truth answer of a question text on a scene (parse + answer)."""
   return parse_question(question_text).answer(scene)

@@ -28,6 +28,7 @@ from auditdm_jax import decode
 from auditdm_jax import io
 from auditdm_jax import progress
 from auditdm_jax.audit import prompts
+from auditdm_jax.worlds.shapes import language as lang
 from auditdm_jax.worlds.shapes import scenes as shapes
 from auditdm_jax.worlds.shapes import tasks
 from auditdm_jax.models import checkpoints
@@ -148,14 +149,62 @@ def cell_labels(scene):
   return out
 
 
-def suffix_loss(model, params, batch):
-  """Mean next-token cross-entropy over suffix tokens. batch: images [B,H,W,3] float, tokens/mask_* [B, T]."""
-  logits = model.apply({"params": params}, batch["images"], batch["tokens"], batch["mask_ar"],
-                       batch["input_mask"])
+GROUND_CLASSES = shapes.GRID * shapes.GRID + 1  # A grid cell (reading order), or GRID**2: names no object.
+
+
+def grounding_labels(tok, question, scene):
+  """Grounding targets of a VQA example: positions int32 [2] of the last token of each referring expression of
+  `question` in its encoded `vqa_prefix` (<bos> at 0; -1: no target) and classes int32 [2]: the cell of the one
+  object the expression names, or GRID**2 when it names none. An expression naming several objects, or whose
+  phrase is not found (`lang.ref_ends`) or not cut at a token boundary, gets no target."""
+  pos, cls = np.full(2, -1, np.int32), np.zeros(2, np.int32)
+  prefix = vqa_prefix(question)
+  offset = prefix.index(question)
+  full = tok.encode(prefix, add_bos=True)
+  parsed = lang.parse_question(question)
+  for k, (ref, end) in enumerate(zip(parsed.refs, lang.ref_ends(question, parsed))):
+    found = ref.select(scene)
+    if end is None or len(found) > 1:
+      continue
+    part = tok.encode(prefix[:offset + end], add_bos=True)
+    if full[:len(part)] != part:
+      continue
+    pos[k] = len(part) - 1
+    cls[k] = found[0].row * shapes.GRID + found[0].col if found else GROUND_CLASSES - 1
+  return pos, cls
+
+
+def _suffix_nll(logits, batch):
   logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32))
   nll = -jnp.take_along_axis(logp, batch["tokens"][:, 1:, None], axis=-1)[..., 0]
   w = batch["mask_loss"][:, 1:].astype(jnp.float32)
   return jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def suffix_loss(model, params, batch):
+  """Mean next-token cross-entropy over suffix tokens. batch: images [B,H,W,3] float, tokens/mask_* [B, T]."""
+  logits = model.apply({"params": params}, batch["images"], batch["tokens"], batch["mask_ar"],
+                       batch["input_mask"])
+  return _suffix_nll(logits, batch)
+
+
+def grounded_losses(model, params, head, batch):
+  """(`suffix_loss`, grounding loss) from one forward pass. The grounding loss is the auxiliary target that makes
+  spatial relations learnable (docs/shapes_world.md): each object a question names (batch ground_pos / ground_cell
+  [B, 2] from `grounding_labels`) is predicted twice from final-normed hidden states, through linear heads `head`:
+  at the last token of its referring expression (head["name"] [D, GROUND_CLASSES]) and, as the question's k-th
+  expression, where the answer's first token is predicted (head["answer"][k], [2, D, GROUND_CLASSES])."""
+  hidden = model.apply({"params": params}, batch["images"], batch["tokens"], batch["mask_ar"], batch["input_mask"],
+                       return_hidden=True)
+  text = _suffix_nll(model.apply({"params": params}, hidden, method=model.unembed), batch)
+  pos, cell = batch["ground_pos"], batch["ground_cell"]
+  class_nll = lambda logits: -jnp.take_along_axis(jax.nn.log_softmax(logits), cell[..., None], axis=-1)[..., 0]
+  at_names = jnp.take_along_axis(hidden, jnp.maximum(pos, 0)[..., None], axis=1).astype(jnp.float32)
+  at = jnp.argmax(batch["mask_ar"], axis=1) - 1  # The last prefix token: it predicts the answer's first token.
+  at_answer = jnp.take_along_axis(hidden, at[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+  nll = class_nll(at_names @ head["name"]) + class_nll(jnp.einsum("bd,kdc->bkc", at_answer, head["answer"]))
+  w = (pos >= 0).astype(jnp.float32)
+  return text, jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
 def cell_loss(model, params, head, images, labels):
@@ -196,6 +245,9 @@ class Stream:
     image = self.pool["image_index"][idx]
     batch["images"] = decode.to_model_images(self.pool["images"][image])
     batch["cells"] = jnp.asarray(self.pool["cells"][image])
+    for k in ("ground_pos", "ground_cell"):
+      if k in self.pool:
+        batch[k] = jnp.asarray(self.pool[k][idx])
     return batch
 
 
@@ -212,10 +264,11 @@ def make_optimizer(lr, steps):
       schedule=dict(decay_type="cosine", warmup_percent=0.05, min_lr=lr * 0.05))))
 
 
-def train(cfg, stream, steps, lr, seed, init=None, aux_weight=1.0, desc="pretrain"):
+def train(cfg, stream, steps, lr, seed, init=None, aux_weight=1.0, ground_weight=0.0, desc="pretrain"):
   """Trains a model on `stream` (`Stream`) from `init` (params; None: a fresh model); returns host params.
 
-  The auxiliary cell loss (`cell_loss`, weight `aux_weight`) uses linear heads that are discarded after training.
+  The auxiliary cell loss (`cell_loss`, weight `aux_weight`) and grounding loss (`grounded_losses`, weight
+  `ground_weight`; the stream's batches must carry its labels) use linear heads discarded after training.
   """
   model = vlm.get_model(cfg)
   params = init if init is not None else init_params(cfg, next(stream), seed)
@@ -223,15 +276,24 @@ def train(cfg, stream, steps, lr, seed, init=None, aux_weight=1.0, desc="pretrai
   head_rng = np.random.default_rng(seed)
   state = {"vlm": params, "cell_head": {
       name: jnp.asarray(head_rng.normal(0, d ** -0.5, (d, k)), jnp.float32) for name, k in CELL_HEADS}}
+  if ground_weight:
+    state["ground_head"] = {k: jnp.asarray(head_rng.normal(0, d ** -0.5, shape), jnp.float32) for k, shape in
+                            (("name", (d, GROUND_CLASSES)), ("answer", (2, d, GROUND_CLASSES)))}
   tx, schedule_fn = make_optimizer(lr, steps)
   opt_state = tx.init(state)
 
   def loss_fn(p, batch, _):
-    loss = suffix_loss(model, p["vlm"], batch)
-    if not aux_weight:
-      return loss, {"text_loss": loss}
-    aux = cell_loss(model, p["vlm"], p["cell_head"], batch["images"], batch["cells"])
-    return loss + aux_weight * aux, {"text_loss": loss, "cell_loss": aux}
+    metrics = {}
+    if ground_weight:
+      loss, metrics["ground_loss"] = grounded_losses(model, p["vlm"], p["ground_head"], batch)
+      total = loss + ground_weight * metrics["ground_loss"]
+    else:
+      total = loss = suffix_loss(model, p["vlm"], batch)
+    metrics["text_loss"] = loss
+    if aux_weight:
+      metrics["cell_loss"] = cell_loss(model, p["vlm"], p["cell_head"], batch["images"], batch["cells"])
+      total = total + aux_weight * metrics["cell_loss"]
+    return total, metrics
 
   train_step = step_lib.make_train_step(loss_fn, tx, schedule_fn=schedule_fn)
   rng = jax.random.PRNGKey(seed)
@@ -311,11 +373,16 @@ def _pool(tok, scenes, rows, prefixes, suffixes, max_len):
 
 
 def vqa_pool(cfg, tok, seed, weakness=None, planted_share=0.0):
-  """A `Stream` pool: questions about `cfg.vqa.num_scenes` new scenes (see `vqa_data`), encoded."""
+  """A `Stream` pool: questions about `cfg.vqa.num_scenes` new scenes (see `vqa_data`), encoded; with
+  `cfg.ground_weight` also their `grounding_labels` (ground_pos, ground_cell [N, 2])."""
   scenes = sample_scenes(cfg.vqa.num_scenes, [*seed, 0], cfg.world.min_objects, cfg.world.max_objects)
   rows = vqa_data(scenes, cfg.vqa.per_scene, [*seed, 1], weakness=weakness, image_size=cfg.image_size,
                   planted_share=planted_share)
-  return _pool(tok, scenes, rows, [vqa_prefix(q) for q in rows["question"]], rows["answer"], cfg.vqa.max_len)
+  pool = _pool(tok, scenes, rows, [vqa_prefix(q) for q in rows["question"]], rows["answer"], cfg.vqa.max_len)
+  if cfg.get("ground_weight"):
+    labels = [grounding_labels(tok, q, scenes[i]) for q, i in zip(rows["question"], rows["image_index"])]
+    pool["ground_pos"], pool["ground_cell"] = (np.stack(a) for a in zip(*labels))
+  return pool
 
 
 def auditor_pool(cfg, tok, seed):
@@ -357,13 +424,18 @@ def pretrain_all(cfg, workdir):
   weakness = _planted(cfg.weakness)  # A bad spec fails before any training.
   if weakness and not cfg.target.get("planted_share"):
     raise ValueError("config target.planted_share must be > 0 to plant a weakness")
+  if cfg.get("ground_weight", 0.0) < 0:
+    raise ValueError(f"config ground_weight is a loss weight >= 0, got {cfg.ground_weight}")
   root = os.path.join(workdir, "pretrain")
   tok, tok_path, tok_digest = _tokenizer(cfg, root)
   shared = dict(image_size=cfg.image_size, world=cfg.world.to_dict(), tokenizer=tok_digest, seed=cfg.seed,
                 data_version=tasks.DATA_VERSION, aux_weight=cfg.aux_weight, vqa=cfg.vqa.to_dict())
+  ground_weight = cfg.get("ground_weight", 0.0)
+  if ground_weight:  # Keyed only when used: models trained without it keep their digests.
+    shared["ground_weight"] = ground_weight
   entries = []
 
-  def fit(spec, role, digest, make_pool, mcfg, init=None, **meta):
+  def fit(spec, role, digest, make_pool, mcfg, init=None, ground=0.0, **meta):
     directory = os.path.join(root, spec.name)
     entries.append({"name": spec.name, "role": role, "dir": directory})
     cached = load_model(directory, digest)
@@ -373,14 +445,15 @@ def pretrain_all(cfg, workdir):
     log.info("%s (%s): training %d steps", spec.name, role, spec.steps)
     t0 = time.time()
     params = train(mcfg, Stream(make_pool, spec.batch_size, [cfg.seed, spec.seed]), spec.steps, spec.lr,
-                   spec.seed, init=init, aux_weight=cfg.aux_weight, desc=spec.name)
+                   spec.seed, init=init, aux_weight=cfg.aux_weight, ground_weight=ground, desc=spec.name)
     save_model(directory, mcfg, params, dict(meta, digest=digest, name=spec.name, role=role, steps=spec.steps,
                                              train_seconds=time.time() - t0))
     return params
 
   base_cfg = _model_cfg(cfg, cfg.base, tok)
   base_digest = _digest(dict(shared, spec=cfg.base.to_dict()))
-  base = fit(cfg.base, "base", base_digest, lambda k: vqa_pool(cfg, tok, [cfg.seed, cfg.base.seed, k]), base_cfg)
+  base = fit(cfg.base, "base", base_digest, lambda k: vqa_pool(cfg, tok, [cfg.seed, cfg.base.seed, k]), base_cfg,
+             ground=ground_weight)
   for spec, role in [(cfg.target, "target")] + [(r, "reference") for r in cfg.references]:
     spec = ml_collections.ConfigDict(spec.to_dict() if hasattr(spec, "to_dict") else dict(spec))
     planted = spec.get("planted_share", 0.0) if role == "target" else 0.0
@@ -388,7 +461,7 @@ def pretrain_all(cfg, workdir):
     digest = _digest(dict(shared, spec=spec.to_dict(), base=base_digest, weakness=planted_weakness))
     make_pool = lambda k, spec=spec, w=planted_weakness, share=planted: vqa_pool(
         cfg, tok, [cfg.seed, spec.seed, k], weakness=w, planted_share=share)
-    fit(spec, role, digest, make_pool, base_cfg, init=base, weakness=planted_weakness)
+    fit(spec, role, digest, make_pool, base_cfg, init=base, ground=ground_weight, weakness=planted_weakness)
   aud = cfg.auditor
   fit(aud, "auditor", _digest(dict(shared, spec=aud.to_dict(), data=cfg.auditor_data.to_dict())),
       lambda k: auditor_pool(cfg, tok, [cfg.seed, aud.seed, k]), _model_cfg(cfg, aud, tok))
