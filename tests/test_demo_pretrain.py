@@ -210,7 +210,7 @@ def test_grounded_losses_share_the_forward_pass_and_train(world_tokenizer):
   assert ground > 1.0  # Two targets per expression, each about ln(10) for random hidden states.
   unlabelled = dict(batch, ground_pos=np.full_like(batch["ground_pos"], -1))
   assert pretrain.grounded_losses(model, params, head, unlabelled)[1] == 0
-  # The answer head reads the last prefix token: swapping its two slots changes the loss, the name head does not.
+  # The answer head predicts each expression by its slot: swapping the two slots changes the loss.
   swapped = dict(head, answer=head["answer"][::-1])
   assert abs(pretrain.grounded_losses(model, params, swapped, batch)[1] - ground) > 1e-3
   no_answer = dict(head, answer=np.zeros_like(head["answer"]))  # Uniform: ln(10) per labelled expression.
