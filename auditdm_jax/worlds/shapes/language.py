@@ -711,10 +711,9 @@ def ref_ends(text, question):
     found = None
     for phrase in sorted({ref.phrase(), ref.phrase(det=None), ref.phrase(plural=True, det=None)}, key=len,
                          reverse=True):
-      for m in re.finditer(re.escape(phrase) + r"(?![a-z])", lower[start:]):
+      m = re.search(re.escape(phrase) + r"(?![a-z])", lower[start:])
+      if m:
         found = start + m.end()
-        break
-      if found is not None:
         break
     ends.append(found)
     start = found if found is not None else start

@@ -424,13 +424,13 @@ def pretrain_all(cfg, workdir):
   weakness = _planted(cfg.weakness)  # A bad spec fails before any training.
   if weakness and not cfg.target.get("planted_share"):
     raise ValueError("config target.planted_share must be > 0 to plant a weakness")
-  if cfg.get("ground_weight", 0.0) < 0:
-    raise ValueError(f"config ground_weight is a loss weight >= 0, got {cfg.ground_weight}")
+  ground_weight = cfg.get("ground_weight", 0.0)
+  if ground_weight < 0:
+    raise ValueError(f"config ground_weight is a loss weight >= 0, got {ground_weight}")
   root = os.path.join(workdir, "pretrain")
   tok, tok_path, tok_digest = _tokenizer(cfg, root)
   shared = dict(image_size=cfg.image_size, world=cfg.world.to_dict(), tokenizer=tok_digest, seed=cfg.seed,
                 data_version=tasks.DATA_VERSION, aux_weight=cfg.aux_weight, vqa=cfg.vqa.to_dict())
-  ground_weight = cfg.get("ground_weight", 0.0)
   if ground_weight:  # Keyed only when used: models trained without it keep their digests.
     shared["ground_weight"] = ground_weight
   entries = []
