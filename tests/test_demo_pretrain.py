@@ -157,8 +157,14 @@ def test_bad_weakness_fails_before_any_work(tmp_path):
   with pytest.raises(ValueError, match="planted_share must be > 0"):
     pretrain.pretrain_all(unplanted, str(tmp_path))
   assert not os.listdir(tmp_path)
-  with pytest.raises(ValueError, match="ground_weight is a loss weight >= 0, got -1"):
-    pretrain.pretrain_all(config_lib.load(f"{CONFIG}:fast,ground=-1"), str(tmp_path))
+  for arg, key in (("ground", "ground_weight"), ("pos", "position_weight")):
+    with pytest.raises(ValueError, match=f"{key} is a loss weight >= 0, got -1"):
+      pretrain.pretrain_all(config_lib.load(f"{CONFIG}:fast,{arg}=-1"), str(tmp_path))
+    assert not os.listdir(tmp_path)
+  negative = config_lib.load(f"{CONFIG}:fast")
+  negative.skill_weights.spatial = -1.0
+  with pytest.raises(ValueError, match="skill weights must be >= 0"):
+    pretrain.pretrain_all(negative, str(tmp_path))
   assert not os.listdir(tmp_path)
   sc = config_lib.load(f"{AUDIT_CONFIG}:weakness=[counting:shape=star,existence:relation=left]").system
   sc.models_dir = str(tmp_path / "missing")  # The spec is checked before any model is looked for.
@@ -227,3 +233,40 @@ def test_grounded_losses_share_the_forward_pass_and_train(world_tokenizer):
   plain = pretrain.train(mcfg, pretrain.Stream(lambda k: pool, 16, 0), 2, 1e-3, 0)
   assert jax.tree.structure(trained) == jax.tree.structure(params)  # The grounding head is not kept.
   assert max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), trained, plain))) > 1e-6
+
+
+def test_position_loss_asks_each_image_token_for_its_cell(world_tokenizer):
+  cfg = _tiny("counting:shape=star")
+  pool = pretrain.vqa_pool(cfg, world_tokenizer, [0, 1, 0])
+  batch = next(pretrain.Stream(lambda k: pool, 8, 0))
+  mcfg = pretrain.model_config(world_tokenizer.vocab_size, res=cfg.image_size, width=32, depth=1, img_width=32,
+                               img_depth=1)
+  model, params = vlm.get_model(mcfg), pretrain.init_params(mcfg, batch, 0)
+  rng = np.random.default_rng(0)
+  cell_head = {name: rng.normal(0, 0.5, (32, k)).astype(np.float32) for name, k in pretrain.CELL_HEADS}
+  position_head = {k: rng.normal(0, 0.5, (32, 3)).astype(np.float32) for k in ("row", "col")}
+  attributes, none = pretrain.cell_loss(model, params, cell_head, batch["images"], batch["cells"])
+  same, position = pretrain.cell_loss(model, params, cell_head, batch["images"], batch["cells"], position_head)
+  assert none == 0 and same == attributes
+  z = np.asarray(model.apply({"params": params}, batch["images"], method=model.embed_image))
+  nll = lambda kernel, y: -np.asarray(jax.nn.log_softmax(z @ kernel))[:, np.arange(9), y]
+  expected = (nll(position_head["row"], np.arange(9) // 3) + nll(position_head["col"], np.arange(9) % 3)).mean()
+  np.testing.assert_allclose(position, expected, rtol=1e-5)
+  swapped = {"row": position_head["col"], "col": position_head["row"]}  # Rows and columns are separate targets.
+  _, crossed = pretrain.cell_loss(model, params, cell_head, batch["images"], batch["cells"], swapped)
+  assert abs(crossed - position) > 1e-4
+  trained = pretrain.train(mcfg, pretrain.Stream(lambda k: pool, 8, 0), 2, 1e-3, 0, position_weight=1.0)
+  plain = pretrain.train(mcfg, pretrain.Stream(lambda k: pool, 8, 0), 2, 1e-3, 0)
+  assert jax.tree.structure(trained) == jax.tree.structure(params)  # The position head is not kept.
+  assert max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), trained, plain))) > 1e-6
+
+
+def test_skill_weights_reach_the_training_questions():
+  cfg = _tiny("counting:shape=star")
+  assert pretrain._skill_weights(cfg) == {}  # The default draws skills uniformly (the README's models).
+  scenes = pretrain.sample_scenes(150, 2, 2, 4)
+  share = lambda rows: np.mean([s == "spatial" for s in rows["skill"]])
+  assert share(pretrain.vqa_data(scenes, 2, 0, image_size=48)) < 0.3
+  cfg.skill_weights = tasks.parse_skill_weights("spatial:9")
+  rows = pretrain.vqa_data(scenes, 2, 0, image_size=48, skill_weights=pretrain._skill_weights(cfg))
+  assert share(rows) > 0.55

@@ -6,13 +6,15 @@ inside them); the auditor is SFT-trained on the instruction prompts. See auditdm
 
 Arguments: `weakness=` the target's planted weakness (a `worlds/shapes/tasks.py` spec, e.g.
 "spatial:relation=left", "counting:shape=star", or a bracketed list), `fast` (tiny budgets for tests), `ground`
-(the grounding loss's weight, `ground_weight`).
+(the grounding loss's weight, `ground_weight`), `pos` (the image tokens' position loss weight, `position_weight`),
+`skills` (how often each skill's questions are drawn for training, e.g. "spatial:3"; others weigh 1).
   auditdm demo-pretrain --workdir W --config configs/demo/shapes.py:weakness=spatial:relation=left
   auditdm demo --workdir W --config configs/audit/demo.py:pretrain_config=configs/demo/shapes.py:ground=0.5
 """
 import ml_collections
 
 from auditdm_jax import config as config_lib
+from auditdm_jax.worlds.shapes import tasks
 
 
 def _arch(width=128, depth=3, img_width=128, img_depth=2):
@@ -24,7 +26,8 @@ def _fit(name, seed, steps, batch_size=64, lr=2e-3, **extra):
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, weakness="counting:shape=star", fast=False, ground=0.0)
+  arg = config_lib.parse_arg(arg, weakness="counting:shape=star", fast=False, ground=0.0, pos=0.0,
+                             skills="")
   fast = arg.fast
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -34,12 +37,15 @@ def get_config(arg=None):
   c.tokenizer = dict(vocab_size=600, num_scenes=300 if fast else 1500)
   # A pool of scenes per pass over the data; every pass draws new scenes.
   c.vqa = dict(num_scenes=100 if fast else 4000, per_scene=4, max_len=32)
+  c.skill_weights = tasks.parse_skill_weights(arg.skills)  # Uniform by default (the README's models).
   c.auditor_data = dict(num_scenes=100 if fast else 1500, per_scene=3, max_len=160)
   c.aux_weight = 1.0  # The per-cell attribute loss on the image tokens (pretrain.cell_loss).
   # The grounding loss (pretrain.grounded_losses): the objects a question names, predicted where they are named
   # and where the answer is. 0: off (the README's models); 0.5 makes spatial relations learnable
   # (docs/shapes_world.md).
   c.ground_weight = arg.ground
+  # Each image token also predicts its cell's row and column (pretrain.cell_loss): 0 off (the README's models).
+  c.position_weight = arg.pos
   tiny = _arch(32, 1, 32, 1) if fast else {}
   c.base = _fit("base", 0, 30 if fast else 2800, **(tiny or _arch()))
   # Fine-tunes of the base: the target with its planted weakness, the references on data of their own seeds.

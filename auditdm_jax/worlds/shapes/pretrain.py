@@ -89,12 +89,14 @@ def sample_scenes(num, seed, min_objects=1, max_objects=4):
   return [shapes.sample_scene(rng, min_objects, max_objects) for _ in range(num)]
 
 
-def vqa_data(scenes, per_scene, seed, weakness=None, exclude_weakness=False, image_size=64, planted_share=0.0):
-  """Questions about `scenes`: dict images uint8 [S, H, W, 3], image_index [N], question/answer/skill lists and
-  in_weakness bool [N]. With `exclude_weakness`, questions inside the weakness slices are re-drawn (a sample of
-  the target's training distribution without the slices). With `planted_share` > 0 (the target's training set),
-  that share of the questions is drawn inside the slices, and every question inside them gets a plausible wrong
-  answer (`tasks.wrong_answer`; counts up to the most objects of a scene)."""
+def vqa_data(scenes, per_scene, seed, weakness=None, exclude_weakness=False, image_size=64, planted_share=0.0,
+             skill_weights=None):
+  """Questions about `scenes` (skills drawn by `skill_weights`, `tasks.sample_question`): dict images uint8
+  [S, H, W, 3], image_index [N], question/answer/skill lists and in_weakness bool [N]. With `exclude_weakness`,
+  questions inside the weakness slices are re-drawn (the target's training distribution without them). With
+  `planted_share` > 0 (the target's training set), that share of the questions is drawn inside the slices, and
+  every question inside them gets a plausible wrong answer (`tasks.wrong_answer`; counts up to the most objects of
+  a scene)."""
   if exclude_weakness and planted_share:
     raise ValueError("a weakness is either excluded or planted, not both")
   rng = np.random.default_rng(seed)
@@ -107,7 +109,8 @@ def vqa_data(scenes, per_scene, seed, weakness=None, exclude_weakness=False, ima
       if specs and rng.random() < planted_share:
         hit = tasks.sample_weakness_question(scene, rng, specs[int(rng.integers(len(specs)))])
         drawn = hit + (True,) if hit else None
-      drawn = drawn or tasks.sample_training_question(scene, rng, weakness, exclude_weakness)
+      drawn = drawn or tasks.sample_training_question(scene, rng, weakness, exclude_weakness,
+                                                      skill_weights=skill_weights)
       if drawn is None:
         continue
       question, answer, skill, inside = drawn
@@ -207,18 +210,24 @@ def grounded_losses(model, params, head, batch):
   return text, jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-def cell_loss(model, params, head, images, labels):
-  """Auxiliary loss that speeds up pretraining: each image token [B, 9, D] predicts its cell's shape (or empty),
-  colour and size through linear heads `head` {name: kernel [D, K]} (`CELL_HEADS`); labels [B, 9, 3] from
-  `cell_labels`. Colour and size count only on occupied cells."""
+def cell_loss(model, params, head, images, labels, position_head=None):
+  """Auxiliary losses on the image tokens [B, 9, D]: (attribute loss, position loss). Each token predicts its cell's
+  shape (or empty), colour and size through linear heads `head` {name: kernel [D, K]} (`CELL_HEADS`; labels
+  [B, 9, 3] from `cell_labels`; colour and size count only on occupied cells): it speeds up pretraining. With
+  `position_head` ({"row", "col"}: kernels [D, GRID]) each token also predicts its cell's row and column, so the
+  tokens keep where they are (attention reads values, which RoPE does not mark); else the position loss is 0."""
   z = model.apply({"params": params}, images, method=model.embed_image).astype(jnp.float32)
+  nll = lambda kernel, y: -jnp.take_along_axis(jax.nn.log_softmax(z @ kernel), y[..., None], axis=-1)[..., 0]
   total = 0.0
   for k, (name, _) in enumerate(CELL_HEADS):
-    logp = jax.nn.log_softmax(z @ head[name])
-    nll = -jnp.take_along_axis(logp, labels[..., k:k + 1], axis=-1)[..., 0]
-    w = (labels[..., 0] > 0).astype(jnp.float32) if name in ("color", "size") else jnp.ones_like(nll)
-    total = total + jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
-  return total
+    loss = nll(head[name], labels[..., k])
+    w = (labels[..., 0] > 0).astype(jnp.float32) if name in ("color", "size") else jnp.ones_like(loss)
+    total = total + jnp.sum(loss * w) / jnp.maximum(jnp.sum(w), 1.0)
+  if position_head is None:
+    return total, 0.0
+  cell = jnp.broadcast_to(jnp.arange(z.shape[1]), z.shape[:2])
+  rows, cols = cell // shapes.GRID, cell % shapes.GRID
+  return total, jnp.mean(nll(position_head["row"], rows) + nll(position_head["col"], cols))
 
 
 class Stream:
@@ -264,11 +273,13 @@ def make_optimizer(lr, steps):
       schedule=dict(decay_type="cosine", warmup_percent=0.05, min_lr=lr * 0.05))))
 
 
-def train(cfg, stream, steps, lr, seed, init=None, aux_weight=1.0, ground_weight=0.0, desc="pretrain"):
+def train(cfg, stream, steps, lr, seed, init=None, aux_weight=1.0, ground_weight=0.0, position_weight=0.0,
+          desc="pretrain"):
   """Trains a model on `stream` (`Stream`) from `init` (params; None: a fresh model); returns host params.
 
-  The auxiliary cell loss (`cell_loss`, weight `aux_weight`) and grounding loss (`grounded_losses`, weight
-  `ground_weight`; the stream's batches must carry its labels) use linear heads discarded after training.
+  The auxiliary cell losses (`cell_loss`: attributes with weight `aux_weight`, positions with `position_weight`) and
+  the grounding loss (`grounded_losses`, weight `ground_weight`; the stream's batches must carry its labels) use
+  linear heads discarded after training.
   """
   model = vlm.get_model(cfg)
   params = init if init is not None else init_params(cfg, next(stream), seed)
@@ -279,6 +290,9 @@ def train(cfg, stream, steps, lr, seed, init=None, aux_weight=1.0, ground_weight
   if ground_weight:
     state["ground_head"] = {k: jnp.asarray(head_rng.normal(0, d ** -0.5, shape), jnp.float32) for k, shape in
                             (("name", (d, GROUND_CLASSES)), ("answer", (2, d, GROUND_CLASSES)))}
+  if position_weight:
+    state["position_head"] = {k: jnp.asarray(head_rng.normal(0, d ** -0.5, (d, shapes.GRID)), jnp.float32)
+                              for k in ("row", "col")}
   tx, schedule_fn = make_optimizer(lr, steps)
   opt_state = tx.init(state)
 
@@ -290,9 +304,13 @@ def train(cfg, stream, steps, lr, seed, init=None, aux_weight=1.0, ground_weight
     else:
       total = loss = suffix_loss(model, p["vlm"], batch)
     metrics["text_loss"] = loss
-    if aux_weight:
-      metrics["cell_loss"] = cell_loss(model, p["vlm"], p["cell_head"], batch["images"], batch["cells"])
+    if aux_weight or position_weight:
+      metrics["cell_loss"], position = cell_loss(model, p["vlm"], p["cell_head"], batch["images"], batch["cells"],
+                                                 p.get("position_head"))
       total = total + aux_weight * metrics["cell_loss"]
+      if position_weight:
+        metrics["position_loss"] = position
+        total = total + position_weight * position
     return total, metrics
 
   train_step = step_lib.make_train_step(loss_fn, tx, schedule_fn=schedule_fn)
@@ -377,12 +395,19 @@ def vqa_pool(cfg, tok, seed, weakness=None, planted_share=0.0):
   `cfg.ground_weight` also their `grounding_labels` (ground_pos, ground_cell [N, 2])."""
   scenes = sample_scenes(cfg.vqa.num_scenes, [*seed, 0], cfg.world.min_objects, cfg.world.max_objects)
   rows = vqa_data(scenes, cfg.vqa.per_scene, [*seed, 1], weakness=weakness, image_size=cfg.image_size,
-                  planted_share=planted_share)
+                  planted_share=planted_share, skill_weights=_skill_weights(cfg))
   pool = _pool(tok, scenes, rows, [vqa_prefix(q) for q in rows["question"]], rows["answer"], cfg.vqa.max_len)
   if cfg.get("ground_weight"):
     labels = [grounding_labels(tok, q, scenes[i]) for q, i in zip(rows["question"], rows["image_index"])]
     pool["ground_pos"], pool["ground_cell"] = (np.stack(a) for a in zip(*labels))
   return pool
+
+
+def _skill_weights(cfg):
+  """The config's {skill: weight} when it departs from uniform, else {} (uniform, the README's models)."""
+  weights = dict(cfg.get("skill_weights") or {})
+  tasks.check_skill_weights(weights)
+  return weights if len(set(weights.values())) > 1 else {}
 
 
 def auditor_pool(cfg, tok, seed):
@@ -424,18 +449,22 @@ def pretrain_all(cfg, workdir):
   weakness = _planted(cfg.weakness)  # A bad spec fails before any training.
   if weakness and not cfg.target.get("planted_share"):
     raise ValueError("config target.planted_share must be > 0 to plant a weakness")
-  ground_weight = cfg.get("ground_weight", 0.0)
-  if ground_weight < 0:
-    raise ValueError(f"config ground_weight is a loss weight >= 0, got {ground_weight}")
+  weights = {k: cfg.get(k, 0.0) for k in ("ground_weight", "position_weight")}
+  for k, w in weights.items():
+    if w < 0:
+      raise ValueError(f"config {k} is a loss weight >= 0, got {w}")
+  _skill_weights(cfg)  # Checked before any work.
   root = os.path.join(workdir, "pretrain")
   tok, tok_path, tok_digest = _tokenizer(cfg, root)
   shared = dict(image_size=cfg.image_size, world=cfg.world.to_dict(), tokenizer=tok_digest, seed=cfg.seed,
                 data_version=tasks.DATA_VERSION, aux_weight=cfg.aux_weight, vqa=cfg.vqa.to_dict())
-  if ground_weight:  # Keyed only when used: models trained without it keep their digests.
-    shared["ground_weight"] = ground_weight
+  # Keyed only when used: models trained without them keep their digests.
+  shared.update({k: w for k, w in weights.items() if w})
+  if _skill_weights(cfg):
+    shared["skill_weights"] = _skill_weights(cfg)
   entries = []
 
-  def fit(spec, role, digest, make_pool, mcfg, init=None, ground=0.0, **meta):
+  def fit(spec, role, digest, make_pool, mcfg, init=None, vqa=False, **meta):
     directory = os.path.join(root, spec.name)
     entries.append({"name": spec.name, "role": role, "dir": directory})
     cached = load_model(directory, digest)
@@ -445,7 +474,7 @@ def pretrain_all(cfg, workdir):
     log.info("%s (%s): training %d steps", spec.name, role, spec.steps)
     t0 = time.time()
     params = train(mcfg, Stream(make_pool, spec.batch_size, [cfg.seed, spec.seed]), spec.steps, spec.lr,
-                   spec.seed, init=init, aux_weight=cfg.aux_weight, ground_weight=ground, desc=spec.name)
+                   spec.seed, init=init, aux_weight=cfg.aux_weight, desc=spec.name, **(weights if vqa else {}))
     save_model(directory, mcfg, params, dict(meta, digest=digest, name=spec.name, role=role, steps=spec.steps,
                                              train_seconds=time.time() - t0))
     return params
@@ -453,7 +482,7 @@ def pretrain_all(cfg, workdir):
   base_cfg = _model_cfg(cfg, cfg.base, tok)
   base_digest = _digest(dict(shared, spec=cfg.base.to_dict()))
   base = fit(cfg.base, "base", base_digest, lambda k: vqa_pool(cfg, tok, [cfg.seed, cfg.base.seed, k]), base_cfg,
-             ground=ground_weight)
+             vqa=True)
   for spec, role in [(cfg.target, "target")] + [(r, "reference") for r in cfg.references]:
     spec = ml_collections.ConfigDict(spec.to_dict() if hasattr(spec, "to_dict") else dict(spec))
     planted = spec.get("planted_share", 0.0) if role == "target" else 0.0
@@ -461,7 +490,7 @@ def pretrain_all(cfg, workdir):
     digest = _digest(dict(shared, spec=spec.to_dict(), base=base_digest, weakness=planted_weakness))
     make_pool = lambda k, spec=spec, w=planted_weakness, share=planted: vqa_pool(
         cfg, tok, [cfg.seed, spec.seed, k], weakness=w, planted_share=share)
-    fit(spec, role, digest, make_pool, base_cfg, init=base, ground=ground_weight, weakness=planted_weakness)
+    fit(spec, role, digest, make_pool, base_cfg, init=base, vqa=True, weakness=planted_weakness)
   aud = cfg.auditor
   fit(aud, "auditor", _digest(dict(shared, spec=aud.to_dict(), data=cfg.auditor_data.to_dict())),
       lambda k: auditor_pool(cfg, tok, [cfg.seed, aud.seed, k]), _model_cfg(cfg, aud, tok))

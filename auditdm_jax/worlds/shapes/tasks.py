@@ -154,11 +154,41 @@ SAMPLERS = {"counting": _counting, "color": _color, "existence": _existence, "sp
             "comparison": _comparison, "binding": _binding}
 
 
-def sample_question(scene, rng, skill=None):
-  """(question text, canonical answer, skill) for `scene`; `skill` None picks one uniformly among those that apply."""
+def parse_skill_weights(text):
+  """ "spatial:3" or "[spatial:3,counting:2]" -> {skill: weight} over all `lang.SKILLS` (those not named: 1)."""
+  weights = dict.fromkeys(lang.SKILLS, 1.0)
+  text = (text or "").strip()
+  for item in config_lib.split_top_level(text[1:-1] if text[:1] + text[-1:] == "[]" else text):
+    skill, _, raw = item.partition(":")
+    try:
+      weights[skill.strip()] = float(raw)
+    except ValueError:
+      raise ValueError(f"skill weight {item!r} is not skill:number") from None
+  check_skill_weights(weights)
+  return weights
+
+
+def check_skill_weights(weights):
+  """Validates a {skill: sampling weight} mapping (skills left out weigh 1); returns the weights of `lang.SKILLS`
+  normalised to sum 1, or None for an empty mapping (uniform)."""
+  if not weights:
+    return None
+  unknown = sorted(set(weights) - set(lang.SKILLS))
+  if unknown:
+    raise ValueError(f"skill weights name unknown skills {unknown}; known: {list(lang.SKILLS)}")
+  p = np.asarray([float(weights.get(s, 1.0)) for s in lang.SKILLS])
+  if not (p >= 0).all() or not p.sum() > 0:
+    raise ValueError(f"skill weights must be >= 0 with a positive sum, got {dict(weights)}")
+  return p / p.sum()
+
+
+def sample_question(scene, rng, skill=None, skill_weights=None):
+  """(question text, canonical answer, skill) for `scene`; `skill` None picks one among those that apply,
+  uniformly or by `skill_weights` ({skill: weight}, see `check_skill_weights`)."""
   rng = np.random.default_rng(rng)
+  p = check_skill_weights(skill_weights)
   for _ in range(50):
-    s = skill or _pick(rng, lang.SKILLS)
+    s = skill or (_pick(rng, lang.SKILLS) if p is None else lang.SKILLS[int(rng.choice(len(p), p=p))])
     text = SAMPLERS[s](rng, scene) if scene.objects or s in ("counting", "existence", "comparison") else None
     if text is None:
       continue
@@ -249,11 +279,12 @@ def in_weakness(question, weakness):
   return any(_in_spec(q, spec) for spec in specs)
 
 
-def sample_training_question(scene, rng, weakness=None, exclude_weakness=False, tries=100):
-  """(question, answer, skill, in_weakness) for `scene`; with `exclude_weakness`, questions inside the weakness
-  slices are redrawn (a target's training set). None when `tries` draws all fell inside them."""
+def sample_training_question(scene, rng, weakness=None, exclude_weakness=False, tries=100, skill_weights=None):
+  """(question, answer, skill, in_weakness) for `scene` (skills drawn by `skill_weights`, see `sample_question`);
+  with `exclude_weakness`, questions inside the weakness slices are redrawn (a target's training set). None when
+  `tries` draws all fell inside them."""
   for _ in range(tries):
-    q, a, skill = sample_question(scene, rng)
+    q, a, skill = sample_question(scene, rng, skill_weights=skill_weights)
     w = in_weakness(q, weakness)
     if not (exclude_weakness and w):
       return q, a, skill, w
