@@ -453,15 +453,15 @@ def pretrain_all(cfg, workdir):
   for k, w in weights.items():
     if w < 0:
       raise ValueError(f"config {k} is a loss weight >= 0, got {w}")
-  _skill_weights(cfg)  # Checked before any work.
+  skill_weights = _skill_weights(cfg)  # Checked before any work.
   root = os.path.join(workdir, "pretrain")
   tok, tok_path, tok_digest = _tokenizer(cfg, root)
   shared = dict(image_size=cfg.image_size, world=cfg.world.to_dict(), tokenizer=tok_digest, seed=cfg.seed,
                 data_version=tasks.DATA_VERSION, aux_weight=cfg.aux_weight, vqa=cfg.vqa.to_dict())
   # Keyed only when used: models trained without them keep their digests.
   shared.update({k: w for k, w in weights.items() if w})
-  if _skill_weights(cfg):
-    shared["skill_weights"] = _skill_weights(cfg)
+  if skill_weights:
+    shared["skill_weights"] = skill_weights
   entries = []
 
   def fit(spec, role, digest, make_pool, mcfg, init=None, vqa=False, **meta):
