@@ -270,3 +270,7 @@ def test_skill_weights_reach_the_training_questions():
   cfg.skill_weights = tasks.parse_skill_weights("spatial:9")
   rows = pretrain.vqa_data(scenes, 2, 0, image_size=48, skill_weights=pretrain._skill_weights(cfg))
   assert share(rows) > 0.55
+  cfg.skill_weights = {"spatial": 9.0}  # A partial mapping: the skills left out weigh 1, so it is not uniform.
+  assert pretrain._skill_weights(cfg) == {"spatial": 9.0}
+  cfg.skill_weights = dict.fromkeys(lang.SKILLS, 2.0)
+  assert pretrain._skill_weights(cfg) == {}

@@ -406,8 +406,8 @@ def vqa_pool(cfg, tok, seed, weakness=None, planted_share=0.0):
 def _skill_weights(cfg):
   """The config's {skill: weight} when it departs from uniform, else {} (uniform, the README's models)."""
   weights = dict(cfg.get("skill_weights") or {})
-  tasks.check_skill_weights(weights)
-  return weights if len(set(weights.values())) > 1 else {}
+  p = tasks.check_skill_weights(weights)  # Skills left out weigh 1.
+  return weights if p is not None and np.ptp(p) > 0 else {}
 
 
 def auditor_pool(cfg, tok, seed):
