@@ -89,6 +89,31 @@ def split_top_level(text, sep=","):
   return [p.strip() for p in parts if p.strip()]
 
 
+def split_list(text):
+  """A config-arg list: "a,b", "[a,b]" or "(a,b)" (the bracketed forms survive `parse_arg`) -> ["a", "b"]; items
+  lose surrounding quotes. Commas inside inner brackets stay."""
+  text = (text or "").strip()
+  if text[:1] + text[-1:] in ("[]", "()"):
+    text = text[1:-1]
+  return [p.strip("\"' ") for p in split_top_level(text)]
+
+
+def parse_weights(text):
+  """ "spatial:3" or "[spatial:3,counting:0.5]" -> {"spatial": 3.0, "counting": 0.5}; the names are the caller's
+  to check. A ConfigError names an item that is not name:number or a name given twice."""
+  weights = {}
+  for item in split_list(text):
+    name, _, raw = item.partition(":")
+    try:
+      weight = float(raw)
+    except ValueError:
+      raise ConfigError(f"weight {item!r} is not name:number") from None
+    if name.strip() in weights:
+      raise ConfigError(f"weight for {name.strip()!r} given twice in {text!r}")
+    weights[name.strip()] = weight
+  return weights
+
+
 def find_spec(spec):
   """Config paths are tried relative to the working directory, then to the repository root."""
   path, sep, arg = spec.partition(":")

@@ -161,11 +161,10 @@ def test_bad_weakness_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=f"{key} is a loss weight >= 0, got -1"):
       pretrain.pretrain_all(config_lib.load(f"{CONFIG}:fast,{arg}=-1"), str(tmp_path))
     assert not os.listdir(tmp_path)
-  negative = config_lib.load(f"{CONFIG}:fast")
-  negative.skill_weights.spatial = -1.0
-  with pytest.raises(ValueError, match="skill weights must be >= 0"):
-    pretrain.pretrain_all(negative, str(tmp_path))
-  assert not os.listdir(tmp_path)
+  for skills, message in (("spatial:-1", "skill weights must be >= 0"), ("[spatial:2,colour:1]", "unknown skills")):
+    with pytest.raises(ValueError, match=message):
+      pretrain.pretrain_all(config_lib.load(f"{CONFIG}:fast,skills={skills}"), str(tmp_path))
+    assert not os.listdir(tmp_path)
   sc = config_lib.load(f"{AUDIT_CONFIG}:weakness=[counting:shape=star,existence:relation=left]").system
   sc.models_dir = str(tmp_path / "missing")  # The spec is checked before any model is looked for.
   with pytest.raises(ValueError, match="weakness 'existence:relation=left'"):
@@ -267,10 +266,9 @@ def test_skill_weights_reach_the_training_questions():
   scenes = pretrain.sample_scenes(150, 2, 2, 4)
   share = lambda rows: np.mean([s == "spatial" for s in rows["skill"]])
   assert share(pretrain.vqa_data(scenes, 2, 0, image_size=48)) < 0.3
-  cfg.skill_weights = tasks.parse_skill_weights("spatial:9")
+  cfg.skill_weights = {"spatial": 9.0}
   rows = pretrain.vqa_data(scenes, 2, 0, image_size=48, skill_weights=pretrain._skill_weights(cfg))
   assert share(rows) > 0.55
-  cfg.skill_weights = {"spatial": 9.0}  # A partial mapping: the skills left out weigh 1, so it is not uniform.
-  assert pretrain._skill_weights(cfg) == {"spatial": 9.0}
+  assert pretrain._skill_weights(cfg) == {"spatial": 9.0}  # The skills left out weigh 1: not uniform.
   cfg.skill_weights = dict.fromkeys(lang.SKILLS, 2.0)
   assert pretrain._skill_weights(cfg) == {}

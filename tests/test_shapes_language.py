@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from auditdm_jax import config as config_lib
 from auditdm_jax.worlds.shapes import scenes as shapes
 from auditdm_jax.worlds.shapes import language as lang
 from auditdm_jax.worlds.shapes import tasks
@@ -167,23 +168,28 @@ def test_sampled_material_parses():
 
 def test_skill_weights_set_how_often_each_skill_is_drawn():
   rng = np.random.default_rng(3)
-  weights = tasks.parse_skill_weights("[spatial:4,color:0]")
-  assert weights == dict(counting=1.0, color=0.0, existence=1.0, spatial=4.0, comparison=1.0, binding=1.0)
-  assert tasks.parse_skill_weights("") == dict.fromkeys(lang.SKILLS, 1.0)
+  weights = config_lib.parse_weights("[spatial:4,color:0]")
+  assert weights == dict(spatial=4.0, color=0.0)
+  assert config_lib.parse_weights("(spatial:4, 'color:0')") == weights and config_lib.parse_weights("") == {}
   drawn = [tasks.sample_question(shapes.sample_scene(rng, 2, 4), rng, skill_weights=weights)[2] for _ in range(800)]
   share = {s: drawn.count(s) / len(drawn) for s in lang.SKILLS}
   assert share["color"] == 0 and abs(share["spatial"] - 0.5) < 0.06 and abs(share["counting"] - 0.125) < 0.04
 
 
-@pytest.mark.parametrize("text,message", [("spatial", "'spatial' is not skill:number"),
-                                          ("spatial:x", "'spatial:x' is not skill:number"),
-                                          ("colour:2", r"unknown skills \['colour'\]"),
-                                          ("spatial:-1", "must be >= 0"),
-                                          ("[counting:0,color:0,existence:0,spatial:0,comparison:0,binding:0]",
-                                           "positive sum")])
-def test_bad_skill_weights_fail_at_once(text, message):
+@pytest.mark.parametrize("text,message", [("spatial", "'spatial' is not name:number"),
+                                          ("spatial:x", "'spatial:x' is not name:number"),
+                                          ("spatial:1,spatial:2", "'spatial' given twice")])
+def test_bad_weight_lists_fail_at_once(text, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.parse_weights(text)
+
+
+@pytest.mark.parametrize("weights,message", [({"colour": 2}, r"unknown skills \['colour'\]"),
+                                             ({"spatial": -1}, "must be >= 0"),
+                                             (dict.fromkeys(lang.SKILLS, 0), "positive sum")])
+def test_bad_skill_weights_fail_at_once(weights, message):
   with pytest.raises(ValueError, match=message):
-    tasks.parse_skill_weights(text)
+    tasks.check_skill_weights(weights)
 
 
 def test_weakness_lists():

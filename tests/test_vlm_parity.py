@@ -1,7 +1,12 @@
 """Parity with transformers (PyTorch, eager attention, fp32): tiny random PaliGemma2 and Gemma3 multimodal models
 are saved as safetensors, loaded with checkpoints.py, and must give the same logits on an image+text batch with
 padding and different prompt lengths, long enough for the sliding window; then ours -> export -> transformers.
-Decoder widths 96 and 2560 catch a sqrt(D) embedding scale rounded through bf16 (64 is exact in bf16)."""
+Decoder widths 96 and 2560 catch a sqrt(D) embedding scale rounded through bf16 (64 is exact in bf16).
+
+Tolerance: float32 summation order differs between XLA and torch and between CPUs, and its error grows with the
+logits (at width 2560 they reach 30-116): 1e-4, or 2e-5 of the largest logit, whichever is larger. Measured:
+float32 differences up to 1.5e-4 at width 2560 (1.3e-6 of the largest logit); a bf16-rounded sqrt(D) gives
+2.4e-3 at width 96 and 0.024-0.079 at width 2560 (7e-4 of the largest logit), 20-40x over the tolerance."""
 import numpy as np
 import pytest
 import torch
@@ -11,7 +16,13 @@ from auditdm_jax.models import checkpoints
 from auditdm_jax.models import gemma
 from auditdm_jax.models import vlm
 
-ATOL = 1e-4
+ATOL, RTOL = 1e-4, 2e-5
+
+
+def _assert_close(ours, expected, mask):
+  tol = max(ATOL, RTOL * np.abs(expected[mask]).max())
+  err = np.abs(ours - expected)[mask].max()
+  assert err <= tol, f"max |ours - expected| {err:.3g} > {tol:.3g}"
 
 
 def _reference(cls, cfg, path):
@@ -79,10 +90,10 @@ def test_paligemma2_parity_and_roundtrip(tmp_path, width, window):
                np.concatenate([np.zeros((b, n), np.int32), mask_ar], 1))
   expected = _hf_logits(ref, *hf_inputs)[:, n:]
   assert np.abs(expected[input_mask]).max() > 1.0  # Non-trivial logits.
-  assert np.abs(ours - expected)[input_mask].max() <= ATOL
+  _assert_close(ours, expected, input_mask)
 
   again = _roundtrip(transformers.PaliGemmaForConditionalGeneration, cfg, params, tmp_path / "out", *hf_inputs)
-  assert np.abs(ours - again[:, n:])[input_mask].max() <= ATOL
+  _assert_close(ours, again[:, n:], input_mask)
 
 
 @pytest.mark.slow
@@ -109,7 +120,7 @@ def test_gemma3_parity_and_roundtrip(tmp_path, width):
   hf_inputs = (tokens, images, input_mask, tokens == cfg.image_token_id)
   expected = _hf_logits(ref, *hf_inputs)
   assert np.abs(expected[input_mask]).max() > 1.0  # Non-trivial logits.
-  assert np.abs(ours - expected)[input_mask].max() <= ATOL
+  _assert_close(ours, expected, input_mask)
 
   again = _roundtrip(transformers.Gemma3ForConditionalGeneration, cfg, params, tmp_path / "out", *hf_inputs)
-  assert np.abs(ours - again)[input_mask].max() <= ATOL
+  _assert_close(ours, again, input_mask)

@@ -14,7 +14,6 @@ Arguments: `weakness=` the target's planted weakness (a `worlds/shapes/tasks.py`
 import ml_collections
 
 from auditdm_jax import config as config_lib
-from auditdm_jax.worlds.shapes import tasks
 
 
 def _arch(width=128, depth=3, img_width=128, img_depth=2):
@@ -37,7 +36,8 @@ def get_config(arg=None):
   c.tokenizer = dict(vocab_size=600, num_scenes=300 if fast else 1500)
   # A pool of scenes per pass over the data; every pass draws new scenes.
   c.vqa = dict(num_scenes=100 if fast else 4000, per_scene=4, max_len=32)
-  c.skill_weights = tasks.parse_skill_weights(arg.skills)  # Uniform by default (the README's models).
+  # {skill: weight}, skills left out weigh 1; names checked before any work. Uniform: the README's models.
+  c.skill_weights = config_lib.parse_weights(arg.skills)
   c.auditor_data = dict(num_scenes=100 if fast else 1500, per_scene=3, max_len=160)
   c.aux_weight = 1.0  # The per-cell attribute loss on the image tokens (pretrain.cell_loss).
   # The grounding loss (pretrain.grounded_losses): the objects a question names, predicted where they are named

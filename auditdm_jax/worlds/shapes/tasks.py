@@ -154,20 +154,6 @@ SAMPLERS = {"counting": _counting, "color": _color, "existence": _existence, "sp
             "comparison": _comparison, "binding": _binding}
 
 
-def parse_skill_weights(text):
-  """ "spatial:3" or "[spatial:3,counting:2]" -> {skill: weight} over all `lang.SKILLS` (those not named: 1)."""
-  weights = dict.fromkeys(lang.SKILLS, 1.0)
-  text = (text or "").strip()
-  for item in config_lib.split_top_level(text[1:-1] if text[:1] + text[-1:] == "[]" else text):
-    skill, _, raw = item.partition(":")
-    try:
-      weights[skill.strip()] = float(raw)
-    except ValueError:
-      raise ValueError(f"skill weight {item!r} is not skill:number") from None
-  check_skill_weights(weights)
-  return weights
-
-
 def check_skill_weights(weights):
   """Validates a {skill: sampling weight} mapping (skills left out weigh 1); returns the weights of `lang.SKILLS`
   normalised to sum 1, or None for an empty mapping (uniform)."""
@@ -221,10 +207,7 @@ def parse_weakness(spec):
 
 @functools.lru_cache(maxsize=64)
 def _split_specs(text):
-  text = text.strip()
-  if text[:1] + text[-1:] in ("[]", "()"):  # The config-arg grammar keeps a bracketed list whole.
-    text = text[1:-1]
-  specs = tuple(p.strip("\"' ") for p in config_lib.split_top_level(text))
+  specs = tuple(config_lib.split_list(text))
   for spec in specs:
     parse_weakness(spec)
   return specs
