@@ -1,4 +1,5 @@
 """`auditdm demo-pretrain` / `auditdm skills` with tiny budgets: roles, planted weakness data, cache, report."""
+import json
 import os
 
 import jax
@@ -90,7 +91,10 @@ def test_pretrain_cache_and_skills(tmp_path):
   # (and load_demo_models with target_weakness) pick the target trained on the asked weakness.
   other = _tiny("binding:color=red")
   other.target.name = "target_b"
+  other.skill_weights = {"spatial": 3.0}  # Recorded with the models (rectification's original data follows it).
   pretrain.pretrain_all(other, str(tmp_path))
+  assert pretrain.read_meta(tmp_path / "pretrain" / "target_b")["skill_weights"] == {"spatial": 3.0}
+  assert "skill_weights" not in pretrain.read_meta(tmp_path / "pretrain" / "target")
   assert list(pretrain.load_demo_models(str(tmp_path), roles=("target",))) == ["target_b"]
   picked = pretrain.load_demo_models(str(tmp_path), roles=("target",), target_weakness="counting:shape=star")
   assert list(picked) == ["target"]
@@ -260,7 +264,7 @@ def test_position_loss_asks_each_image_token_for_its_cell(world_tokenizer):
   assert max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), trained, plain))) > 1e-6
 
 
-def test_skill_weights_reach_the_training_questions():
+def test_skill_weights_reach_the_training_questions(tmp_path):
   cfg = _tiny("counting:shape=star")
   assert pretrain._skill_weights(cfg) == {}  # The default draws skills uniformly (the README's models).
   scenes = pretrain.sample_scenes(150, 2, 2, 4)
@@ -272,3 +276,10 @@ def test_skill_weights_reach_the_training_questions():
   assert pretrain._skill_weights(cfg) == {"spatial": 9.0}  # The skills left out weigh 1: not uniform.
   cfg.skill_weights = dict.fromkeys(lang.SKILLS, 2.0)
   assert pretrain._skill_weights(cfg) == {}
+  # Rectification's sample of the target's training data draws skills as the target was trained.
+  def original_share(weights):
+    path = tmp_path / str(weights) / "train.jsonl"
+    shapes_system.write_original_jsonl(str(path), 0, 150, 2, "counting:shape=star", 48, weights)
+    questions = [json.loads(line)["question"] for line in path.read_text().splitlines()]
+    return np.mean([lang.parse_question(q).skill == "spatial" for q in questions])
+  assert original_share(None) < 0.25 and original_share({"spatial": 9.0}) > 0.4  # Some scenes have one object.

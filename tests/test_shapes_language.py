@@ -171,7 +171,8 @@ def test_skill_weights_set_how_often_each_skill_is_drawn():
   weights = config_lib.parse_weights("[spatial:4,color:0]")
   assert weights == dict(spatial=4.0, color=0.0)
   assert config_lib.parse_weights("(spatial:4, 'color:0')") == weights and config_lib.parse_weights("") == {}
-  drawn = [tasks.sample_question(shapes.sample_scene(rng, 2, 4), rng, skill_weights=weights)[2] for _ in range(800)]
+  probs = tasks.check_skill_weights(weights)
+  drawn = [tasks.sample_question(shapes.sample_scene(rng, 2, 4), rng, skill_probs=probs)[2] for _ in range(800)]
   share = {s: drawn.count(s) / len(drawn) for s in lang.SKILLS}
   assert share["color"] == 0 and abs(share["spatial"] - 0.5) < 0.06 and abs(share["counting"] - 0.125) < 0.04
 

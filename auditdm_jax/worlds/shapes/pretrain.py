@@ -91,7 +91,7 @@ def sample_scenes(num, seed, min_objects=1, max_objects=4):
 
 def vqa_data(scenes, per_scene, seed, weakness=None, exclude_weakness=False, image_size=64, planted_share=0.0,
              skill_weights=None):
-  """Questions about `scenes` (skills drawn by `skill_weights`, `tasks.sample_question`): dict images uint8
+  """Questions about `scenes` (skills drawn by `skill_weights`, see `tasks.check_skill_weights`): dict images uint8
   [S, H, W, 3], image_index [N], question/answer/skill lists and in_weakness bool [N]. With `exclude_weakness`,
   questions inside the weakness slices are re-drawn (the target's training distribution without them). With
   `planted_share` > 0 (the target's training set), that share of the questions is drawn inside the slices, and
@@ -101,6 +101,7 @@ def vqa_data(scenes, per_scene, seed, weakness=None, exclude_weakness=False, ima
     raise ValueError("a weakness is either excluded or planted, not both")
   rng = np.random.default_rng(seed)
   specs = tasks.weakness_specs(weakness)
+  skill_probs = tasks.check_skill_weights(skill_weights)
   max_count = max(len(s) for s in scenes)  # Wrong counts stay within what the scenes show.
   rows = {"image_index": [], "question": [], "answer": [], "skill": [], "in_weakness": []}
   for i, scene in enumerate(scenes):
@@ -110,7 +111,7 @@ def vqa_data(scenes, per_scene, seed, weakness=None, exclude_weakness=False, ima
         hit = tasks.sample_weakness_question(scene, rng, specs[int(rng.integers(len(specs)))])
         drawn = hit + (True,) if hit else None
       drawn = drawn or tasks.sample_training_question(scene, rng, weakness, exclude_weakness,
-                                                      skill_weights=skill_weights)
+                                                      skill_probs=skill_probs)
       if drawn is None:
         continue
       question, answer, skill, inside = drawn
@@ -361,7 +362,7 @@ def save_model(directory, cfg, params, meta):
   io.write_json(os.path.join(directory, "meta.json"), meta)  # Written last: its presence marks completion.
 
 
-def _read_meta(directory):
+def read_meta(directory):
   """The meta.json of a model directory written by `save_model`, or None when it is absent (not a finished model)."""
   path = os.path.join(directory, "meta.json")
   return io.read_json(path) if os.path.exists(path) else None
@@ -370,7 +371,7 @@ def _read_meta(directory):
 def load_model(directory, digest=None, npz=None):
   """(cfg, host params, meta) of a model directory written by `save_model`, or None when absent (or trained from
   another config than `digest`). `npz` replaces its params.npz (a rectified target)."""
-  meta = _read_meta(directory)
+  meta = read_meta(directory)
   if meta is None:
     return None
   if digest is not None and meta.get("digest") != digest:
@@ -472,6 +473,8 @@ def pretrain_all(cfg, workdir):
       log.info("%s: cached in %s", spec.name, directory)
       return cached[1]
     log.info("%s (%s): training %d steps", spec.name, role, spec.steps)
+    if vqa and skill_weights:  # Rectification's sample of the original data draws skills alike (shapes.system).
+      meta["skill_weights"] = skill_weights
     t0 = time.time()
     params = train(mcfg, Stream(make_pool, spec.batch_size, [cfg.seed, spec.seed]), spec.steps, spec.lr,
                    spec.seed, init=init, aux_weight=cfg.aux_weight, desc=spec.name, **(weights if vqa else {}))
@@ -527,7 +530,7 @@ def _target_entry(root, weakness):
   want = _planted(weakness)
   found = {}
   for name in sorted(os.listdir(root)):
-    meta = _read_meta(os.path.join(root, name))
+    meta = read_meta(os.path.join(root, name))
     if meta and meta.get("role") == "target":
       found[name] = meta.get("weakness")
   for name, trained_on in found.items():

@@ -168,11 +168,11 @@ def check_skill_weights(weights):
   return p / p.sum()
 
 
-def sample_question(scene, rng, skill=None, skill_weights=None):
+def sample_question(scene, rng, skill=None, skill_probs=None):
   """(question text, canonical answer, skill) for `scene`; `skill` None picks one among those that apply,
-  uniformly or by `skill_weights` ({skill: weight}, see `check_skill_weights`)."""
+  uniformly or by `skill_probs` (probabilities of `lang.SKILLS`, from `check_skill_weights`)."""
   rng = np.random.default_rng(rng)
-  p = check_skill_weights(skill_weights)
+  p = skill_probs
   for _ in range(50):
     s = skill or (_pick(rng, lang.SKILLS) if p is None else lang.SKILLS[int(rng.choice(len(p), p=p))])
     text = SAMPLERS[s](rng, scene) if scene.objects or s in ("counting", "existence", "comparison") else None
@@ -262,12 +262,12 @@ def in_weakness(question, weakness):
   return any(_in_spec(q, spec) for spec in specs)
 
 
-def sample_training_question(scene, rng, weakness=None, exclude_weakness=False, tries=100, skill_weights=None):
-  """(question, answer, skill, in_weakness) for `scene` (skills drawn by `skill_weights`, see `sample_question`);
+def sample_training_question(scene, rng, weakness=None, exclude_weakness=False, tries=100, skill_probs=None):
+  """(question, answer, skill, in_weakness) for `scene` (skills drawn by `skill_probs`, see `sample_question`);
   with `exclude_weakness`, questions inside the weakness slices are redrawn (a target's training set). None when
   `tries` draws all fell inside them."""
   for _ in range(tries):
-    q, a, skill = sample_question(scene, rng, skill_weights=skill_weights)
+    q, a, skill = sample_question(scene, rng, skill_probs=skill_probs)
     w = in_weakness(q, weakness)
     if not (exclude_weakness and w):
       return q, a, skill, w
