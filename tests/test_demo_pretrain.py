@@ -138,18 +138,24 @@ def test_skill_accuracies_outside_the_weakness_and_the_paired_standard_error():
       np.sqrt(2 / 3) / 2)
 
 
-def test_accuracy_table_splits_counting_by_true_count():
+def test_accuracy_table_splits_counting_by_true_count_and_spatial_by_relation():
   test = [(None, "How many circles are there?", "2", "counting", False),
           (None, "How many red objects are there?", "2", "counting", False),
           (None, "How many objects are there?", "10", "counting", False),
           (None, "How many squares are there?", "1", "counting", False),
-          (None, "How many stars are there?", "4", "counting", True)]  # In the slice: not in a count row.
-  acc, counts = skills.accuracy_table(["2", "1", "10", "1", "4"], test, "counting:shape=star")
+          (None, "How many stars are there?", "4", "counting", True),  # In the slice: not in a count row.
+          (None, "Is the circle under the square?", "yes", "spatial", False),
+          (None, "Is the star below the circle?", "no", "spatial", False),
+          (None, "Is the star to the left of the circle?", "no", "spatial", False)]
+  acc, counts = skills.accuracy_table(["2", "1", "10", "1", "4", "yes", "yes", "no"], test, "counting:shape=star")
   assert (acc["counting=1"], acc["counting=2"], acc["counting=10"]) == (1.0, 0.5, 1.0) and "counting=4" not in acc
   assert counts["counting=2"] == 2
+  assert (acc["spatial=below"], counts["spatial=below"], acc["spatial=left"]) == (0.5, 2, 1.0)
+  assert "spatial=above" not in acc
   table = skills.format_table(dict(models={"t": dict(role="target", accuracy=acc)}, counts=counts)).splitlines()
   rows = [line.split(" | ")[0].strip("| ") for line in table[2:]]
-  assert rows[:4] == ["counting", "counting=1", "counting=2", "counting=10"]
+  assert rows == ["counting", "counting=1", "counting=2", "counting=10", "spatial", "spatial=left", "spatial=below",
+                  "weakness", "overall"]
 
 
 def test_bad_weakness_fails_before_any_work(tmp_path):

@@ -24,8 +24,8 @@ def test_set(cfg):
 
 def accuracy_table(answers, test, weakness=None):
   """{skill: accuracy} over the test rows (+ "weakness": the slices, "weakness/<spec>" per spec when `weakness`
-  lists several, "counting=<n>": counting rows outside the slices by true count, "overall": all rows outside the
-  slices)."""
+  lists several, "counting=<n>": counting rows outside the slices by true count, "spatial=<relation>": spatial rows
+  outside the slices by relation, "overall": all rows outside the slices)."""
   groups = collections.defaultdict(list)
   specs = tasks.weakness_specs(weakness)
   for pred, (_, question, gold, skill, weak) in zip(answers, test):
@@ -40,6 +40,8 @@ def accuracy_table(answers, test, weakness=None):
       groups["overall"].append(ok)
       if skill == "counting":
         groups[f"counting={gold}"].append(ok)
+      elif skill == "spatial":
+        groups[f"spatial={lang.parse_question(question).arg}"].append(ok)
   return {k: float(np.mean(v)) for k, v in sorted(groups.items())}, {k: len(v) for k, v in groups.items()}
 
 
@@ -91,7 +93,9 @@ def format_table(result):
   """Markdown table: one row per skill (+ weakness slice, overall), one column per model."""
   names = list(result["models"])
   by_count = sorted((r for r in result["counts"] if r.startswith("counting=")), key=lambda r: int(r.split("=")[1]))
-  rows = (["counting"] + by_count + [s for s in lang.SKILLS if s != "counting"] + [WEAKNESS_ROW] +
+  by_relation = [f"spatial={r}" for r in lang.RELATIONS]
+  rows = (["counting"] + by_count + [r for s in lang.SKILLS if s != "counting"
+                                     for r in ([s] + by_relation if s == "spatial" else [s])] + [WEAKNESS_ROW] +
           sorted(r for r in result["counts"] if r.startswith(WEAKNESS_ROW + "/")))
   rows.append("overall")
   lines = ["| skill | n | " + " | ".join(f"{n} ({result['models'][n]['role']})" for n in names) + " |",
