@@ -172,9 +172,9 @@ def sample_question(scene, rng, skill=None, skill_probs=None):
   """(question text, canonical answer, skill) for `scene`; `skill` None picks one among those that apply,
   uniformly or by `skill_probs` (probabilities of `lang.SKILLS`, from `check_skill_weights`)."""
   rng = np.random.default_rng(rng)
-  p = skill_probs
   for _ in range(50):
-    s = skill or (_pick(rng, lang.SKILLS) if p is None else lang.SKILLS[int(rng.choice(len(p), p=p))])
+    s = skill or (_pick(rng, lang.SKILLS) if skill_probs is None
+                  else lang.SKILLS[int(rng.choice(len(skill_probs), p=skill_probs))])
     text = SAMPLERS[s](rng, scene) if scene.objects or s in ("counting", "existence", "comparison") else None
     if text is None:
       continue
