@@ -103,14 +103,14 @@ def parse_weights(text):
   to check. A ConfigError names an item that is not name:number or a name given twice."""
   weights = {}
   for item in split_list(text):
-    name, _, raw = item.partition(":")
+    name, _, raw = (p.strip() for p in item.partition(":"))
     try:
       weight = float(raw)
     except ValueError:
       raise ConfigError(f"weight {item!r} is not name:number") from None
-    if name.strip() in weights:
-      raise ConfigError(f"weight for {name.strip()!r} given twice in {text!r}")
-    weights[name.strip()] = weight
+    if name in weights:
+      raise ConfigError(f"weight for {name!r} given twice in {text!r}")
+    weights[name] = weight
   return weights
 
 

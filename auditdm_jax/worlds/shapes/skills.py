@@ -93,9 +93,8 @@ def format_table(result):
   """Markdown table: one row per skill (+ weakness slice, overall), one column per model."""
   names = list(result["models"])
   by_count = sorted((r for r in result["counts"] if r.startswith("counting=")), key=lambda r: int(r.split("=")[1]))
-  by_relation = [f"spatial={r}" for r in lang.RELATIONS]
-  rows = (["counting"] + by_count + [r for s in lang.SKILLS if s != "counting"
-                                     for r in ([s] + by_relation if s == "spatial" else [s])] + [WEAKNESS_ROW] +
+  breakdown = {"counting": by_count, "spatial": [f"spatial={r}" for r in lang.RELATIONS]}  # Rows under a skill.
+  rows = ([r for s in lang.SKILLS for r in [s] + breakdown.get(s, [])] + [WEAKNESS_ROW] +
           sorted(r for r in result["counts"] if r.startswith(WEAKNESS_ROW + "/")))
   rows.append("overall")
   lines = ["| skill | n | " + " | ".join(f"{n} ({result['models'][n]['role']})" for n in names) + " |",
