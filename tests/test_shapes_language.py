@@ -171,8 +171,8 @@ def test_skill_weights_set_how_often_each_skill_is_drawn():
   weights = config_lib.parse_weights("[spatial:4,color:0]")
   assert weights == dict(spatial=4.0, color=0.0)
   assert config_lib.parse_weights("(spatial:4, 'color:0')") == weights and config_lib.parse_weights("") == {}
-  probs = tasks.check_skill_weights(weights)
-  drawn = [tasks.sample_question(shapes.sample_scene(rng, 2, 4), rng, skill_probs=probs)[2] for _ in range(800)]
+  mix = tasks.make_mix(weights)
+  drawn = [tasks.sample_question(shapes.sample_scene(rng, 2, 4), rng, mix=mix)[2] for _ in range(800)]
   share = {s: drawn.count(s) / len(drawn) for s in lang.SKILLS}
   assert share["color"] == 0 and abs(share["spatial"] - 0.5) < 0.06 and abs(share["counting"] - 0.125) < 0.04
 
@@ -190,7 +190,25 @@ def test_bad_weight_lists_fail_at_once(text, message):
                                              (dict.fromkeys(lang.SKILLS, 0), "positive sum")])
 def test_bad_skill_weights_fail_at_once(weights, message):
   with pytest.raises(ValueError, match=message):
-    tasks.check_skill_weights(weights)
+    tasks.make_mix(weights)
+
+
+def test_compare_present_asks_about_two_values_the_scene_has():
+  def counts(mix):
+    rng = np.random.default_rng(5)
+    out = []
+    for _ in range(600):
+      scene = shapes.sample_scene(rng, 2, 4)
+      refs = lang.parse_question(tasks.sample_question(scene, rng, "comparison", mix=mix)[0]).refs
+      out.append(tuple(len(r.select(scene)) for r in refs))
+    return out
+  both = lambda pairs: np.mean([min(p) > 0 for p in pairs])
+  default, half = counts(tasks.Mix()), counts(tasks.make_mix(compare_present=0.5))
+  assert both(default) < 0.4 < 0.6 < both(half)
+  assert sum(sorted(p) == [1, 2] for p in half) > 1.5 * sum(sorted(p) == [1, 2] for p in default)
+  for bad in (-0.1, 1.5):
+    with pytest.raises(ValueError, match="compare_present is a share"):
+      tasks.make_mix(compare_present=bad)
 
 
 def test_weakness_lists():

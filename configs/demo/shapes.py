@@ -7,7 +7,9 @@ inside them); the auditor is SFT-trained on the instruction prompts. See auditdm
 Arguments: `weakness=` the target's planted weakness (a `worlds/shapes/tasks.py` spec, e.g.
 "spatial:relation=left", "counting:shape=star", or a bracketed list), `fast` (tiny budgets for tests), `ground`
 (the grounding loss's weight, `ground_weight`), `pos` (the image tokens' position loss weight, `position_weight`),
-`skills` (how often each skill's questions are drawn for training, e.g. "spatial:3"; others weigh 1).
+`skills` (how often each skill's questions are drawn for training, e.g. "spatial:3"; others weigh 1), `compare`
+(the share of training comparisons about two attribute values a scene both has, `compare_present`), `sets` (the
+set loss's weight, `set_weight`), `ft_aux` (whether fine-tunes train the auxiliary losses too, `finetune_aux`).
   auditdm demo-pretrain --workdir W --config configs/demo/shapes.py:weakness=spatial:relation=left
   auditdm demo --workdir W --config configs/audit/demo.py:pretrain_config=configs/demo/shapes.py:ground=0.5
 """
@@ -16,8 +18,9 @@ import ml_collections
 from auditdm_jax import config as config_lib
 
 
-def _arch(width=128, depth=3, img_width=128, img_depth=2):
-  return dict(width=width, depth=depth, img_width=img_width, img_depth=img_depth)
+def _arch(width=128, depth=3, img_width=128, img_depth=2, heads=4, kv_heads=1):
+  """A tiny VLM: its decoder's width, depth and (query, key/value) heads; its ViT's width and depth."""
+  return dict(width=width, depth=depth, img_width=img_width, img_depth=img_depth, heads=heads, kv_heads=kv_heads)
 
 
 def _fit(name, seed, steps, batch_size=64, lr=2e-3, **extra):
@@ -26,7 +29,7 @@ def _fit(name, seed, steps, batch_size=64, lr=2e-3, **extra):
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, weakness="counting:shape=star", fast=False, ground=0.0, pos=0.0,
-                             skills="")
+                             skills="", compare=0.0, sets=0.0, ft_aux=True)
   fast = arg.fast
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -38,6 +41,8 @@ def get_config(arg=None):
   c.vqa = dict(num_scenes=100 if fast else 4000, per_scene=4, max_len=32)
   # {skill: weight}, skills left out weigh 1; names checked before any work. Uniform: the README's models.
   c.skill_weights = config_lib.parse_weights(arg.skills)
+  # Share of training comparisons about two attribute values the scene both has (tasks.Mix); 0: the README's models.
+  c.compare_present = arg.compare
   c.auditor_data = dict(num_scenes=100 if fast else 1500, per_scene=3, max_len=160)
   c.aux_weight = 1.0  # The per-cell attribute loss on the image tokens (pretrain.cell_loss).
   # The grounding loss (pretrain.grounded_losses): the objects a question names, predicted where they are named
@@ -46,10 +51,16 @@ def get_config(arg=None):
   c.ground_weight = arg.ground
   # Each image token also predicts its cell's row and column (pretrain.cell_loss): 0 off (the README's models).
   c.position_weight = arg.pos
+  # The set loss (pretrain.grounded_losses): the cells each expression of a question names, predicted where the
+  # answer is. 0: off (the README's models).
+  c.set_weight = arg.sets
   tiny = _arch(32, 1, 32, 1) if fast else {}
   c.base = _fit("base", 0, 30 if fast else 2800, **(tiny or _arch()))
   # Fine-tunes of the base: the target with its planted weakness, the references on data of their own seeds.
   finetune = dict(steps=10 if fast else 200, lr=5e-4)
+  # Whether the fine-tunes train the auxiliary losses too, with fresh heads (the README's models), or the answers
+  # alone (False: the heads' first gradients no longer shake what the base learned; docs/shapes_world.md).
+  c.finetune_aux = arg.ft_aux
   c.target = _fit("target", 10, planted_share=0.1, **finetune)
   c.references = [_fit("ref0", 11, **finetune), _fit("ref1", 12, **finetune)]
   c.auditor = _fit("auditor", 3, 10 if fast else 300, batch_size=32, **(tiny or _arch(depth=2)))

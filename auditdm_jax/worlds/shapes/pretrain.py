@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from auditdm_jax import decode
 from auditdm_jax import io
@@ -90,8 +91,8 @@ def sample_scenes(num, seed, min_objects=1, max_objects=4):
 
 
 def vqa_data(scenes, per_scene, seed, weakness=None, exclude_weakness=False, image_size=64, planted_share=0.0,
-             skill_weights=None):
-  """Questions about `scenes` (skills drawn by `skill_weights`, see `tasks.check_skill_weights`): dict images uint8
+             mix=tasks.Mix()):
+  """Questions about `scenes` (drawn by `mix`, a `tasks.Mix`): dict images uint8
   [S, H, W, 3], image_index [N], question/answer/skill lists and in_weakness bool [N]. With `exclude_weakness`,
   questions inside the weakness slices are re-drawn (the target's training distribution without them). With
   `planted_share` > 0 (the target's training set), that share of the questions is drawn inside the slices, and
@@ -101,7 +102,6 @@ def vqa_data(scenes, per_scene, seed, weakness=None, exclude_weakness=False, ima
     raise ValueError("a weakness is either excluded or planted, not both")
   rng = np.random.default_rng(seed)
   specs = tasks.weakness_specs(weakness)
-  skill_probs = tasks.check_skill_weights(skill_weights)
   max_count = max(len(s) for s in scenes)  # Wrong counts stay within what the scenes show.
   rows = {"image_index": [], "question": [], "answer": [], "skill": [], "in_weakness": []}
   for i, scene in enumerate(scenes):
@@ -110,8 +110,7 @@ def vqa_data(scenes, per_scene, seed, weakness=None, exclude_weakness=False, ima
       if specs and rng.random() < planted_share:
         hit = tasks.sample_weakness_question(scene, rng, specs[int(rng.integers(len(specs)))])
         drawn = hit + (True,) if hit else None
-      drawn = drawn or tasks.sample_training_question(scene, rng, weakness, exclude_weakness,
-                                                      skill_probs=skill_probs)
+      drawn = drawn or tasks.sample_training_question(scene, rng, weakness, exclude_weakness, mix=mix)
       if drawn is None:
         continue
       question, answer, skill, inside = drawn
@@ -178,6 +177,21 @@ def grounding_labels(tok, question, scene):
   return pos, cls
 
 
+CELLS = shapes.GRID * shapes.GRID
+
+
+def set_labels(question, scene):
+  """Set targets of a VQA example: cells float32 [2, CELLS] (1 where the question's k-th referring expression names
+  the object of that cell, reading order; any number of them, none included) and valid bool [2] (the question has a
+  k-th expression)."""
+  cells, valid = np.zeros((2, CELLS), np.float32), np.zeros(2, bool)
+  for k, ref in enumerate(lang.parse_question(question).refs):
+    valid[k] = True
+    for o in ref.select(scene):
+      cells[k, o.row * shapes.GRID + o.col] = 1.0
+  return cells, valid
+
+
 def _suffix_nll(logits, batch):
   logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32))
   nll = -jnp.take_along_axis(logp, batch["tokens"][:, 1:, None], axis=-1)[..., 0]
@@ -193,22 +207,33 @@ def suffix_loss(model, params, batch):
 
 
 def grounded_losses(model, params, head, batch):
-  """(`suffix_loss`, grounding loss) from one forward pass. The grounding loss is the auxiliary target that makes
-  spatial relations learnable (docs/shapes_world.md): each object a question names (batch ground_pos / ground_cell
-  [B, 2] from `grounding_labels`) is predicted twice from final-normed hidden states, through linear heads `head`:
-  at the last token of its referring expression (head["name"] [D, GROUND_CLASSES]) and, as the question's k-th
-  expression, where the answer's first token is predicted (head["answer"][k], [2, D, GROUND_CLASSES])."""
+  """(`suffix_loss`, {name: auxiliary loss}) from one forward pass. The auxiliary targets make relations between
+  the objects a question names learnable (docs/shapes_world.md); each is predicted from final-normed hidden states
+  through linear heads `head`, the answer's slots where the answer's first token is predicted:
+  - "ground_loss" (heads "name" [D, GROUND_CLASSES], "answer" [2, D, GROUND_CLASSES]; batch ground_pos /
+    ground_cell [B, 2] from `grounding_labels`): the one object each expression names, at the last token of the
+    expression and in the answer's k-th slot for the question's k-th expression;
+  - "set_loss" (head "set" [2, D, CELLS]; batch set_cells [B, 2, CELLS] / set_valid [B, 2] from `set_labels`):
+    the cells the k-th expression names, one sigmoid each, in the answer's k-th slot (what counting and
+    comparing need). Summed over cells, averaged over expressions."""
   hidden = model.apply({"params": params}, batch["images"], batch["tokens"], batch["mask_ar"], batch["input_mask"],
                        return_hidden=True)
   text = _suffix_nll(model.apply({"params": params}, hidden, method=model.unembed), batch)
-  pos, cell = batch["ground_pos"], batch["ground_cell"]
-  class_nll = lambda logits: -jnp.take_along_axis(jax.nn.log_softmax(logits), cell[..., None], axis=-1)[..., 0]
-  at_names = jnp.take_along_axis(hidden, jnp.maximum(pos, 0)[..., None], axis=1).astype(jnp.float32)
   at = jnp.argmax(batch["mask_ar"], axis=1) - 1  # The last prefix token: it predicts the answer's first token.
   at_answer = jnp.take_along_axis(hidden, at[:, None, None], axis=1)[:, 0].astype(jnp.float32)
-  nll = class_nll(at_names @ head["name"]) + class_nll(jnp.einsum("bd,kdc->bkc", at_answer, head["answer"]))
-  w = (pos >= 0).astype(jnp.float32)
-  return text, jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
+  mean = lambda nll, w: jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
+  aux = {}
+  if "name" in head:
+    pos, cell = batch["ground_pos"], batch["ground_cell"]
+    class_nll = lambda logits: -jnp.take_along_axis(jax.nn.log_softmax(logits), cell[..., None], axis=-1)[..., 0]
+    at_names = jnp.take_along_axis(hidden, jnp.maximum(pos, 0)[..., None], axis=1).astype(jnp.float32)
+    nll = class_nll(at_names @ head["name"]) + class_nll(jnp.einsum("bd,kdc->bkc", at_answer, head["answer"]))
+    aux["ground_loss"] = mean(nll, (pos >= 0).astype(jnp.float32))
+  if "set" in head:
+    logits = jnp.einsum("bd,kdc->bkc", at_answer, head["set"])
+    nll = jnp.sum(optax.sigmoid_binary_cross_entropy(logits, batch["set_cells"]), axis=-1)
+    aux["set_loss"] = mean(nll, batch["set_valid"].astype(jnp.float32))
+  return text, aux
 
 
 def cell_loss(model, params, head, images, labels, position_head=None):
@@ -255,7 +280,7 @@ class Stream:
     image = self.pool["image_index"][idx]
     batch["images"] = decode.to_model_images(self.pool["images"][image])
     batch["cells"] = jnp.asarray(self.pool["cells"][image])
-    for k in ("ground_pos", "ground_cell"):
+    for k in ("ground_pos", "ground_cell", "set_cells", "set_valid"):
       if k in self.pool:
         batch[k] = jnp.asarray(self.pool[k][idx])
     return batch
@@ -275,12 +300,12 @@ def make_optimizer(lr, steps):
 
 
 def train(cfg, stream, steps, lr, seed, init=None, aux_weight=1.0, ground_weight=0.0, position_weight=0.0,
-          desc="pretrain"):
+          set_weight=0.0, desc="pretrain"):
   """Trains a model on `stream` (`Stream`) from `init` (params; None: a fresh model); returns host params.
 
   The auxiliary cell losses (`cell_loss`: attributes with weight `aux_weight`, positions with `position_weight`) and
-  the grounding loss (`grounded_losses`, weight `ground_weight`; the stream's batches must carry its labels) use
-  linear heads discarded after training.
+  the grounding and set losses (`grounded_losses`, weights `ground_weight` and `set_weight`; the stream's batches
+  must carry their labels) use linear heads discarded after training.
   """
   model = vlm.get_model(cfg)
   params = init if init is not None else init_params(cfg, next(stream), seed)
@@ -288,20 +313,24 @@ def train(cfg, stream, steps, lr, seed, init=None, aux_weight=1.0, ground_weight
   head_rng = np.random.default_rng(seed)
   state = {"vlm": params, "cell_head": {
       name: jnp.asarray(head_rng.normal(0, d ** -0.5, (d, k)), jnp.float32) for name, k in CELL_HEADS}}
+  draw = lambda shape: jnp.asarray(head_rng.normal(0, d ** -0.5, shape), jnp.float32)
+  ground_head = {}
   if ground_weight:
-    state["ground_head"] = {k: jnp.asarray(head_rng.normal(0, d ** -0.5, shape), jnp.float32) for k, shape in
-                            (("name", (d, GROUND_CLASSES)), ("answer", (2, d, GROUND_CLASSES)))}
+    ground_head = {"name": draw((d, GROUND_CLASSES)), "answer": draw((2, d, GROUND_CLASSES))}
   if position_weight:
-    state["position_head"] = {k: jnp.asarray(head_rng.normal(0, d ** -0.5, (d, shapes.GRID)), jnp.float32)
-                              for k in ("row", "col")}
+    state["position_head"] = {k: draw((d, shapes.GRID)) for k in ("row", "col")}
+  if set_weight:
+    ground_head["set"] = draw((2, d, CELLS))
+  if ground_head:
+    state["ground_head"] = ground_head
   tx, schedule_fn = make_optimizer(lr, steps)
   opt_state = tx.init(state)
 
   def loss_fn(p, batch, _):
     metrics = {}
-    if ground_weight:
-      loss, metrics["ground_loss"] = grounded_losses(model, p["vlm"], p["ground_head"], batch)
-      total = loss + ground_weight * metrics["ground_loss"]
+    if ground_head:
+      loss, metrics = grounded_losses(model, p["vlm"], p["ground_head"], batch)
+      total = loss + ground_weight * metrics.get("ground_loss", 0.0) + set_weight * metrics.get("set_loss", 0.0)
     else:
       total = loss = suffix_loss(model, p["vlm"], batch)
     metrics["text_loss"] = loss
@@ -393,22 +422,39 @@ def _pool(tok, scenes, rows, prefixes, suffixes, max_len):
 
 def vqa_pool(cfg, tok, seed, weakness=None, planted_share=0.0):
   """A `Stream` pool: questions about `cfg.vqa.num_scenes` new scenes (see `vqa_data`), encoded; with
-  `cfg.ground_weight` also their `grounding_labels` (ground_pos, ground_cell [N, 2])."""
+  `cfg.ground_weight` also their `grounding_labels` (ground_pos, ground_cell [N, 2]), with `cfg.set_weight` their
+  `set_labels` (set_cells [N, 2, CELLS], set_valid [N, 2])."""
   scenes = sample_scenes(cfg.vqa.num_scenes, [*seed, 0], cfg.world.min_objects, cfg.world.max_objects)
   rows = vqa_data(scenes, cfg.vqa.per_scene, [*seed, 1], weakness=weakness, image_size=cfg.image_size,
-                  planted_share=planted_share, skill_weights=_skill_weights(cfg))
+                  planted_share=planted_share, mix=tasks.make_mix(**training_mix(cfg)))
   pool = _pool(tok, scenes, rows, [vqa_prefix(q) for q in rows["question"]], rows["answer"], cfg.vqa.max_len)
+  pairs = list(zip(rows["question"], rows["image_index"]))
   if cfg.get("ground_weight"):
-    labels = [grounding_labels(tok, q, scenes[i]) for q, i in zip(rows["question"], rows["image_index"])]
+    labels = [grounding_labels(tok, q, scenes[i]) for q, i in pairs]
     pool["ground_pos"], pool["ground_cell"] = (np.stack(a) for a in zip(*labels))
+  if cfg.get("set_weight"):
+    pool["set_cells"], pool["set_valid"] = (np.stack(a) for a in zip(*[set_labels(q, scenes[i]) for q, i in pairs]))
   return pool
 
 
-def _skill_weights(cfg):
-  """The config's {skill: weight} when it departs from uniform, else {} (uniform, the README's models)."""
+def training_mix(cfg):
+  """The config's departures from the default mix of training questions (`tasks.Mix`), checked: {"skill_weights":
+  {skill: weight}} when they are not uniform, {"compare_present": share} when > 0; {} for the README's models.
+  `tasks.make_mix(**training_mix(cfg))` is the mix."""
+  out = {}
   weights = dict(cfg.get("skill_weights") or {})
   p = tasks.check_skill_weights(weights)  # Skills left out weigh 1.
-  return weights if p is not None and np.ptp(p) > 0 else {}
+  if p is not None and np.ptp(p) > 0:
+    out["skill_weights"] = weights
+  if cfg.get("compare_present"):
+    out["compare_present"] = float(cfg.compare_present)
+  tasks.make_mix(**out)  # Checks the share.
+  return out
+
+
+def recorded_mix(meta):
+  """The `tasks.Mix` a VQA model was trained with, from its meta.json (`pretrain_all` records `training_mix`)."""
+  return tasks.make_mix(**{k: meta[k] for k in ("skill_weights", "compare_present") if k in meta})
 
 
 def auditor_pool(cfg, tok, seed):
@@ -421,7 +467,7 @@ def auditor_pool(cfg, tok, seed):
 
 def _model_cfg(cfg, spec, tok):
   return model_config(tok.vocab_size, res=cfg.image_size, width=spec.width, depth=spec.depth,
-                      img_width=spec.img_width, img_depth=spec.img_depth)
+                      img_width=spec.img_width, img_depth=spec.img_depth, heads=spec.heads, kv_heads=spec.kv_heads)
 
 
 def _tokenizer(cfg, root):
@@ -450,22 +496,27 @@ def pretrain_all(cfg, workdir):
   weakness = _planted(cfg.weakness)  # A bad spec fails before any training.
   if weakness and not cfg.target.get("planted_share"):
     raise ValueError("config target.planted_share must be > 0 to plant a weakness")
-  weights = {k: cfg.get(k, 0.0) for k in ("ground_weight", "position_weight")}
+  weights = {k: cfg.get(k, 0.0) for k in ("ground_weight", "position_weight", "set_weight")}
   for k, w in weights.items():
     if w < 0:
       raise ValueError(f"config {k} is a loss weight >= 0, got {w}")
-  skill_weights = _skill_weights(cfg)  # Checked before any work.
+  mix = training_mix(cfg)  # Checked before any work.
   root = os.path.join(workdir, "pretrain")
   tok, tok_path, tok_digest = _tokenizer(cfg, root)
   shared = dict(image_size=cfg.image_size, world=cfg.world.to_dict(), tokenizer=tok_digest, seed=cfg.seed,
                 data_version=tasks.DATA_VERSION, aux_weight=cfg.aux_weight, vqa=cfg.vqa.to_dict())
   # Keyed only when used: models trained without them keep their digests.
   shared.update({k: w for k, w in weights.items() if w})
-  if skill_weights:
-    shared["skill_weights"] = skill_weights
+  shared.update(mix)
   entries = []
 
-  def fit(spec, role, digest, make_pool, mcfg, init=None, vqa=False, **meta):
+  base_losses = dict(weights, aux_weight=cfg.aux_weight)
+  # Fine-tunes train the auxiliary losses as well (with fresh heads: the base's are discarded), or with
+  # `finetune_aux` False the answers alone.
+  finetune_aux = cfg.get("finetune_aux", True)
+  finetune_losses = base_losses if finetune_aux else dict(aux_weight=0.0)
+
+  def fit(spec, role, digest, make_pool, mcfg, losses, init=None, vqa=False, **meta):
     directory = os.path.join(root, spec.name)
     entries.append({"name": spec.name, "role": role, "dir": directory})
     cached = load_model(directory, digest)
@@ -473,11 +524,11 @@ def pretrain_all(cfg, workdir):
       log.info("%s: cached in %s", spec.name, directory)
       return cached[1]
     log.info("%s (%s): training %d steps", spec.name, role, spec.steps)
-    if vqa and skill_weights:  # Rectification's sample of the original data draws skills alike (shapes.system).
-      meta["skill_weights"] = skill_weights
+    if vqa:  # Rectification's sample of the original data is drawn alike (shapes.system).
+      meta.update(mix)
     t0 = time.time()
     params = train(mcfg, Stream(make_pool, spec.batch_size, [cfg.seed, spec.seed]), spec.steps, spec.lr,
-                   spec.seed, init=init, aux_weight=cfg.aux_weight, desc=spec.name, **(weights if vqa else {}))
+                   spec.seed, init=init, desc=spec.name, **losses)
     save_model(directory, mcfg, params, dict(meta, digest=digest, name=spec.name, role=role, steps=spec.steps,
                                              train_seconds=time.time() - t0))
     return params
@@ -485,18 +536,20 @@ def pretrain_all(cfg, workdir):
   base_cfg = _model_cfg(cfg, cfg.base, tok)
   base_digest = _digest(dict(shared, spec=cfg.base.to_dict()))
   base = fit(cfg.base, "base", base_digest, lambda k: vqa_pool(cfg, tok, [cfg.seed, cfg.base.seed, k]), base_cfg,
-             vqa=True)
+             base_losses, vqa=True)
   for spec, role in [(cfg.target, "target")] + [(r, "reference") for r in cfg.references]:
     spec = ml_collections.ConfigDict(spec.to_dict() if hasattr(spec, "to_dict") else dict(spec))
     planted = spec.get("planted_share", 0.0) if role == "target" else 0.0
     planted_weakness = weakness if role == "target" else None
-    digest = _digest(dict(shared, spec=spec.to_dict(), base=base_digest, weakness=planted_weakness))
+    digest = _digest(dict(shared, spec=spec.to_dict(), base=base_digest, weakness=planted_weakness,
+                          **({} if finetune_aux else {"finetune_aux": False})))
     make_pool = lambda k, spec=spec, w=planted_weakness, share=planted: vqa_pool(
         cfg, tok, [cfg.seed, spec.seed, k], weakness=w, planted_share=share)
-    fit(spec, role, digest, make_pool, base_cfg, init=base, vqa=True, weakness=planted_weakness)
+    fit(spec, role, digest, make_pool, base_cfg, finetune_losses, init=base, vqa=True, weakness=planted_weakness)
   aud = cfg.auditor
   fit(aud, "auditor", _digest(dict(shared, spec=aud.to_dict(), data=cfg.auditor_data.to_dict())),
-      lambda k: auditor_pool(cfg, tok, [cfg.seed, aud.seed, k]), _model_cfg(cfg, aud, tok))
+      lambda k: auditor_pool(cfg, tok, [cfg.seed, aud.seed, k]), _model_cfg(cfg, aud, tok),
+      dict(aux_weight=cfg.aux_weight))
   manifest = {"tokenizer": tok_path, "image_size": cfg.image_size, "weakness": cfg.weakness, "models": entries}
   io.write_json(os.path.join(root, "manifest.json"), manifest)
   return manifest

@@ -159,14 +159,14 @@ def skill_accuracies(answerer, general, weak, weakness=None, before=None):
   return out, ok
 
 
-def write_original_jsonl(path, seed, num_scenes, per_scene, weakness, image_size, skill_weights=None):
-  """A sample of the target's training distribution (weakness slice excluded; skills drawn by the target's
-  `skill_weights`, see `pretrain.vqa_data`) as JSONL + PNGs, for rectification."""
+def write_original_jsonl(path, seed, num_scenes, per_scene, weakness, image_size, mix=tasks.Mix()):
+  """A sample of the target's training distribution (weakness slice excluded; drawn by the target's `mix`, a
+  `tasks.Mix`) as JSONL + PNGs, for rectification."""
   if os.path.exists(path):
     return path
   root = os.path.dirname(path)
   d = pretrain.vqa_data(pretrain.sample_scenes(num_scenes, seed), per_scene, seed, weakness=weakness,
-                        exclude_weakness=True, image_size=image_size, skill_weights=skill_weights)
+                        exclude_weakness=True, image_size=image_size, mix=mix)
   for i, image in enumerate(d["images"]):
     io_lib.write_bytes(os.path.join(root, "images", f"{i:06d}.png"), images_lib.png_bytes(image))
   rows = [json.dumps(dict(image=f"images/{j:06d}.png", question=q, answer=a, id=f"o{k}")) + "\n"
@@ -224,7 +224,7 @@ def build(sc, workdir, target_npz=None):
   if sc.get("rectify_scenes"):
     trained_on = pretrain.read_meta(os.path.join(sc.models_dir, sc.target))  # Present: the target loaded.
     write_original_jsonl(original, sc.seed + 3, sc.rectify_scenes, 4, sc.weakness, image_size,
-                         trained_on.get("skill_weights"))
+                         pretrain.recorded_mix(trained_on))
   rectification = system_lib.Rectification(
       target_spec=dict(model=loading.model_spec(tgt_cfg), model_init=tgt_npz, tokenizer=tok_path),
       original_data=[dict(jsonl=original, weight=1.0)], evaluate_target=evaluate_target,

@@ -11,6 +11,7 @@
 - `auditor_example(scene, rng, kind)` -> (instruction prompt, target text) for the auditor's SFT on p_c / p_e /
   p_q and their baselines.
 """
+import dataclasses
 import functools
 
 import numpy as np
@@ -25,6 +26,24 @@ _ATTRS = ("shape", "color", "size")
 ABSENT_PROB = 0.15
 # Bumped whenever the sampled training material changes: the demo's pretraining cache is keyed on it.
 DATA_VERSION = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Mix:
+  """How questions are drawn. The default (uniform skills, no extra comparisons of present values) is the README's
+  models' training mix and every test set's. Build a checked one with `make_mix`."""
+  skill_probs: tuple = None  # Probabilities of `lang.SKILLS`; None: uniform.
+  # Share of comparison questions about two attribute values the scene both has (when it has two); the rest mostly
+  # name an absent one, so counts like 2 vs 1 are rare and the models get them wrong (docs/shapes_world.md).
+  compare_present: float = 0.0
+
+
+def make_mix(skill_weights=None, compare_present=0.0):
+  """A checked `Mix` from {skill: sampling weight} (`check_skill_weights`) and the comparison share."""
+  if not 0.0 <= compare_present <= 1.0:
+    raise ValueError(f"compare_present is a share in [0, 1], got {compare_present}")
+  probs = check_skill_weights(skill_weights)
+  return Mix(None if probs is None else tuple(probs.tolist()), float(compare_present))
 
 
 def _article(phrase):
@@ -70,14 +89,14 @@ def _absent_ref(rng, scene, exclude=()):
   return None
 
 
-def _counting(rng, scene):
+def _counting(rng, scene, mix):
   ref = _random_ref(rng, scene, [("shape",), ("color",), ("color", "shape"), ("size", "shape"), ()])
   p = ref.phrase(plural=True, det=None)
   return _pick(rng, [f"How many {p} are there?", f"How many {p} are in the image?", f"How many {p} can you see?",
                      f"Count the {p}."])
 
 
-def _existence(rng, scene):
+def _existence(rng, scene, mix):
   keysets = [("shape",), ("color",), ("color", "shape"), ("size", "shape"), ("size", "color", "shape")]
   want = rng.random() < 0.5
   for _ in range(20):
@@ -89,7 +108,7 @@ def _existence(rng, scene):
                      f"Are there any {ref.phrase(plural=True, det=None)}?", f"Does the image contain {_article(p)}?"])
 
 
-def _color(rng, scene):
+def _color(rng, scene, mix):
   o = _pick(rng, scene.objects)
   absent = rng.random() < ABSENT_PROB
   ref = _absent_ref(rng, scene, ("color",)) if absent else _unique_ref(rng, scene, o, exclude=("color",))
@@ -99,7 +118,7 @@ def _color(rng, scene):
   return _pick(rng, [f"What color is {p}?", f"What is the color of {p}?", f"Which color is {p}?"])
 
 
-def _binding(rng, scene):
+def _binding(rng, scene, mix):
   o = _pick(rng, scene.objects)
   absent = rng.random() < ABSENT_PROB
   if rng.random() < 0.7:
@@ -118,7 +137,7 @@ def _binding(rng, scene):
   return _pick(rng, [f"What size is {p}?", f"What is the size of {p}?", f"Is {p} small or large?"])
 
 
-def _spatial(rng, scene):
+def _spatial(rng, scene, mix):
   if len(scene) < 2:
     return None
   ia, ib = rng.choice(len(scene), size=2, replace=False)
@@ -138,18 +157,22 @@ def _spatial(rng, scene):
   return f"Is {ra.phrase()} {word} {rb.phrase()}?"
 
 
-def _comparison(rng, scene):
+def _comparison(rng, scene, mix):
   key = _pick(rng, ["shape", "color"])
   pool = shapes.SHAPES if key == "shape" else shapes.COLORS
   present = sorted({getattr(o, key) for o in scene.objects})
-  a = _pick(rng, present) if present and rng.random() < 0.8 else _pick(rng, pool)
-  b = _pick(rng, [v for v in pool if v != a])
+  if mix.compare_present and len(present) > 1 and rng.random() < mix.compare_present:
+    a, b = rng.choice(present, size=2, replace=False).tolist()
+  else:
+    a = _pick(rng, present) if present and rng.random() < 0.8 else _pick(rng, pool)
+    b = _pick(rng, [v for v in pool if v != a])
   pa = lang.Ref(**{key: a}).phrase(plural=True, det=None)
   pb = lang.Ref(**{key: b}).phrase(plural=True, det=None)
   return _pick(rng, [f"Are there more {pa} than {pb}?", f"Are there fewer {pa} than {pb}?",
                      f"Are there as many {pa} as {pb}?", f"Is the number of {pa} greater than the number of {pb}?"])
 
 
+# skill -> sampler (rng, scene, `Mix`) -> question text, or None when the scene offers none.
 SAMPLERS = {"counting": _counting, "color": _color, "existence": _existence, "spatial": _spatial,
             "comparison": _comparison, "binding": _binding}
 
@@ -168,14 +191,14 @@ def check_skill_weights(weights):
   return p / p.sum()
 
 
-def sample_question(scene, rng, skill=None, skill_probs=None):
-  """(question text, canonical answer, skill) for `scene`; `skill` None picks one among those that apply,
-  uniformly or by `skill_probs` (probabilities of `lang.SKILLS`, from `check_skill_weights`)."""
+def sample_question(scene, rng, skill=None, mix=Mix()):
+  """(question text, canonical answer, skill) for `scene`, drawn by `mix`; `skill` None picks one among those that
+  apply, uniformly or by `mix.skill_probs`."""
   rng = np.random.default_rng(rng)
   for _ in range(50):
-    s = skill or (_pick(rng, lang.SKILLS) if skill_probs is None
-                  else lang.SKILLS[int(rng.choice(len(skill_probs), p=skill_probs))])
-    text = SAMPLERS[s](rng, scene) if scene.objects or s in ("counting", "existence", "comparison") else None
+    s = skill or (_pick(rng, lang.SKILLS) if mix.skill_probs is None
+                  else lang.SKILLS[int(rng.choice(len(mix.skill_probs), p=mix.skill_probs))])
+    text = SAMPLERS[s](rng, scene, mix) if scene.objects or s in ("counting", "existence", "comparison") else None
     if text is None:
       continue
     try:
@@ -262,12 +285,12 @@ def in_weakness(question, weakness):
   return any(_in_spec(q, spec) for spec in specs)
 
 
-def sample_training_question(scene, rng, weakness=None, exclude_weakness=False, tries=100, skill_probs=None):
-  """(question, answer, skill, in_weakness) for `scene` (skills drawn by `skill_probs`, see `sample_question`);
+def sample_training_question(scene, rng, weakness=None, exclude_weakness=False, tries=100, mix=Mix()):
+  """(question, answer, skill, in_weakness) for `scene` (drawn by `mix`, see `sample_question`);
   with `exclude_weakness`, questions inside the weakness slices are redrawn (a target's training set). None when
   `tries` draws all fell inside them."""
   for _ in range(tries):
-    q, a, skill = sample_question(scene, rng, skill_probs=skill_probs)
+    q, a, skill = sample_question(scene, rng, mix=mix)
     w = in_weakness(q, weakness)
     if not (exclude_weakness and w):
       return q, a, skill, w
