@@ -171,7 +171,7 @@ def test_bad_weakness_fails_before_any_work(tmp_path):
   with pytest.raises(ValueError, match="planted_share must be > 0"):
     pretrain.pretrain_all(unplanted, str(tmp_path))
   assert not os.listdir(tmp_path)
-  for arg, key in (("ground", "ground_weight"), ("pos", "position_weight"), ("sets", "set_weight")):
+  for arg, key in (("ground", "ground_weight"), ("pos", "position_weight")):
     with pytest.raises(ValueError, match=f"{key} is a loss weight >= 0, got -1"):
       pretrain.pretrain_all(config_lib.load(f"{CONFIG}:fast,{arg}=-1"), str(tmp_path))
     assert not os.listdir(tmp_path)
@@ -193,11 +193,11 @@ def test_finetune_aux_false_fine_tunes_on_the_answers_alone(tmp_path, monkeypatc
     return pretrain.init_params(cfg, next(stream), seed)
 
   monkeypatch.setattr(pretrain, "train", fake_train)
-  cfg = config_lib.load(f"{CONFIG}:fast,ground=0.5,pos=1,sets=0.5")
+  cfg = config_lib.load(f"{CONFIG}:fast,ground=0.5,pos=1")
   cfg.vqa.num_scenes = cfg.auditor_data.num_scenes = cfg.tokenizer.num_scenes = 20
   cfg.references = cfg.references[:1]
   pretrain.pretrain_all(cfg, str(tmp_path / "with"))
-  auxiliary = dict(aux_weight=1.0, ground_weight=0.5, position_weight=1.0, set_weight=0.5)
+  auxiliary = dict(aux_weight=1.0, ground_weight=0.5, position_weight=1.0)
   assert calls == dict(base=auxiliary, target=auxiliary, ref0=auxiliary, auditor=dict(aux_weight=1.0))
   digest = lambda w, name: pretrain.read_meta(tmp_path / w / "pretrain" / name)["digest"]
   cfg.finetune_aux = False
@@ -248,19 +248,16 @@ def test_grounded_losses_share_the_forward_pass_and_train(world_tokenizer):
   rng = np.random.default_rng(0)
   head = {"name": rng.normal(0, 0.5, (32, pretrain.GROUND_CLASSES)).astype(np.float32),
           "answer": rng.normal(0, 0.5, (2, 32, pretrain.GROUND_CLASSES)).astype(np.float32)}
-  text, aux = pretrain.grounded_losses(model, params, head, batch)
-  ground = aux["ground_loss"]
-  assert set(aux) == {"ground_loss"}
+  text, ground = pretrain.grounded_losses(model, params, head, batch)
   np.testing.assert_allclose(text, pretrain.suffix_loss(model, params, batch), rtol=1e-5)
   assert ground > 1.0  # Two targets per expression, each about ln(10) for random hidden states.
   unlabelled = dict(batch, ground_pos=np.full_like(batch["ground_pos"], -1))
-  assert pretrain.grounded_losses(model, params, head, unlabelled)[1]["ground_loss"] == 0
+  assert pretrain.grounded_losses(model, params, head, unlabelled)[1] == 0
   # The answer head predicts each expression by its slot: swapping the two slots changes the loss.
   swapped = dict(head, answer=head["answer"][::-1])
-  assert abs(pretrain.grounded_losses(model, params, swapped, batch)[1]["ground_loss"] - ground) > 1e-3
+  assert abs(pretrain.grounded_losses(model, params, swapped, batch)[1] - ground) > 1e-3
   no_answer = dict(head, answer=np.zeros_like(head["answer"]))  # Uniform: ln(10) per labelled expression.
-  name_only = (pretrain.grounded_losses(model, params, no_answer, batch)[1]["ground_loss"]
-               - np.log(pretrain.GROUND_CLASSES))
+  name_only = pretrain.grounded_losses(model, params, no_answer, batch)[1] - np.log(pretrain.GROUND_CLASSES)
   hidden = model.apply({"params": params}, batch["images"], batch["tokens"], batch["mask_ar"], batch["input_mask"],
                        return_hidden=True)
   pos, cell = np.asarray(batch["ground_pos"]), np.asarray(batch["ground_cell"])
@@ -272,40 +269,6 @@ def test_grounded_losses_share_the_forward_pass_and_train(world_tokenizer):
   trained = pretrain.train(mcfg, stream, 2, 1e-3, 0, ground_weight=1.0)
   plain = pretrain.train(mcfg, pretrain.Stream(lambda k: pool, 16, 0), 2, 1e-3, 0)
   assert jax.tree.structure(trained) == jax.tree.structure(params)  # The grounding head is not kept.
-  assert max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), trained, plain))) > 1e-6
-
-
-def test_set_loss_asks_the_answer_for_the_cells_each_expression_names(world_tokenizer):
-  scenes = pretrain.sample_scenes(100, 7)
-  rows = pretrain.vqa_data(scenes, 3, 8, image_size=48)
-  for question, i in zip(rows["question"], rows["image_index"]):
-    cells, valid = pretrain.set_labels(question, scenes[i])
-    refs = lang.parse_question(question).refs
-    assert valid.tolist() == [k < len(refs) for k in range(2)] and not cells[len(refs):].any()
-    for k, ref in enumerate(refs):
-      assert cells[k].sum() == len(ref.select(scenes[i]))  # The set's size is the expression's count.
-      assert all(cells[k, o.row * 3 + o.col] for o in ref.select(scenes[i]))
-  cfg = _tiny("counting:shape=star")
-  cfg.set_weight = 1.0
-  pool = pretrain.vqa_pool(cfg, world_tokenizer, [0, 1, 0])
-  assert "ground_pos" not in pool and pool["set_cells"].shape == (len(pool["tokens"]), 2, pretrain.CELLS)
-  batch = next(pretrain.Stream(lambda k: pool, 16, 0))
-  mcfg = pretrain.model_config(world_tokenizer.vocab_size, res=cfg.image_size, width=32, depth=1, img_width=32,
-                               img_depth=1)
-  model, params = vlm.get_model(mcfg), pretrain.init_params(mcfg, batch, 0)
-  zero = {"set": np.zeros((2, 32, pretrain.CELLS), np.float32)}  # Every sigmoid at 1/2: ln 2 per cell.
-  _, aux = pretrain.grounded_losses(model, params, zero, batch)
-  assert set(aux) == {"set_loss"}
-  np.testing.assert_allclose(aux["set_loss"], pretrain.CELLS * np.log(2), rtol=1e-5)
-  none = dict(batch, set_valid=np.zeros_like(batch["set_valid"]))
-  assert pretrain.grounded_losses(model, params, zero, none)[1]["set_loss"] == 0
-  head = {"set": np.random.default_rng(0).normal(0, 0.5, (2, 32, pretrain.CELLS)).astype(np.float32)}
-  flipped = dict(batch, set_cells=1 - batch["set_cells"])
-  assert abs(pretrain.grounded_losses(model, params, head, flipped)[1]["set_loss"]
-             - pretrain.grounded_losses(model, params, head, batch)[1]["set_loss"]) > 1e-3
-  trained = pretrain.train(mcfg, pretrain.Stream(lambda k: pool, 16, 0), 2, 1e-3, 0, set_weight=1.0)
-  plain = pretrain.train(mcfg, pretrain.Stream(lambda k: pool, 16, 0), 2, 1e-3, 0)
-  assert jax.tree.structure(trained) == jax.tree.structure(params)  # The set head is not kept.
   assert max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), trained, plain))) > 1e-6
 
 

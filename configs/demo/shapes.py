@@ -8,8 +8,8 @@ Arguments: `weakness=` the target's planted weakness (a `worlds/shapes/tasks.py`
 "spatial:relation=left", "counting:shape=star", or a bracketed list), `fast` (tiny budgets for tests), `ground`
 (the grounding loss's weight, `ground_weight`), `pos` (the image tokens' position loss weight, `position_weight`),
 `skills` (how often each skill's questions are drawn for training, e.g. "spatial:3"; others weigh 1), `compare`
-(the share of training comparisons about two attribute values a scene both has, `compare_present`), `sets` (the
-set loss's weight, `set_weight`), `ft_aux` (whether fine-tunes train the auxiliary losses too, `finetune_aux`).
+(the share of training comparisons about two attribute values a scene both has, `compare_present`), `ft_aux`
+(whether fine-tunes train the auxiliary losses too, `finetune_aux`).
   auditdm demo-pretrain --workdir W --config configs/demo/shapes.py:weakness=spatial:relation=left
   auditdm demo --workdir W --config configs/audit/demo.py:pretrain_config=configs/demo/shapes.py:ground=0.5
 """
@@ -29,7 +29,7 @@ def _fit(name, seed, steps, batch_size=64, lr=2e-3, **extra):
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, weakness="counting:shape=star", fast=False, ground=0.0, pos=0.0,
-                             skills="", compare=0.0, sets=0.0, ft_aux=True)
+                             skills="", compare=0.0, ft_aux=True)
   fast = arg.fast
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -51,9 +51,6 @@ def get_config(arg=None):
   c.ground_weight = arg.ground
   # Each image token also predicts its cell's row and column (pretrain.cell_loss): 0 off (the README's models).
   c.position_weight = arg.pos
-  # The set loss (pretrain.grounded_losses): the cells each expression of a question names, predicted where the
-  # answer is. 0: off (the README's models).
-  c.set_weight = arg.sets
   tiny = _arch(32, 1, 32, 1) if fast else {}
   c.base = _fit("base", 0, 30 if fast else 2800, **(tiny or _arch()))
   # Fine-tunes of the base: the target with its planted weakness, the references on data of their own seeds.

@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from auditdm_jax import decode
 from auditdm_jax import io
@@ -177,21 +176,6 @@ def grounding_labels(tok, question, scene):
   return pos, cls
 
 
-CELLS = shapes.GRID * shapes.GRID
-
-
-def set_labels(question, scene):
-  """Set targets of a VQA example: cells float32 [2, CELLS] (1 where the question's k-th referring expression names
-  the object of that cell, reading order; any number of them, none included) and valid bool [2] (the question has a
-  k-th expression)."""
-  cells, valid = np.zeros((2, CELLS), np.float32), np.zeros(2, bool)
-  for k, ref in enumerate(lang.parse_question(question).refs):
-    valid[k] = True
-    for o in ref.select(scene):
-      cells[k, o.row * shapes.GRID + o.col] = 1.0
-  return cells, valid
-
-
 def _suffix_nll(logits, batch):
   logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32))
   nll = -jnp.take_along_axis(logp, batch["tokens"][:, 1:, None], axis=-1)[..., 0]
@@ -207,33 +191,22 @@ def suffix_loss(model, params, batch):
 
 
 def grounded_losses(model, params, head, batch):
-  """(`suffix_loss`, {name: auxiliary loss}) from one forward pass. The auxiliary targets make relations between
-  the objects a question names learnable (docs/shapes_world.md); each is predicted from final-normed hidden states
-  through linear heads `head`, the answer's slots where the answer's first token is predicted:
-  - "ground_loss" (heads "name" [D, GROUND_CLASSES], "answer" [2, D, GROUND_CLASSES]; batch ground_pos /
-    ground_cell [B, 2] from `grounding_labels`): the one object each expression names, at the last token of the
-    expression and in the answer's k-th slot for the question's k-th expression;
-  - "set_loss" (head "set" [2, D, CELLS]; batch set_cells [B, 2, CELLS] / set_valid [B, 2] from `set_labels`):
-    the cells the k-th expression names, one sigmoid each, in the answer's k-th slot (what counting and
-    comparing need). Summed over cells, averaged over expressions."""
+  """(`suffix_loss`, grounding loss) from one forward pass. The grounding loss is the auxiliary target that makes
+  spatial relations learnable (docs/shapes_world.md): each object a question names (batch ground_pos / ground_cell
+  [B, 2] from `grounding_labels`) is predicted twice from final-normed hidden states, through linear heads `head`:
+  at the last token of its referring expression (head["name"] [D, GROUND_CLASSES]) and, as the question's k-th
+  expression, where the answer's first token is predicted (head["answer"][k], [2, D, GROUND_CLASSES])."""
   hidden = model.apply({"params": params}, batch["images"], batch["tokens"], batch["mask_ar"], batch["input_mask"],
                        return_hidden=True)
   text = _suffix_nll(model.apply({"params": params}, hidden, method=model.unembed), batch)
+  pos, cell = batch["ground_pos"], batch["ground_cell"]
+  class_nll = lambda logits: -jnp.take_along_axis(jax.nn.log_softmax(logits), cell[..., None], axis=-1)[..., 0]
+  at_names = jnp.take_along_axis(hidden, jnp.maximum(pos, 0)[..., None], axis=1).astype(jnp.float32)
   at = jnp.argmax(batch["mask_ar"], axis=1) - 1  # The last prefix token: it predicts the answer's first token.
   at_answer = jnp.take_along_axis(hidden, at[:, None, None], axis=1)[:, 0].astype(jnp.float32)
-  mean = lambda nll, w: jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
-  aux = {}
-  if "name" in head:
-    pos, cell = batch["ground_pos"], batch["ground_cell"]
-    class_nll = lambda logits: -jnp.take_along_axis(jax.nn.log_softmax(logits), cell[..., None], axis=-1)[..., 0]
-    at_names = jnp.take_along_axis(hidden, jnp.maximum(pos, 0)[..., None], axis=1).astype(jnp.float32)
-    nll = class_nll(at_names @ head["name"]) + class_nll(jnp.einsum("bd,kdc->bkc", at_answer, head["answer"]))
-    aux["ground_loss"] = mean(nll, (pos >= 0).astype(jnp.float32))
-  if "set" in head:
-    logits = jnp.einsum("bd,kdc->bkc", at_answer, head["set"])
-    nll = jnp.sum(optax.sigmoid_binary_cross_entropy(logits, batch["set_cells"]), axis=-1)
-    aux["set_loss"] = mean(nll, batch["set_valid"].astype(jnp.float32))
-  return text, aux
+  nll = class_nll(at_names @ head["name"]) + class_nll(jnp.einsum("bd,kdc->bkc", at_answer, head["answer"]))
+  w = (pos >= 0).astype(jnp.float32)
+  return text, jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
 def cell_loss(model, params, head, images, labels, position_head=None):
@@ -280,7 +253,7 @@ class Stream:
     image = self.pool["image_index"][idx]
     batch["images"] = decode.to_model_images(self.pool["images"][image])
     batch["cells"] = jnp.asarray(self.pool["cells"][image])
-    for k in ("ground_pos", "ground_cell", "set_cells", "set_valid"):
+    for k in ("ground_pos", "ground_cell"):
       if k in self.pool:
         batch[k] = jnp.asarray(self.pool[k][idx])
     return batch
@@ -300,12 +273,12 @@ def make_optimizer(lr, steps):
 
 
 def train(cfg, stream, steps, lr, seed, init=None, aux_weight=1.0, ground_weight=0.0, position_weight=0.0,
-          set_weight=0.0, desc="pretrain"):
+          desc="pretrain"):
   """Trains a model on `stream` (`Stream`) from `init` (params; None: a fresh model); returns host params.
 
   The auxiliary cell losses (`cell_loss`: attributes with weight `aux_weight`, positions with `position_weight`) and
-  the grounding and set losses (`grounded_losses`, weights `ground_weight` and `set_weight`; the stream's batches
-  must carry their labels) use linear heads discarded after training.
+  the grounding loss (`grounded_losses`, weight `ground_weight`; the stream's batches must carry its labels) use
+  linear heads discarded after training.
   """
   model = vlm.get_model(cfg)
   params = init if init is not None else init_params(cfg, next(stream), seed)
@@ -313,24 +286,20 @@ def train(cfg, stream, steps, lr, seed, init=None, aux_weight=1.0, ground_weight
   head_rng = np.random.default_rng(seed)
   state = {"vlm": params, "cell_head": {
       name: jnp.asarray(head_rng.normal(0, d ** -0.5, (d, k)), jnp.float32) for name, k in CELL_HEADS}}
-  draw = lambda shape: jnp.asarray(head_rng.normal(0, d ** -0.5, shape), jnp.float32)
-  ground_head = {}
   if ground_weight:
-    ground_head = {"name": draw((d, GROUND_CLASSES)), "answer": draw((2, d, GROUND_CLASSES))}
+    state["ground_head"] = {k: jnp.asarray(head_rng.normal(0, d ** -0.5, shape), jnp.float32) for k, shape in
+                            (("name", (d, GROUND_CLASSES)), ("answer", (2, d, GROUND_CLASSES)))}
   if position_weight:
-    state["position_head"] = {k: draw((d, shapes.GRID)) for k in ("row", "col")}
-  if set_weight:
-    ground_head["set"] = draw((2, d, CELLS))
-  if ground_head:
-    state["ground_head"] = ground_head
+    state["position_head"] = {k: jnp.asarray(head_rng.normal(0, d ** -0.5, (d, shapes.GRID)), jnp.float32)
+                              for k in ("row", "col")}
   tx, schedule_fn = make_optimizer(lr, steps)
   opt_state = tx.init(state)
 
   def loss_fn(p, batch, _):
     metrics = {}
-    if ground_head:
-      loss, metrics = grounded_losses(model, p["vlm"], p["ground_head"], batch)
-      total = loss + ground_weight * metrics.get("ground_loss", 0.0) + set_weight * metrics.get("set_loss", 0.0)
+    if ground_weight:
+      loss, metrics["ground_loss"] = grounded_losses(model, p["vlm"], p["ground_head"], batch)
+      total = loss + ground_weight * metrics["ground_loss"]
     else:
       total = loss = suffix_loss(model, p["vlm"], batch)
     metrics["text_loss"] = loss
@@ -422,18 +391,14 @@ def _pool(tok, scenes, rows, prefixes, suffixes, max_len):
 
 def vqa_pool(cfg, tok, seed, weakness=None, planted_share=0.0):
   """A `Stream` pool: questions about `cfg.vqa.num_scenes` new scenes (see `vqa_data`), encoded; with
-  `cfg.ground_weight` also their `grounding_labels` (ground_pos, ground_cell [N, 2]), with `cfg.set_weight` their
-  `set_labels` (set_cells [N, 2, CELLS], set_valid [N, 2])."""
+  `cfg.ground_weight` also their `grounding_labels` (ground_pos, ground_cell [N, 2])."""
   scenes = sample_scenes(cfg.vqa.num_scenes, [*seed, 0], cfg.world.min_objects, cfg.world.max_objects)
   rows = vqa_data(scenes, cfg.vqa.per_scene, [*seed, 1], weakness=weakness, image_size=cfg.image_size,
                   planted_share=planted_share, mix=tasks.make_mix(**training_mix(cfg)))
   pool = _pool(tok, scenes, rows, [vqa_prefix(q) for q in rows["question"]], rows["answer"], cfg.vqa.max_len)
-  pairs = list(zip(rows["question"], rows["image_index"]))
   if cfg.get("ground_weight"):
-    labels = [grounding_labels(tok, q, scenes[i]) for q, i in pairs]
+    labels = [grounding_labels(tok, q, scenes[i]) for q, i in zip(rows["question"], rows["image_index"])]
     pool["ground_pos"], pool["ground_cell"] = (np.stack(a) for a in zip(*labels))
-  if cfg.get("set_weight"):
-    pool["set_cells"], pool["set_valid"] = (np.stack(a) for a in zip(*[set_labels(q, scenes[i]) for q, i in pairs]))
   return pool
 
 
@@ -496,7 +461,7 @@ def pretrain_all(cfg, workdir):
   weakness = _planted(cfg.weakness)  # A bad spec fails before any training.
   if weakness and not cfg.target.get("planted_share"):
     raise ValueError("config target.planted_share must be > 0 to plant a weakness")
-  weights = {k: cfg.get(k, 0.0) for k in ("ground_weight", "position_weight", "set_weight")}
+  weights = {k: cfg.get(k, 0.0) for k in ("ground_weight", "position_weight")}
   for k, w in weights.items():
     if w < 0:
       raise ValueError(f"config {k} is a loss weight >= 0, got {w}")
