@@ -175,9 +175,10 @@ def test_bad_weakness_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=f"{key} is a loss weight >= 0, got -1"):
       pretrain.pretrain_all(config_lib.load(f"{CONFIG}:fast,{arg}=-1"), str(tmp_path))
     assert not os.listdir(tmp_path)
-  for skills, message in (("spatial:-1", "skill weights must be >= 0"), ("[spatial:2,colour:1]", "unknown skills")):
+  for arg, message in (("skills=spatial:-1", "skill weights must be >= 0"),
+                       ("skills=[spatial:2,colour:1]", "unknown skills"), ("compare=2", "compare_present is a share")):
     with pytest.raises(ValueError, match=message):
-      pretrain.pretrain_all(config_lib.load(f"{CONFIG}:fast,skills={skills}"), str(tmp_path))
+      pretrain.pretrain_all(config_lib.load(f"{CONFIG}:fast,{arg}"), str(tmp_path))
     assert not os.listdir(tmp_path)
   sc = config_lib.load(f"{AUDIT_CONFIG}:weakness=[counting:shape=star,existence:relation=left]").system
   sc.models_dir = str(tmp_path / "missing")  # The spec is checked before any model is looked for.
