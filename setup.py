@@ -33,6 +33,8 @@ setuptools.setup(
     description="AuditDM: auditing MLLMs for capability gaps, in JAX/Flax",
     packages=setuptools.find_packages(include=["auditdm_jax", "auditdm_jax.*"]),
     python_requires=">=3.10",
+    # Trained demo models shipped as the shapes world's default cache (worlds/shapes/shipped.py).
+    package_data={"auditdm_jax.worlds.shapes": ["checkpoints/*/*", "checkpoints/*/*/*"]},
     install_requires=CORE,
     extras_require={
         "test": TEST,

@@ -11,6 +11,7 @@ from auditdm_jax.models import vlm
 from auditdm_jax.worlds.shapes import language as lang
 from auditdm_jax.worlds.shapes import tasks
 from auditdm_jax.worlds.shapes import pretrain
+from auditdm_jax.worlds.shapes import shipped
 from auditdm_jax.worlds.shapes import skills
 from auditdm_jax.worlds.shapes import system as shapes_system
 from auditdm_jax.worlds.shapes import tokenizer_train
@@ -208,6 +209,37 @@ def test_finetune_aux_false_fine_tunes_on_the_answers_alone(tmp_path, monkeypatc
                        auditor=dict(aux_weight=1.0))
   for name, same in (("base", True), ("auditor", True), ("target", False), ("ref0", False)):
     assert (digest("with", name) == digest("without", name)) == same, name
+
+
+def test_shipped_models_are_copied_by_digest_not_trained(tmp_path, monkeypatch):
+  cfg = _tiny("counting:shape=star")
+  trained = pretrain.pretrain_all(cfg, str(tmp_path / "made"))
+  monkeypatch.setattr(shipped, "ROOT", str(tmp_path / "made"))  # Its pretrain/ folder is a shipped set.
+
+  def no_training(*a, **k):
+    raise AssertionError("trained a model that is shipped")
+
+  monkeypatch.setattr(pretrain, "train", no_training)
+  monkeypatch.setattr(tokenizer_train, "train_tokenizer", no_training)
+  copied = pretrain.pretrain_all(cfg, str(tmp_path / "user"))
+  for old, new in zip(trained["models"], copied["models"]):
+    assert new["dir"].startswith(str(tmp_path / "user"))
+    (_, a, meta_a), (_, b, meta_b) = pretrain.load_model(old["dir"]), pretrain.load_model(new["dir"])
+    assert meta_a == meta_b
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  with open(copied["tokenizer"], "rb") as f, open(trained["tokenizer"], "rb") as g:
+    assert f.read() == g.read()
+  # Another reference (a digest nobody shipped) is trained; the rest still come from the shipped set.
+  reference = dict(cfg.references[0])
+  cfg.references = [dict(reference, seed=99)]
+  with pytest.raises(AssertionError, match="trained a model that is shipped"):
+    pretrain.pretrain_all(cfg, str(tmp_path / "other"))
+  assert pretrain.read_meta(tmp_path / "other" / "pretrain" / "target") is not None
+  assert pretrain.read_meta(tmp_path / "other" / "pretrain" / "ref0") is None
+  cfg.references, cfg.shipped = [reference], False  # Off: everything is trained, from the tokenizer on.
+  with pytest.raises(AssertionError, match="trained a model that is shipped"):
+    pretrain.pretrain_all(cfg, str(tmp_path / "off"))
+  assert not os.path.exists(tmp_path / "off" / "pretrain" / "tokenizer.model")
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from auditdm_jax import progress
 from auditdm_jax.audit import prompts
 from auditdm_jax.worlds.shapes import language as lang
 from auditdm_jax.worlds.shapes import scenes as shapes
+from auditdm_jax.worlds.shapes import shipped
 from auditdm_jax.worlds.shapes import tasks
 from auditdm_jax.models import checkpoints
 from auditdm_jax.models import tokenizer as tokenizer_lib
@@ -402,6 +403,10 @@ def vqa_pool(cfg, tok, seed, weakness=None, planted_share=0.0):
   return pool
 
 
+# What `training_mix` returns and a VQA model's meta.json records: `tasks.make_mix`'s arguments.
+MIX_KEYS = ("skill_weights", "compare_present")
+
+
 def training_mix(cfg):
   """The config's departures from the default mix of training questions (`tasks.Mix`), checked: {"skill_weights":
   {skill: weight}} when they are not uniform, {"compare_present": share} when > 0; {} for the README's models.
@@ -419,7 +424,7 @@ def training_mix(cfg):
 
 def recorded_mix(meta):
   """The `tasks.Mix` a VQA model was trained with, from its meta.json (`pretrain_all` records `training_mix`)."""
-  return tasks.make_mix(**{k: meta[k] for k in ("skill_weights", "compare_present") if k in meta})
+  return tasks.make_mix(**{k: meta[k] for k in MIX_KEYS if k in meta})
 
 
 def auditor_pool(cfg, tok, seed):
@@ -435,11 +440,16 @@ def _model_cfg(cfg, spec, tok):
                       img_width=spec.img_width, img_depth=spec.img_depth, heads=spec.heads, kv_heads=spec.kv_heads)
 
 
-def _tokenizer(cfg, root):
+def _tokenizer(cfg, root, use_shipped):
   path = os.path.join(root, "tokenizer.model")
   digest = _digest(dict(cfg.tokenizer.to_dict(), seed=cfg.seed))  # The seed draws its scenes.
   meta = os.path.join(root, "tokenizer.json")
   if os.path.exists(meta) and io.read_json(meta).get("digest") == digest:
+    return tokenizer_lib.Tokenizer(path), path, digest
+  found = shipped.find_tokenizer(digest) if use_shipped else None
+  if found:
+    log.info("tokenizer: shipped, copied from %s", found)
+    shipped.copy_tokenizer(found, root)
     return tokenizer_lib.Tokenizer(path), path, digest
   tok = tokenizer_train.train_tokenizer(path, cfg.tokenizer.vocab_size, cfg.tokenizer.num_scenes, cfg.seed)
   io.write_json(meta, {"digest": digest})
@@ -467,7 +477,8 @@ def pretrain_all(cfg, workdir):
       raise ValueError(f"config {k} is a loss weight >= 0, got {w}")
   mix = training_mix(cfg)  # Checked before any work.
   root = os.path.join(workdir, "pretrain")
-  tok, tok_path, tok_digest = _tokenizer(cfg, root)
+  use_shipped = cfg.get("shipped", True)
+  tok, tok_path, tok_digest = _tokenizer(cfg, root, use_shipped)
   shared = dict(image_size=cfg.image_size, world=cfg.world.to_dict(), tokenizer=tok_digest, seed=cfg.seed,
                 data_version=tasks.DATA_VERSION, aux_weight=cfg.aux_weight, vqa=cfg.vqa.to_dict())
   # Keyed only when used: models trained without them keep their digests.
@@ -488,6 +499,11 @@ def pretrain_all(cfg, workdir):
     if cached is not None:
       log.info("%s: cached in %s", spec.name, directory)
       return cached[1]
+    found = shipped.find_model(digest) if use_shipped else None
+    if found:
+      log.info("%s: shipped, copied from %s", spec.name, found)
+      shipped.copy_model(found, directory)
+      return load_model(directory, digest)[1]
     log.info("%s (%s): training %d steps", spec.name, role, spec.steps)
     if vqa:  # Rectification's sample of the original data is drawn alike (shapes.system).
       meta.update(mix)

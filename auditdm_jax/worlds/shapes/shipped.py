@@ -1,0 +1,58 @@
+"""Trained demo models shipped with the package: a cache `pretrain.pretrain_all` reads before it trains.
+
+A shipped set is a copy of a `<workdir>/pretrain/` folder (tokenizer.model + tokenizer.json, one folder per model
+with params.npz, model_config.json and meta.json) under `ROOT/<set>/`. Models and tokenizers are found by the
+digest of the config that trained them (the same digests that key a workdir's cache), so a config that differs in
+anything that shapes a model never gets a shipped one; `--config.shipped=False` trains every model instead.
+"""
+import os
+import shutil
+
+from auditdm_jax import io
+
+ROOT = os.path.join(os.path.dirname(__file__), "checkpoints")
+
+
+def _sets(root):
+  if not os.path.isdir(root):
+    return []
+  return [os.path.join(root, name) for name in sorted(os.listdir(root)) if os.path.isdir(os.path.join(root, name))]
+
+
+def _digest_of(meta_path):
+  return io.read_json(meta_path).get("digest") if os.path.exists(meta_path) else None
+
+
+def find_model(digest, root=None):
+  """The shipped model folder trained with `digest`, or None."""
+  for folder in _sets(root or ROOT):
+    for model in _sets(folder):
+      if _digest_of(os.path.join(model, "meta.json")) == digest:
+        return model
+  return None
+
+
+def find_tokenizer(digest, root=None):
+  """The shipped set whose tokenizer.model was trained with `digest`, or None."""
+  for folder in _sets(root or ROOT):
+    if (_digest_of(os.path.join(folder, "tokenizer.json")) == digest
+        and os.path.exists(os.path.join(folder, "tokenizer.model"))):
+      return folder
+  return None
+
+
+def copy_model(src, dst):
+  """Copies a shipped model folder to `dst` (replacing what is there); meta.json last, as `save_model` writes it."""
+  if os.path.isdir(dst):
+    shutil.rmtree(dst)
+  os.makedirs(dst)
+  names = sorted(os.listdir(src), key=lambda n: n == "meta.json")
+  for name in names:
+    shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+
+
+def copy_tokenizer(src, dst):
+  """Copies a shipped set's tokenizer.model and tokenizer.json (its digest, last) into folder `dst`."""
+  os.makedirs(dst, exist_ok=True)
+  for name in ("tokenizer.model", "tokenizer.json"):
+    shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
