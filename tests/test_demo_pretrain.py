@@ -211,6 +211,32 @@ def test_finetune_aux_false_fine_tunes_on_the_answers_alone(tmp_path, monkeypatc
     assert (digest("with", name) == digest("without", name)) == same, name
 
 
+def test_easy_pools_give_the_base_scenes_of_two_objects_first(tmp_path, monkeypatch):
+  most = {}  # {model: [most objects in a scene of pool k]}
+
+  def fake_train(cfg, stream, steps, lr, seed, init=None, desc="", **losses):
+    seen = []
+    while len(seen) < 3:  # Draws until the stream has built pools 0, 1 and 2.
+      seen += [int((stream.pool["cells"][..., 0] > 0).sum(-1).max())] * (stream.k == len(seen))
+      next(stream)
+    most[desc] = seen
+    return pretrain.init_params(cfg, next(stream), seed)
+
+  monkeypatch.setattr(pretrain, "train", fake_train)
+  cfg = config_lib.load(f"{CONFIG}:fast,easy=2")
+  cfg.vqa.num_scenes, cfg.auditor_data.num_scenes, cfg.tokenizer.num_scenes = 40, 10, 20
+  cfg.references = cfg.references[:1]
+  pretrain.pretrain_all(cfg, str(tmp_path / "easy"))
+  assert most["base"] == [2, 2, 4] and most["ref0"][:2] == [4, 4]  # The base's first two pools only.
+  cfg.easy_pools = 0
+  pretrain.pretrain_all(cfg, str(tmp_path / "plain"))
+  digest = lambda w, name: pretrain.read_meta(tmp_path / w / "pretrain" / name)["digest"]
+  assert digest("easy", "base") != digest("plain", "base") and most["base"][0] == 4
+  with pytest.raises(ValueError, match="easy_pools is a number of pools >= 0, got -1"):
+    pretrain.pretrain_all(config_lib.load(f"{CONFIG}:fast,easy=-1"), str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad" / "pretrain")
+
+
 def test_shipped_models_are_copied_by_digest_not_trained(tmp_path, monkeypatch):
   cfg = _tiny("counting:shape=star")
   trained = pretrain.pretrain_all(cfg, str(tmp_path / "made"))

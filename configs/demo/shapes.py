@@ -9,7 +9,8 @@ Arguments: `weakness=` the target's planted weakness (a `worlds/shapes/tasks.py`
 (the grounding loss's weight, `ground_weight`), `pos` (the image tokens' position loss weight, `position_weight`),
 `skills` (how often each skill's questions are drawn for training, e.g. "spatial:3"; others weigh 1), `compare`
 (the share of training comparisons about two attribute values a scene both has, `compare_present`), `ft_aux`
-(whether fine-tunes train the auxiliary losses too, `finetune_aux`).
+(whether fine-tunes train the auxiliary losses too, `finetune_aux`), `easy` (how many of the base's first pools of
+questions draw scenes of at most 2 objects, `easy_pools`).
   auditdm demo-pretrain --workdir W --config configs/demo/shapes.py:weakness=spatial:relation=left
   auditdm demo --workdir W --config configs/audit/demo.py:pretrain_config=configs/demo/shapes.py:ground=0.5
 """
@@ -29,7 +30,7 @@ def _fit(name, seed, steps, batch_size=64, lr=2e-3, **extra):
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, weakness="counting:shape=star", fast=False, ground=0.0, pos=0.0,
-                             skills="", compare=0.0, ft_aux=True)
+                             skills="", compare=0.0, ft_aux=True, easy=0)
   fast = arg.fast
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -51,6 +52,9 @@ def get_config(arg=None):
   c.ground_weight = arg.ground
   # Each image token also predicts its cell's row and column (pretrain.cell_loss): 0 off (the README's models).
   c.position_weight = arg.pos
+  # A curriculum: the base's first `easy_pools` pools of questions (vqa.num_scenes scenes each: 250 steps at batch
+  # 64) draw scenes of at most 2 objects, so names are grounded among fewer objects first. 0: the README's models.
+  c.easy_pools = arg.easy
   tiny = _arch(32, 1, 32, 1) if fast else {}
   c.base = _fit("base", 0, 30 if fast else 2800, **(tiny or _arch()))
   # Fine-tunes of the base: the target with its planted weakness, the references on data of their own seeds.

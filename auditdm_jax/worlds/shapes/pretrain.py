@@ -390,10 +390,12 @@ def _pool(tok, scenes, rows, prefixes, suffixes, max_len):
               image_index=rows["image_index"], cells=np.stack([cell_labels(s) for s in scenes]))
 
 
-def vqa_pool(cfg, tok, seed, weakness=None, planted_share=0.0):
-  """A `Stream` pool: questions about `cfg.vqa.num_scenes` new scenes (see `vqa_data`), encoded; with
-  `cfg.ground_weight` also their `grounding_labels` (ground_pos, ground_cell [N, 2])."""
-  scenes = sample_scenes(cfg.vqa.num_scenes, [*seed, 0], cfg.world.min_objects, cfg.world.max_objects)
+def vqa_pool(cfg, tok, seed, weakness=None, planted_share=0.0, max_objects=None):
+  """A `Stream` pool: questions about `cfg.vqa.num_scenes` new scenes (see `vqa_data`; at most `max_objects`
+  objects, default the world's), encoded; with `cfg.ground_weight` also their `grounding_labels` (ground_pos,
+  ground_cell [N, 2])."""
+  scenes = sample_scenes(cfg.vqa.num_scenes, [*seed, 0], cfg.world.min_objects,
+                         max_objects or cfg.world.max_objects)
   rows = vqa_data(scenes, cfg.vqa.per_scene, [*seed, 1], weakness=weakness, image_size=cfg.image_size,
                   planted_share=planted_share, mix=tasks.make_mix(**training_mix(cfg)))
   pool = _pool(tok, scenes, rows, [vqa_prefix(q) for q in rows["question"]], rows["answer"], cfg.vqa.max_len)
@@ -475,6 +477,10 @@ def pretrain_all(cfg, workdir):
   for k, w in weights.items():
     if w < 0:
       raise ValueError(f"config {k} is a loss weight >= 0, got {w}")
+  easy = cfg.get("easy_pools", 0)  # The base's first pools: scenes of few objects (a curriculum).
+  if not isinstance(easy, int) or easy < 0:
+    raise ValueError(f"config easy_pools is a number of pools >= 0, got {easy!r}")
+  few = max(2, cfg.world.min_objects)
   mix = training_mix(cfg)  # Checked before any work.
   root = os.path.join(workdir, "pretrain")
   use_shipped = cfg.get("shipped", True)
@@ -515,9 +521,10 @@ def pretrain_all(cfg, workdir):
     return params
 
   base_cfg = _model_cfg(cfg, cfg.base, tok)
-  base_digest = _digest(dict(shared, spec=cfg.base.to_dict()))
-  base = fit(cfg.base, "base", base_digest, lambda k: vqa_pool(cfg, tok, [cfg.seed, cfg.base.seed, k]), base_cfg,
-             base_losses, vqa=True)
+  base_digest = _digest(dict(shared, spec=cfg.base.to_dict(), **({"easy_pools": easy} if easy else {})))
+  base = fit(cfg.base, "base", base_digest, lambda k: vqa_pool(cfg, tok, [cfg.seed, cfg.base.seed, k],
+                                                               max_objects=few if k < easy else None),
+             base_cfg, base_losses, vqa=True)
   for spec, role in [(cfg.target, "target")] + [(r, "reference") for r in cfg.references]:
     spec = ml_collections.ConfigDict(spec.to_dict() if hasattr(spec, "to_dict") else dict(spec))
     planted = spec.get("planted_share", 0.0) if role == "target" else 0.0
