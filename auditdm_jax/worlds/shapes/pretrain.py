@@ -480,7 +480,7 @@ def pretrain_all(cfg, workdir):
   easy = cfg.get("easy_pools", 0)  # The base's first pools: scenes of few objects (a curriculum).
   if not isinstance(easy, int) or easy < 0:
     raise ValueError(f"config easy_pools is a number of pools >= 0, got {easy!r}")
-  few = max(2, cfg.world.min_objects)
+  few = min(cfg.world.max_objects, max(2, cfg.world.min_objects))
   mix = training_mix(cfg)  # Checked before any work.
   root = os.path.join(workdir, "pretrain")
   use_shipped = cfg.get("shipped", True)

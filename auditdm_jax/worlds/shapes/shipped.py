@@ -23,18 +23,18 @@ def _digest_of(meta_path):
   return io.read_json(meta_path).get("digest") if os.path.exists(meta_path) else None
 
 
-def find_model(digest, root=None):
+def find_model(digest):
   """The shipped model folder trained with `digest`, or None."""
-  for folder in _sets(root or ROOT):
+  for folder in _sets(ROOT):
     for model in _sets(folder):
       if _digest_of(os.path.join(model, "meta.json")) == digest:
         return model
   return None
 
 
-def find_tokenizer(digest, root=None):
+def find_tokenizer(digest):
   """The shipped set whose tokenizer.model was trained with `digest`, or None."""
-  for folder in _sets(root or ROOT):
+  for folder in _sets(ROOT):
     if (_digest_of(os.path.join(folder, "tokenizer.json")) == digest
         and os.path.exists(os.path.join(folder, "tokenizer.model"))):
       return folder
