@@ -285,14 +285,12 @@ def train(cfg, stream, steps, lr, seed, init=None, aux_weight=1.0, ground_weight
   params = init if init is not None else init_params(cfg, next(stream), seed)
   d = cfg.llm.width
   head_rng = np.random.default_rng(seed)
-  state = {"vlm": params, "cell_head": {
-      name: jnp.asarray(head_rng.normal(0, d ** -0.5, (d, k)), jnp.float32) for name, k in CELL_HEADS}}
+  draw = lambda shape: jnp.asarray(head_rng.normal(0, d ** -0.5, shape), jnp.float32)  # A fresh linear head.
+  state = {"vlm": params, "cell_head": {name: draw((d, k)) for name, k in CELL_HEADS}}
   if ground_weight:
-    state["ground_head"] = {k: jnp.asarray(head_rng.normal(0, d ** -0.5, shape), jnp.float32) for k, shape in
-                            (("name", (d, GROUND_CLASSES)), ("answer", (2, d, GROUND_CLASSES)))}
+    state["ground_head"] = {"name": draw((d, GROUND_CLASSES)), "answer": draw((2, d, GROUND_CLASSES))}
   if position_weight:
-    state["position_head"] = {k: jnp.asarray(head_rng.normal(0, d ** -0.5, (d, shapes.GRID)), jnp.float32)
-                              for k in ("row", "col")}
+    state["position_head"] = {k: draw((d, shapes.GRID)) for k in ("row", "col")}
   tx, schedule_fn = make_optimizer(lr, steps)
   opt_state = tx.init(state)
 
