@@ -92,13 +92,13 @@ def test_pretrain_cache_and_skills(tmp_path):
   # (and load_demo_models with target_weakness) pick the target trained on the asked weakness.
   other = _tiny("binding:color=red")
   other.target.name = "target_b"
-  other.skill_weights = {"spatial": 3.0}  # Recorded with the models (rectification's original data follows it).
-  other.compare_present = 0.5
+  other.skill_weights = {}  # The mix is recorded with the models (rectification's original data follows it).
+  other.compare_present = 0.0
   pretrain.pretrain_all(other, str(tmp_path))
-  meta = pretrain.read_meta(tmp_path / "pretrain" / "target_b")
-  assert meta["skill_weights"] == {"spatial": 3.0} and meta["compare_present"] == 0.5
-  assert pretrain.recorded_mix(meta) == tasks.make_mix({"spatial": 3.0}, 0.5)
   meta = pretrain.read_meta(tmp_path / "pretrain" / "target")
+  assert meta["skill_weights"] == {"spatial": 3.0} and meta["compare_present"] == 0.5  # The config's default.
+  assert pretrain.recorded_mix(meta) == tasks.make_mix({"spatial": 3.0}, 0.5)
+  meta = pretrain.read_meta(tmp_path / "pretrain" / "target_b")
   assert "skill_weights" not in meta and pretrain.recorded_mix(meta) == tasks.Mix()
   assert list(pretrain.load_demo_models(str(tmp_path), roles=("target",))) == ["target_b"]
   picked = pretrain.load_demo_models(str(tmp_path), roles=("target",), target_weakness="counting:shape=star")
@@ -195,7 +195,7 @@ def test_finetune_aux_false_fine_tunes_on_the_answers_alone(tmp_path, monkeypatc
     return pretrain.init_params(cfg, next(stream), seed)
 
   monkeypatch.setattr(pretrain, "train", fake_train)
-  cfg = config_lib.load(f"{CONFIG}:fast,ground=0.5,pos=1")
+  cfg = config_lib.load(f"{CONFIG}:fast,ground=0.5,pos=1,ft_aux=True")
   cfg.vqa.num_scenes = cfg.auditor_data.num_scenes = cfg.tokenizer.num_scenes = 20
   cfg.references = cfg.references[:1]
   pretrain.pretrain_all(cfg, str(tmp_path / "with"))
@@ -359,7 +359,9 @@ def test_position_loss_asks_each_image_token_for_its_cell(world_tokenizer):
 
 def test_skill_weights_reach_the_training_questions(tmp_path):
   cfg = _tiny("counting:shape=star")
-  assert pretrain.training_mix(cfg) == {}  # The default draws skills uniformly (the README's models).
+  assert pretrain.training_mix(cfg) == {"skill_weights": {"spatial": 3.0}, "compare_present": 0.5}  # The default.
+  cfg.skill_weights, cfg.compare_present = {}, 0.0
+  assert pretrain.training_mix(cfg) == {}  # Skills drawn uniformly.
   scenes = pretrain.sample_scenes(150, 2, 2, 4)
   share = lambda rows: np.mean([s == "spatial" for s in rows["skill"]])
   assert share(pretrain.vqa_data(scenes, 2, 0, image_size=48)) < 0.3

@@ -18,7 +18,7 @@ def get_config(arg=None):
   c.mode = arg.mode
   c.group_size = 8
   c.max_words = 32
-  c.total_steps = arg.steps or (6 if fast else 100)
+  c.total_steps = arg.steps or (6 if fast else 200)
   # Paper recipe (AdamW, 10% warm-up, cosine to min_lr) at a learning rate suited to a tiny, SFT-initialised model.
   c.optimizer, c.lr, c.wd, c.b2, c.grad_clip_norm = "adamw", 2e-4, 0.0, 0.999, 1.0
   c.schedule = dict(decay_type="cosine", warmup_percent=0.1, min_lr=2e-5)

@@ -409,7 +409,7 @@ MIX_KEYS = ("skill_weights", "compare_present")
 
 def training_mix(cfg):
   """The config's departures from the default mix of training questions (`tasks.Mix`), checked: {"skill_weights":
-  {skill: weight}} when they are not uniform, {"compare_present": share} when > 0; {} for the README's models.
+  {skill: weight}} when they are not uniform, {"compare_present": share} when > 0; {} for the default mix.
   `tasks.make_mix(**training_mix(cfg))` is the mix."""
   out = {}
   weights = dict(cfg.get("skill_weights") or {})
@@ -440,20 +440,19 @@ def _model_cfg(cfg, spec, tok):
                       img_width=spec.img_width, img_depth=spec.img_depth, heads=spec.heads, kv_heads=spec.kv_heads)
 
 
-def _tokenizer(cfg, root, use_shipped):
+def _tokenizer(cfg, root, digest, use_shipped):
   path = os.path.join(root, "tokenizer.model")
-  digest = _digest(dict(cfg.tokenizer.to_dict(), seed=cfg.seed))  # The seed draws its scenes.
   meta = os.path.join(root, "tokenizer.json")
   if os.path.exists(meta) and io.read_json(meta).get("digest") == digest:
-    return tokenizer_lib.Tokenizer(path), path, digest
+    return tokenizer_lib.Tokenizer(path), path
   found = shipped.find_tokenizer(digest) if use_shipped else None
   if found:
     log.info("tokenizer: shipped, copied from %s", found)
     shipped.copy_tokenizer(found, root)
-    return tokenizer_lib.Tokenizer(path), path, digest
+    return tokenizer_lib.Tokenizer(path), path
   tok = tokenizer_train.train_tokenizer(path, cfg.tokenizer.vocab_size, cfg.tokenizer.num_scenes, cfg.seed)
   io.write_json(meta, {"digest": digest})
-  return tok, path, digest
+  return tok, path
 
 
 def _planted(weakness):
@@ -461,14 +460,10 @@ def _planted(weakness):
   return ",".join(tasks.check_weakness(weakness)) or None
 
 
-def pretrain_all(cfg, workdir):
-  """Trains (or loads from `<workdir>/pretrain/`) the tokenizer, the base, the target and references fine-tuned
-  from it, and the auditor.
-
-  cfg: a `configs/demo/shapes.py` config. Writes `<workdir>/pretrain/manifest.json`
-  {"tokenizer": path, "image_size", "weakness", "models": [{"name", "role", "dir"}]}; returns it.
-  """
-  weakness = _planted(cfg.weakness)  # A bad spec fails before any training.
+def _checked(cfg):
+  """(planted weakness, {loss: weight}, easy pools, training mix) of the config, each checked (a bad value fails
+  before any work)."""
+  weakness = _planted(cfg.weakness)
   if weakness and not cfg.target.get("planted_share"):
     raise ValueError("config target.planted_share must be > 0 to plant a weakness")
   weights = {k: cfg.get(k, 0.0) for k in ("ground_weight", "position_weight")}
@@ -478,26 +473,61 @@ def pretrain_all(cfg, workdir):
   easy = cfg.get("easy_pools", 0)  # The base's first pools: scenes of few objects (a curriculum).
   if not isinstance(easy, int) or easy < 0:
     raise ValueError(f"config easy_pools is a number of pools >= 0, got {easy!r}")
-  few = min(cfg.world.max_objects, max(2, cfg.world.min_objects))
-  mix = training_mix(cfg)  # Checked before any work.
-  root = os.path.join(workdir, "pretrain")
-  use_shipped = cfg.get("shipped", True)
-  tok, tok_path, tok_digest = _tokenizer(cfg, root, use_shipped)
-  shared = dict(image_size=cfg.image_size, world=cfg.world.to_dict(), tokenizer=tok_digest, seed=cfg.seed,
+  return weakness, weights, easy, training_mix(cfg)
+
+
+def digests(cfg):
+  """{"tokenizer": digest, model name: digest} for what `pretrain_all(cfg, ...)` trains: the keys of a workdir's
+  cache and of the shipped sets, a function of the config alone (a fine-tune's includes its base's)."""
+  return _digests(cfg, *_checked(cfg))
+
+
+def _digests(cfg, weakness, weights, easy, mix):
+  out = {"tokenizer": _digest(dict(cfg.tokenizer.to_dict(), seed=cfg.seed))}  # The seed draws its scenes.
+  shared = dict(image_size=cfg.image_size, world=cfg.world.to_dict(), tokenizer=out["tokenizer"], seed=cfg.seed,
                 data_version=tasks.DATA_VERSION, aux_weight=cfg.aux_weight, vqa=cfg.vqa.to_dict())
   # Keyed only when used: models trained without them keep their digests.
   shared.update({k: w for k, w in weights.items() if w})
   shared.update(mix)
+  base = out[cfg.base.name] = _digest(dict(shared, spec=cfg.base.to_dict(), **({"easy_pools": easy} if easy else {})))
+  finetune_aux = cfg.get("finetune_aux", True)
+  for spec, role in _finetunes(cfg):
+    planted = weakness if role == "target" else None
+    out[spec.name] = _digest(dict(shared, spec=spec.to_dict(), base=base, weakness=planted,
+                                  **({} if finetune_aux else {"finetune_aux": False})))
+  out[cfg.auditor.name] = _digest(dict(shared, spec=cfg.auditor.to_dict(), data=cfg.auditor_data.to_dict()))
+  return out
+
+
+def _finetunes(cfg):
+  """[(spec, role)] of the base's fine-tunes: the target, then the references."""
+  return [(ml_collections.ConfigDict(spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)), role)
+          for spec, role in [(cfg.target, "target")] + [(r, "reference") for r in cfg.references]]
+
+
+def pretrain_all(cfg, workdir):
+  """Trains (or loads from `<workdir>/pretrain/`) the tokenizer, the base, the target and references fine-tuned
+  from it, and the auditor.
+
+  cfg: a `configs/demo/shapes.py` config. Writes `<workdir>/pretrain/manifest.json`
+  {"tokenizer": path, "image_size", "weakness", "models": [{"name", "role", "dir"}]}; returns it.
+  """
+  weakness, weights, easy, mix = _checked(cfg)  # Before any work.
+  keys = _digests(cfg, weakness, weights, easy, mix)
+  few = min(cfg.world.max_objects, max(2, cfg.world.min_objects))
+  root = os.path.join(workdir, "pretrain")
+  use_shipped = cfg.get("shipped", True)
+  tok, tok_path = _tokenizer(cfg, root, keys["tokenizer"], use_shipped)
   entries = []
 
   base_losses = dict(weights, aux_weight=cfg.aux_weight)
   # Fine-tunes train the auxiliary losses as well (with fresh heads: the base's are discarded), or with
   # `finetune_aux` False the answers alone.
-  finetune_aux = cfg.get("finetune_aux", True)
-  finetune_losses = base_losses if finetune_aux else dict(aux_weight=0.0)
+  finetune_losses = base_losses if cfg.get("finetune_aux", True) else dict(aux_weight=0.0)
 
-  def fit(spec, role, digest, make_pool, mcfg, losses, init=None, vqa=False, **meta):
+  def fit(spec, role, make_pool, mcfg, losses, init=None, vqa=False, **meta):
     directory = os.path.join(root, spec.name)
+    digest = keys[spec.name]
     entries.append({"name": spec.name, "role": role, "dir": directory})
     cached = load_model(directory, digest)
     if cached is not None:
@@ -519,22 +549,17 @@ def pretrain_all(cfg, workdir):
     return params
 
   base_cfg = _model_cfg(cfg, cfg.base, tok)
-  base_digest = _digest(dict(shared, spec=cfg.base.to_dict(), **({"easy_pools": easy} if easy else {})))
-  base = fit(cfg.base, "base", base_digest, lambda k: vqa_pool(cfg, tok, [cfg.seed, cfg.base.seed, k],
-                                                               max_objects=few if k < easy else None),
+  base = fit(cfg.base, "base", lambda k: vqa_pool(cfg, tok, [cfg.seed, cfg.base.seed, k],
+                                                  max_objects=few if k < easy else None),
              base_cfg, base_losses, vqa=True)
-  for spec, role in [(cfg.target, "target")] + [(r, "reference") for r in cfg.references]:
-    spec = ml_collections.ConfigDict(spec.to_dict() if hasattr(spec, "to_dict") else dict(spec))
+  for spec, role in _finetunes(cfg):
     planted = spec.get("planted_share", 0.0) if role == "target" else 0.0
     planted_weakness = weakness if role == "target" else None
-    digest = _digest(dict(shared, spec=spec.to_dict(), base=base_digest, weakness=planted_weakness,
-                          **({} if finetune_aux else {"finetune_aux": False})))
     make_pool = lambda k, spec=spec, w=planted_weakness, share=planted: vqa_pool(
         cfg, tok, [cfg.seed, spec.seed, k], weakness=w, planted_share=share)
-    fit(spec, role, digest, make_pool, base_cfg, finetune_losses, init=base, vqa=True, weakness=planted_weakness)
+    fit(spec, role, make_pool, base_cfg, finetune_losses, init=base, vqa=True, weakness=planted_weakness)
   aud = cfg.auditor
-  fit(aud, "auditor", _digest(dict(shared, spec=aud.to_dict(), data=cfg.auditor_data.to_dict())),
-      lambda k: auditor_pool(cfg, tok, [cfg.seed, aud.seed, k]), _model_cfg(cfg, aud, tok),
+  fit(aud, "auditor", lambda k: auditor_pool(cfg, tok, [cfg.seed, aud.seed, k]), _model_cfg(cfg, aud, tok),
       dict(aux_weight=cfg.aux_weight))
   manifest = {"tokenizer": tok_path, "image_size": cfg.image_size, "weakness": cfg.weakness, "models": entries}
   io.write_json(os.path.join(root, "manifest.json"), manifest)

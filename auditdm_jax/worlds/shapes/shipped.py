@@ -4,13 +4,19 @@ A shipped set is a copy of a `<workdir>/pretrain/` folder (tokenizer.model + tok
 with params.npz, model_config.json and meta.json) under `ROOT/<set>/`. Models and tokenizers are found by the
 digest of the config that trained them (the same digests that key a workdir's cache), so a config that differs in
 anything that shapes a model never gets a shipped one; `--config.shipped=False` trains every model instead.
+Each set's `shipped.json` names that config ({"config": spec, "overrides": [...]}) and the sha256 of every file
+(`python -m auditdm_jax.tools.ship_demo_models` writes a set; `tests/test_shipped_models.py` checks them).
 """
+import hashlib
 import os
 import shutil
 
 from auditdm_jax import io
 
 ROOT = os.path.join(os.path.dirname(__file__), "checkpoints")
+
+
+MANIFEST = "shipped.json"
 
 
 def _sets(root):
@@ -21,6 +27,24 @@ def _sets(root):
 
 def _digest_of(meta_path):
   return io.read_json(meta_path).get("digest") if os.path.exists(meta_path) else None
+
+
+def sets():
+  """The shipped set folders."""
+  return _sets(ROOT)
+
+
+def file_hashes(folder):
+  """{path relative to `folder`: sha256} of every file of a set but its MANIFEST."""
+  out = {}
+  for base, _, names in os.walk(folder):
+    for name in names:
+      path = os.path.join(base, name)
+      rel = os.path.relpath(path, folder)
+      if rel != MANIFEST:
+        with open(path, "rb") as f:
+          out[rel] = hashlib.sha256(f.read()).hexdigest()
+  return dict(sorted(out.items()))
 
 
 def find_model(digest):

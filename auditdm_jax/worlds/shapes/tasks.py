@@ -30,8 +30,8 @@ DATA_VERSION = 3
 
 @dataclasses.dataclass(frozen=True)
 class Mix:
-  """How questions are drawn. The default (uniform skills, no extra comparisons of present values) is the README's
-  models' training mix and every test set's. Build a checked one with `make_mix`."""
+  """How questions are drawn. The default (uniform skills, no extra comparisons of present values) is every test
+  set's; the demo models train on another (configs/demo/shapes.py). Build a checked one with `make_mix`."""
   skill_probs: tuple = None  # Probabilities of `lang.SKILLS`; None: uniform.
   # Share of comparison questions about two attribute values the scene both has (when it has two); the rest mostly
   # name an absent one, so counts like 2 vs 1 are rare and the models get them wrong (docs/shapes_world.md).
