@@ -85,7 +85,8 @@ CASES = [
      "group_size 8 -> 4, lr 0.0002 -> 0.001", "{aud}/config.json"),
     (["generate", "--config", DEMO, "--config.generate.keep=all", "--workdir", "{aud}"], 2,
      'generate.keep "consensus" -> "all"', "{aud}/config.json"),
-    (["demo", "--workdir", "{fast}"], 2, "ckpt_every 1 -> 25", "{fast}/config.json"),
+    (["demo", "--workdir", "{fast}"], 2, f"ckpt_every 1 -> {config_lib.load(config_lib.find_spec(DEMO)).ckpt_every}",
+     "{fast}/config.json"),
     # A bad reward or mode fails before the demo pretrains anything.
     (["demo", "--config", "configs/audit/demo.py:diversity=-1", "--workdir", "{root}/d1"], 1,
      "diversity must be >= 0", None),

@@ -10,9 +10,9 @@ Arguments: `weakness=` the target's planted weakness (a `worlds/shapes/tasks.py`
 `skills` (how often each skill's questions are drawn for training, e.g. "spatial:3"; others weigh 1), `compare`
 (the share of training comparisons about two attribute values a scene both has, `compare_present`), `ft_aux`
 (whether fine-tunes train the auxiliary losses too, `finetune_aux`), `easy` (how many of the base's first pools of
-questions draw scenes of at most 2 objects, `easy_pools`).
+questions draw scenes of at most 2 objects, `easy_pools`), `shipped` (False: train every model, none copied).
   auditdm demo-pretrain --workdir W --config configs/demo/shapes.py:weakness=spatial:relation=left
-  auditdm demo --workdir W --config configs/audit/demo.py:pretrain_config=configs/demo/shapes.py:easy=4
+  auditdm demo --workdir W --config.pretrain_config=configs/demo/shapes.py:shipped=False   # the demo from scratch
 """
 import ml_collections
 
@@ -30,7 +30,8 @@ def _fit(name, seed, steps, batch_size=64, lr=2e-3, **extra):
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, weakness="counting:shape=star", fast=False, ground=0.5, pos=1.0,
-                             skills="spatial:3", compare=0.5, ft_aux=False, easy=0)
+                             skills="spatial:3", compare=0.5, ft_aux=False, easy=0,
+                             shipped=True)
   fast = arg.fast
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -70,6 +71,6 @@ def get_config(arg=None):
   c.auditor = _fit("auditor", 3, 10 if fast else 1000, batch_size=32, **(tiny or _arch(depth=2)))
   # Models found in the package's shipped sets (worlds/shapes/shipped.py, by the digest of this config) are copied
   # instead of trained; False trains every model (e.g. to check that shipped ones reproduce).
-  c.shipped = True
+  c.shipped = arg.shipped
   c.eval = dict(per_skill=20 if fast else 200, seed=12345, auditor_samples=4 if fast else 64)
   return c
