@@ -18,8 +18,7 @@ def ship(workdir, name, config="configs/demo/shapes.py", overrides=(), root=None
   cfg = config_lib.resolve(config_lib.find_spec(config), list(overrides))
   src = os.path.join(workdir, "pretrain")
   keys = pretrain.digests(cfg)
-  found = {"tokenizer": io.read_json(os.path.join(src, "tokenizer.json")).get("digest")}
-  found.update({m: (pretrain.read_meta(os.path.join(src, m)) or {}).get("digest") for m in keys if m != "tokenizer"})
+  found = shipped.folder_digests(src, keys)
   wrong = sorted(m for m in keys if found[m] != keys[m])
   if wrong:
     raise ValueError(f"{src}: {wrong} not trained by {config} {list(overrides)} (digests {found} != {keys})")

@@ -443,7 +443,7 @@ def _model_cfg(cfg, spec, tok):
 def _tokenizer(cfg, root, digest, use_shipped):
   path = os.path.join(root, "tokenizer.model")
   meta = os.path.join(root, "tokenizer.json")
-  if os.path.exists(meta) and io.read_json(meta).get("digest") == digest:
+  if shipped.recorded_digest(meta) == digest:
     return tokenizer_lib.Tokenizer(path), path
   found = shipped.find_tokenizer(digest) if use_shipped else None
   if found:

@@ -25,8 +25,16 @@ def _sets(root):
   return [os.path.join(root, name) for name in sorted(os.listdir(root)) if os.path.isdir(os.path.join(root, name))]
 
 
-def _digest_of(meta_path):
+def recorded_digest(meta_path):
+  """The digest a meta.json / tokenizer.json records, or None when the file is absent."""
   return io.read_json(meta_path).get("digest") if os.path.exists(meta_path) else None
+
+
+def folder_digests(folder, names):
+  """{"tokenizer": digest, model name: digest} recorded in a `pretrain/` folder or a set, for `names` (keys of
+  `pretrain.digests`); None for what is missing."""
+  path = lambda n: "tokenizer.json" if n == "tokenizer" else os.path.join(n, "meta.json")
+  return {n: recorded_digest(os.path.join(folder, path(n))) for n in names}
 
 
 def sets():
@@ -51,7 +59,7 @@ def find_model(digest):
   """The shipped model folder trained with `digest`, or None."""
   for folder in _sets(ROOT):
     for model in _sets(folder):
-      if _digest_of(os.path.join(model, "meta.json")) == digest:
+      if recorded_digest(os.path.join(model, "meta.json")) == digest:
         return model
   return None
 
@@ -59,7 +67,7 @@ def find_model(digest):
 def find_tokenizer(digest):
   """The shipped set whose tokenizer.model was trained with `digest`, or None."""
   for folder in _sets(ROOT):
-    if (_digest_of(os.path.join(folder, "tokenizer.json")) == digest
+    if (recorded_digest(os.path.join(folder, "tokenizer.json")) == digest
         and os.path.exists(os.path.join(folder, "tokenizer.model"))):
       return folder
   return None
