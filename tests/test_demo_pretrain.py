@@ -237,6 +237,60 @@ def test_easy_pools_give_the_base_scenes_of_two_objects_first(tmp_path, monkeypa
   assert not os.path.exists(tmp_path / "bad" / "pretrain")
 
 
+def test_competence_check_trains_the_base_more_until_the_references_pass(tmp_path, monkeypatch, caplog):
+  cfg = _tiny("counting:shape=star")
+  meta = lambda w, name: pretrain.read_meta(tmp_path / w / "pretrain" / name)
+  params = lambda w, name: jax.tree.leaves(pretrain.load_model(tmp_path / w / "pretrain" / name)[1])
+  pretrain.pretrain_all(cfg, str(tmp_path / "off"))  # The fast config has the check off (rounds=0).
+  assert "competence" not in meta("off", "ref0") and pretrain.competence_record(str(tmp_path / "off")) is None
+
+  cfg.competence = dict(bar=1.0, rounds=2, steps=2, lr=5e-4, per_skill=3, seed=7)  # Tiny models never pass.
+  with caplog.at_level("WARNING"):
+    manifest = pretrain.pretrain_all(cfg, str(tmp_path / "strict"))
+  assert "below the bar after 2 extra rounds" in caplog.text
+  record = pretrain.competence_record(str(tmp_path / "strict"))
+  assert record["bar"] == 1.0 and record["base_round"] == 2 and [r["round"] for r in record["rounds"]] == [0, 1, 2]
+  for r in record["rounds"]:
+    assert set(r["validation"]["ref0"]) == set(lang.SKILLS) and r["lowest"] < 1.0
+    assert r["lowest"] == min(r["validation"]["ref0"].values())
+  assert manifest["models"][0] == {"name": "base", "role": "base", "dir": str(tmp_path / "strict/pretrain/base_r2")}
+  assert meta("strict", "base_r1")["base_round"] == 1 and meta("strict", "base_r2")["steps"] == 2
+  assert meta("strict", "target")["base"] == meta("strict", "ref0")["base"] == "base_r2"
+  assert meta("strict", "base")["digest"] == meta("off", "base")["digest"]  # The base itself is unchanged.
+  assert meta("strict", "target")["digest"] != meta("off", "target")["digest"]
+  assert skills.evaluate(cfg, str(tmp_path / "strict"))["competence"] == record
+
+  def no_training(*a, **k):
+    raise AssertionError("retrained a cached model")
+
+  with monkeypatch.context() as m:  # A rerun (or another weakness's target) finds the rounds and references.
+    m.setattr(pretrain, "train", no_training)
+    again = pretrain.pretrain_all(cfg, str(tmp_path / "strict"))
+    assert again == manifest
+    trained = []
+    m.setattr(pretrain, "train", lambda *a, desc="", **k: trained.append(desc) or pretrain.load_model(
+        tmp_path / "strict" / "pretrain" / "base_r2")[1])
+    cfg.competence.rounds = 3  # A higher cap: the rounds done are reused, the references checked again.
+    pretrain.pretrain_all(cfg, str(tmp_path / "strict"))
+  assert trained == ["ref0 (round 0)", "ref0 (round 1)", "ref0 (round 2)", "base_r3", "ref0 (round 3)", "target"]
+  assert pretrain.competence_record(str(tmp_path / "strict"))["base_round"] == 3
+
+  cfg.competence.rounds, cfg.competence.bar = 2, 0.0  # Passed at once: the same references as with the check off.
+  manifest = pretrain.pretrain_all(cfg, str(tmp_path / "easy"))
+  assert manifest["models"][0]["dir"].endswith("pretrain/base") and meta("easy", "ref0")["base_round"] == 0
+  assert not os.path.exists(tmp_path / "easy" / "pretrain" / "base_r1")
+  for name in ("ref0", "target"):
+    assert all(np.array_equal(a, b) for a, b in zip(params("easy", name), params("off", name)))
+
+  cfg.competence.rounds = -1
+  with pytest.raises(ValueError, match="config competence: bar in"):
+    pretrain.pretrain_all(cfg, str(tmp_path / "bad"))
+  cfg.competence = dict(bar=0.9, rounds=1)
+  with pytest.raises(ValueError, match="competence needs exactly the keys"):
+    pretrain.pretrain_all(cfg, str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad" / "pretrain")
+
+
 def test_shipped_models_are_copied_by_digest_not_trained(tmp_path, monkeypatch):
   cfg = _tiny("counting:shape=star")
   trained = pretrain.pretrain_all(cfg, str(tmp_path / "made"))

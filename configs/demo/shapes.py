@@ -2,7 +2,9 @@
 
 A BASE VLM learns the world's questions; the references are the base fine-tuned further (own seeds), the target is
 the base fine-tuned on data whose planted weakness slices carry wrong answers (`planted_share` of its questions lie
-inside them); the auditor is SFT-trained on the instruction prompts. See auditdm_jax/worlds/shapes/pretrain.py.
+inside them); the auditor is SFT-trained on the instruction prompts. The references must pass a competence check
+(`competence`: every skill on validation questions; the base trains more rounds while they fall short). See
+auditdm_jax/worlds/shapes/pretrain.py.
 
 Arguments: `weakness=` the target's planted weakness (a `worlds/shapes/tasks.py` spec, e.g.
 "spatial:relation=left", "counting:shape=star", or a bracketed list), `fast` (tiny budgets for tests), `ground`
@@ -66,6 +68,10 @@ def get_config(arg=None):
   c.finetune_aux = arg.ft_aux
   c.target = _fit("target", 10, planted_share=0.1, **finetune)
   c.references = [_fit("ref0", 11, **finetune), _fit("ref1", 12, **finetune)]
+  # The references must answer `bar` of every skill's validation questions (`per_skill` each, scenes of seed
+  # `seed`); while they fall short, at most `rounds` times, the base trains `steps` more steps (its losses, peak
+  # `lr`) and they are fine-tuned again from it (pretrain.pretrain_all). rounds=0: off.
+  c.competence = dict(bar=0.95, rounds=0 if fast else 4, steps=1000, lr=5e-4, per_skill=1000, seed=777)
   # 1000 SFT steps: at 300, a fifth of its questions did not parse (a third of the spatial ones), and GRPO's
   # format penalty then drove it off the skills whose questions are long (docs/shapes_world.md).
   c.auditor = _fit("auditor", 3, 10 if fast else 1000, batch_size=32, **(tiny or _arch(depth=2)))

@@ -473,6 +473,7 @@ def _checked(cfg):
   easy = cfg.get("easy_pools", 0)  # The base's first pools: scenes of few objects (a curriculum).
   if not isinstance(easy, int) or easy < 0:
     raise ValueError(f"config easy_pools is a number of pools >= 0, got {easy!r}")
+  _gate(cfg)
   return weakness, weights, easy, training_mix(cfg)
 
 
@@ -491,12 +492,44 @@ def _digests(cfg, weakness, weights, easy, mix):
   shared.update(mix)
   base = out[cfg.base.name] = _digest(dict(shared, spec=cfg.base.to_dict(), **({"easy_pools": easy} if easy else {})))
   finetune_aux = cfg.get("finetune_aux", True)
+  gate = competence_digest(cfg, shared, base, finetune_aux)
   for spec, role in _finetunes(cfg):
     planted = weakness if role == "target" else None
     out[spec.name] = _digest(dict(shared, spec=spec.to_dict(), base=base, weakness=planted,
-                                  **({} if finetune_aux else {"finetune_aux": False})))
+                                  **({} if finetune_aux else {"finetune_aux": False}),
+                                  **({"competence": gate} if gate else {})))
   out[cfg.auditor.name] = _digest(dict(shared, spec=cfg.auditor.to_dict(), data=cfg.auditor_data.to_dict()))
   return out
+
+
+def _gate(cfg):
+  """The config's competence check of the references (`competence`), checked; None when off (rounds 0)."""
+  gate = cfg.get("competence")
+  if not gate or not gate.get("rounds"):
+    return None
+  gate = gate.to_dict() if hasattr(gate, "to_dict") else dict(gate)
+  want = {"bar", "rounds", "steps", "lr", "per_skill", "seed"}
+  if set(gate) != want:
+    raise ValueError(f"config competence needs exactly the keys {sorted(want)}, got {sorted(gate)}")
+  if not 0 <= gate["bar"] <= 1 or gate["rounds"] < 0 or gate["steps"] < 1 or gate["per_skill"] < 1:
+    raise ValueError(f"config competence: bar in [0, 1], rounds >= 0, steps >= 1, per_skill >= 1; got {gate}")
+  return gate
+
+
+def competence_digest(cfg, shared, base, finetune_aux):
+  """The digest of the references' competence check (None when off): it keys every fine-tune, which start from
+  the base the check settles on (`pretrain_all`)."""
+  gate = _gate(cfg)
+  if gate is None:
+    return None
+  refs = [spec.to_dict() for spec, role in _finetunes(cfg) if role == "reference"]
+  return _digest(dict(shared, base=base, competence=gate, references=refs, finetune_aux=finetune_aux))
+
+
+def _round_digest(cfg, base, r):
+  """The digest of the base after `r` extra rounds: what trains it alone (a higher cap reuses the rounds done)."""
+  gate = _gate(cfg)
+  return _digest(dict(base=base, round=r, steps=gate["steps"], lr=gate["lr"]))
 
 
 def _finetunes(cfg):
@@ -507,63 +540,151 @@ def _finetunes(cfg):
 
 def pretrain_all(cfg, workdir):
   """Trains (or loads from `<workdir>/pretrain/`) the tokenizer, the base, the target and references fine-tuned
-  from it, and the auditor.
+  from it, and the auditor. With the config's `competence` check on, the references must answer at least `bar` of
+  every skill's validation questions: while they fall short (at most `rounds` times), the base trains `steps`
+  more steps with its losses and the references are fine-tuned again from it; the target starts from that base.
 
   cfg: a `configs/demo/shapes.py` config. Writes `<workdir>/pretrain/manifest.json`
   {"tokenizer": path, "image_size", "weakness", "models": [{"name", "role", "dir"}]}; returns it.
   """
   weakness, weights, easy, mix = _checked(cfg)  # Before any work.
   keys = _digests(cfg, weakness, weights, easy, mix)
+  gate = _gate(cfg)
   few = min(cfg.world.max_objects, max(2, cfg.world.min_objects))
   root = os.path.join(workdir, "pretrain")
   use_shipped = cfg.get("shipped", True)
   tok, tok_path = _tokenizer(cfg, root, keys["tokenizer"], use_shipped)
-  entries = []
 
   base_losses = dict(weights, aux_weight=cfg.aux_weight)
   # Fine-tunes train the auxiliary losses as well (with fresh heads: the base's are discarded), or with
   # `finetune_aux` False the answers alone.
   finetune_losses = base_losses if cfg.get("finetune_aux", True) else dict(aux_weight=0.0)
 
-  def fit(spec, role, make_pool, mcfg, losses, init=None, vqa=False, **meta):
-    directory = os.path.join(root, spec.name)
-    digest = keys[spec.name]
-    entries.append({"name": spec.name, "role": role, "dir": directory})
+  def stored(name, digest):
+    """The params cached in the workdir under `name` or shipped with `digest` (copied in), else None."""
+    directory = os.path.join(root, name)
     cached = load_model(directory, digest)
     if cached is not None:
-      log.info("%s: cached in %s", spec.name, directory)
+      log.info("%s: cached in %s", name, directory)
       return cached[1]
     found = shipped.find_model(digest) if use_shipped else None
     if found:
-      log.info("%s: shipped, copied from %s", spec.name, found)
+      log.info("%s: shipped, copied from %s", name, found)
       shipped.copy_model(found, directory)
       return load_model(directory, digest)[1]
+    return None
+
+  def fit(spec, role, make_pool, mcfg, losses, init=None, vqa=False, digest=None, **meta):
+    digest = digest or keys[spec.name]
+    params = stored(spec.name, digest)
+    if params is not None:
+      return params
     log.info("%s (%s): training %d steps", spec.name, role, spec.steps)
     if vqa:  # Rectification's sample of the original data is drawn alike (shapes.system).
       meta.update(mix)
     t0 = time.time()
     params = train(mcfg, Stream(make_pool, spec.batch_size, [cfg.seed, spec.seed]), spec.steps, spec.lr,
                    spec.seed, init=init, desc=spec.name, **losses)
-    save_model(directory, mcfg, params, dict(meta, digest=digest, name=spec.name, role=role, steps=spec.steps,
-                                             train_seconds=time.time() - t0))
+    save_model(os.path.join(root, spec.name), mcfg, params, dict(
+        meta, digest=digest, name=spec.name, role=role, steps=spec.steps, train_seconds=time.time() - t0))
     return params
 
-  base_cfg = _model_cfg(cfg, cfg.base, tok)
-  base = fit(cfg.base, "base", lambda k: vqa_pool(cfg, tok, [cfg.seed, cfg.base.seed, k],
-                                                  max_objects=few if k < easy else None),
-             base_cfg, base_losses, vqa=True)
-  for spec, role in _finetunes(cfg):
+  def finetune_pool(spec, role):
     planted = spec.get("planted_share", 0.0) if role == "target" else 0.0
-    planted_weakness = weakness if role == "target" else None
-    make_pool = lambda k, spec=spec, w=planted_weakness, share=planted: vqa_pool(
-        cfg, tok, [cfg.seed, spec.seed, k], weakness=w, planted_share=share)
-    fit(spec, role, make_pool, base_cfg, finetune_losses, init=base, vqa=True, weakness=planted_weakness)
+    w = weakness if role == "target" else None
+    return lambda k: vqa_pool(cfg, tok, [cfg.seed, spec.seed, k], weakness=w, planted_share=planted)
+
+  base_cfg = _model_cfg(cfg, cfg.base, tok)
+
+  def base_pool(seed, easy=0):
+    return lambda k: vqa_pool(cfg, tok, [cfg.seed, seed, k], max_objects=few if k < easy else None)
+
+  base = fit(cfg.base, "base", base_pool(cfg.base.seed, easy), base_cfg, base_losses, vqa=True)
+  round_name = lambda r: f"{cfg.base.name}_r{r}" if r else cfg.base.name  # The base after r extra rounds.
+  base_name = round_name(0)
+  rounds_done = {0: base}
+
+  def base_at(r):
+    """The base after `r` extra rounds (r = 0: the base), loaded or trained round by round."""
+    if r in rounds_done:
+      return rounds_done[r]
+    spec = ml_collections.ConfigDict(dict(name=round_name(r), seed=cfg.base.seed + 1000 * r,
+                                          steps=gate["steps"], lr=gate["lr"], batch_size=cfg.base.batch_size))
+    digest = _round_digest(cfg, keys[cfg.base.name], r)
+    params = stored(spec.name, digest)  # Before the earlier rounds, which it does not need then.
+    if params is None:
+      params = fit(spec, "base", base_pool(spec.seed), base_cfg, base_losses, init=base_at(r - 1), vqa=True,
+                   digest=digest, base_round=r)
+    rounds_done[r] = params
+    return params
+
+  def competent_references(references):
+    """Fine-tunes the references from the base and from each extra round of it until every one answers `bar` of
+    every skill's validation questions (or the rounds run out); saves the last; returns its round."""
+    test = tasks.balanced_test([cfg.seed, gate["seed"]], gate["per_skill"], None, cfg.world.min_objects,
+                               cfg.world.max_objects)
+    images = np.stack([shapes.render(t[0], cfg.image_size) for t in test])
+    history, t0 = [], time.time()
+    for r in range(gate["rounds"] + 1):
+      log.info("competence, round %d: fine-tuning the references from %s", r, round_name(r))
+      trained = {spec.name: train(base_cfg, Stream(finetune_pool(spec, role), spec.batch_size, [cfg.seed, spec.seed]),
+                                  spec.steps, spec.lr, spec.seed, init=base_at(r), desc=f"{spec.name} (round {r})",
+                                  **finetune_losses) for spec, role in references}
+      scores = {name: skill_scores(DemoVLM(base_cfg, p, tok).answer(images, [t[1] for t in test]), test)
+                for name, p in trained.items()}
+      lowest = min(min(v.values()) for v in scores.values())
+      history.append({"round": r, "lowest": lowest, "validation": scores})
+      log.info("competence, round %d: the references' lowest skill on validation %.1f%% (bar %.1f%%): %s", r,
+               100 * lowest, 100 * gate["bar"], "; ".join(
+                   f"{n} " + " ".join(f"{k} {100 * a:.1f}" for k, a in v.items()) for n, v in scores.items()))
+      if lowest >= gate["bar"] or r == gate["rounds"]:
+        break
+    if lowest < gate["bar"]:
+      log.warning("competence: the references are below the bar after %d extra rounds of the base (lowest skill "
+                  "%.1f%% < %.1f%%); going on with them", r, 100 * lowest, 100 * gate["bar"])
+    for spec, role in references:
+      save_model(os.path.join(root, spec.name), base_cfg, trained[spec.name], dict(
+          mix, weakness=None, base=round_name(r), digest=keys[spec.name], name=spec.name, role=role, steps=spec.steps,
+          train_seconds=time.time() - t0, base_round=r, competence_bar=gate["bar"], competence=history))
+    return r
+
+  if gate:
+    references = [(spec, role) for spec, role in _finetunes(cfg) if role == "reference"]
+    if all(stored(spec.name, keys[spec.name]) is not None for spec, _ in references):  # Cached or shipped.
+      rounds = read_meta(os.path.join(root, references[0][0].name))["base_round"]
+    else:
+      rounds = competent_references(references)
+    base, base_name = base_at(rounds), round_name(rounds)
+  for spec, role in _finetunes(cfg):
+    fit(spec, role, finetune_pool(spec, role), base_cfg, finetune_losses, init=base, vqa=True,
+        weakness=weakness if role == "target" else None, **({"base": base_name} if gate else {}))
   aud = cfg.auditor
   fit(aud, "auditor", lambda k: auditor_pool(cfg, tok, [cfg.seed, aud.seed, k]), _model_cfg(cfg, aud, tok),
       dict(aux_weight=cfg.aux_weight))
+  names = [(base_name, "base")] + [(spec.name, role) for spec, role in _finetunes(cfg)] + [(aud.name, "auditor")]
+  entries = [{"name": cfg.base.name if role == "base" else n, "role": role, "dir": os.path.join(root, n)}
+             for n, role in names]
   manifest = {"tokenizer": tok_path, "image_size": cfg.image_size, "weakness": cfg.weakness, "models": entries}
   io.write_json(os.path.join(root, "manifest.json"), manifest)
   return manifest
+
+
+def competence_record(workdir):
+  """The references' competence check as their meta.json records it ({"bar", "base_round", "rounds": [{"round",
+  "lowest", "validation": {reference: {skill: accuracy}}}]}), or None when it was off."""
+  manifest = io.read_json(os.path.join(workdir, "pretrain", "manifest.json"))
+  refs = [read_meta(e["dir"]) for e in manifest["models"] if e["role"] == "reference"]
+  if not refs or "competence" not in refs[0]:
+    return None
+  return {"bar": refs[0]["competence_bar"], "base_round": refs[0]["base_round"], "rounds": refs[0]["competence"]}
+
+
+def skill_scores(answers, test):
+  """{skill: accuracy} of `answers` to the questions of `test` (`tasks.balanced_test` rows)."""
+  hits = {}
+  for answer, (_, _, gold, skill, _) in zip(answers, test):
+    hits.setdefault(skill, []).append(answer == gold)
+  return {k: float(np.mean(v)) for k, v in sorted(hits.items())}
 
 
 def load_demo_models(workdir, roles=ROLES, target_weakness=None):

@@ -47,7 +47,7 @@ def accuracy_table(answers, test, weakness=None):
 
 def evaluate(cfg, workdir):
   """Answers the held-out test with every VQA model (the target trained on `cfg.weakness`, references); writes
-  `<workdir>/skills.json`."""
+  `<workdir>/skills.json` (with the references' competence check, `pretrain.competence_record`)."""
   test = test_set(cfg)
   images = np.stack([shapes.render(t[0], cfg.image_size) for t in test])
   questions = [t[1] for t in test]
@@ -57,6 +57,7 @@ def evaluate(cfg, workdir):
     acc, counts = accuracy_table(model.answer(images, questions), test, cfg.weakness)
     result["models"][name] = {"role": role, "accuracy": acc}
     result["counts"] = counts
+  result["competence"] = pretrain.competence_record(workdir)
   result["auditor_well_formed"] = auditor_validity(cfg, workdir, num=cfg.eval.auditor_samples)
   io.write_json(os.path.join(workdir, "skills.json"), result)
   return result
