@@ -656,6 +656,8 @@ def pretrain_all(cfg, workdir):
       rounds = competent_references(references)
     base, base_name = base_at(rounds), round_name(rounds)
   for spec, role in _finetunes(cfg):
+    if gate and role == "reference":
+      continue  # Checked, saved (or found) above.
     fit(spec, role, finetune_pool(spec, role), base_cfg, finetune_losses, init=base, vqa=True,
         weakness=weakness if role == "target" else None, **({"base": base_name} if gate else {}))
   aud = cfg.auditor
