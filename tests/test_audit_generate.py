@@ -1,4 +1,5 @@
-"""`auditdm generate` survives SIGKILL: the rerun completes with no lost and no duplicated records."""
+"""`auditdm generate` survives SIGKILL: the rerun completes with no lost and no duplicated records; its records
+become rectification rows with balanced answers."""
 import dataclasses
 import json
 import os
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from auditdm_jax.audit import generate
+from auditdm_jax.audit import rectify
 from auditdm_jax.audit import rollout
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -101,3 +103,27 @@ def test_ray_missing_is_a_clear_error(tmp_path):
     pass
   with pytest.raises(ImportError, match="--ray needs Ray"):
     generate.generate(audit_toy.get_config(), str(tmp_path), use_ray=True)
+
+
+def test_rectification_rows_balance_answers_within_each_question_type(tmp_path):
+  """8 "no" vs 2 "yes" spatial pairs: each "yes" is written 4 times; the color type (3 red, 1 blue) is balanced
+  on its own; the cap bounds the copies; 1 leaves the data as it is; a bad setting is a clear error."""
+  qa = [("is the circle left of the square?", "no")] * 8 + [("is the star left of the square?", "Yes")] * 2
+  qa += [("what color is the star?", "red")] * 3 + [("what color is the circle?", "blue")]
+  records = [dict(id=f"r{i}", image=f"images/{i}.png", question=q, answer=a) for i, (q, a) in enumerate(qa)]
+  kind = lambda q: q.split()[0]
+  assert rectify.answer_repeats(records, kind, 10) == [1] * 8 + [4] * 2 + [1] * 3 + [3]
+  assert rectify.answer_repeats(records, kind, 2) == [1] * 8 + [2] * 2 + [1] * 3 + [2]
+  assert rectify.answer_repeats(records, None, 10) == [1] * 8 + [4] * 2 + [3] * 3 + [8]  # One type.
+  assert rectify.answer_repeats(records, kind, 1) == [1] * len(records)
+  for bad in (0, 2.5, True, "3"):
+    with pytest.raises(ValueError, match="balance_answers must be an int >= 1"):
+      rectify.answer_repeats(records, kind, bad)
+  data = tmp_path / "dataset" / "data.jsonl"
+  data.parent.mkdir()
+  data.write_text("".join(json.dumps(r) + "\n" for r in records))
+  out = tmp_path / "rect" / "generated.jsonl"
+  assert rectify.write_training_jsonl(str(data), str(out), kind, 10) == 8 + 8 + 3 + 3
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert sum(r["answer"] == "Yes" for r in rows) == 8 and {r["image"] for r in rows} == {
+      os.path.join("..", "dataset", "images", f"{i}.png") for i in range(len(records))}

@@ -4,9 +4,14 @@ Rectification = the SFT loop (`train/sft.py`, the PaliGemma transfer recipe) ove
 `[original split (weight 1 - mix), generated data.jsonl (weight mix)]`, starting from the target's weights, then an
 evaluation of the fine-tuned target. What is model/world specific comes from the system's `rectification`
 (`audit.system.Rectification`: target_spec, original_data, evaluate_target, with_target).
+`rectify.balance_answers` (B > 1) evens out the generated pairs' consensus answers within each question type
+(`System.type_fn`): a trained auditor tends to find one direction of a failure ("no" where the target says "yes"),
+and fine-tuning on those alone teaches the answer, not the skill. Each (type, answer) group is written
+min(B, round(largest group of its type / its size)) times; no record is dropped.
 `iterate` runs N refinement iterations (train auditor -> generate -> rectify), each a `workdir.stage` in its own
 directory: a rerun with the same config skips finished stages and resumes the unfinished one from its checkpoints.
 """
+import collections
 import json
 import logging
 import os
@@ -16,6 +21,7 @@ import ml_collections
 
 from auditdm_jax import io as io_lib
 from auditdm_jax import workdir as workdir_lib
+from auditdm_jax.audit import divergence
 from auditdm_jax.audit import generate as generate_lib
 from auditdm_jax.audit import trainer
 from auditdm_jax.data import jsonl_source
@@ -30,17 +36,40 @@ log = logging.getLogger(__name__)
 PREFIX_PP = 'strfmt("answer en {question}", outkey="prefix")'
 
 
-def write_training_jsonl(dataset_jsonl, out_path):
-  """data.jsonl records -> rows {image (path relative to out_path's dir), question, answer} for the SFT input."""
-  src_dir, out_dir = os.path.dirname(os.path.abspath(dataset_jsonl)), os.path.dirname(os.path.abspath(out_path))
-  rows = []
+def answer_repeats(records, type_fn=None, max_repeat=1):
+  """How many copies of each record balance the consensus answers within each question type (at most
+  `max_repeat`; type_fn None: one type). Returns [int] aligned with `records`."""
+  if not isinstance(max_repeat, int) or isinstance(max_repeat, bool) or max_repeat < 1:
+    raise ValueError(f"rectify.balance_answers must be an int >= 1 (1: off), got {max_repeat!r}")
+  keys = [(type_fn(r["question"]) if type_fn else "", divergence.normalize_answer(r["answer"])) for r in records]
+  sizes = collections.Counter(keys)
+  largest = collections.Counter()
+  for (kind, _), n in sizes.items():
+    largest[kind] = max(largest[kind], n)
+  return [min(max_repeat, round(largest[k[0]] / sizes[k])) for k in keys]
+
+
+def read_generated(dataset_jsonl):
+  """The records of a data.jsonl written by `auditdm generate`; SourceError (file:line) on a bad one."""
+  records = []
   for line, r in jsonl_source.read_jsonl(dataset_jsonl, with_lines=True):
     missing = [k for k in ("image", "question", "answer", "id") if k not in r]
     if missing:
       raise jsonl_source.SourceError(f"record has no {missing} (not written by `auditdm generate`?)",
                                      dataset_jsonl, line)
+    records.append(r)
+  return records
+
+
+def write_training_jsonl(dataset_jsonl, out_path, type_fn=None, balance_answers=1):
+  """data.jsonl records -> rows {image (path relative to out_path's dir), question, answer} for the SFT input,
+  each written `answer_repeats` times. Returns the number of rows written."""
+  src_dir, out_dir = os.path.dirname(os.path.abspath(dataset_jsonl)), os.path.dirname(os.path.abspath(out_path))
+  records = read_generated(dataset_jsonl)
+  rows = []
+  for r, copies in zip(records, answer_repeats(records, type_fn, balance_answers)):
     image = os.path.relpath(os.path.join(src_dir, r["image"]), out_dir)
-    rows.append(json.dumps(dict(image=image, question=r["question"], answer=r["answer"], id=r["id"])) + "\n")
+    rows += [json.dumps(dict(image=image, question=r["question"], answer=r["answer"], id=r["id"])) + "\n"] * copies
   io_lib.write_text(out_path, "".join(rows))
   return len(rows)
 
@@ -92,16 +121,20 @@ def rectify(config, workdir, system=None, dataset_jsonl=None):
   if not dataset_jsonl or not os.path.exists(dataset_jsonl):
     raise FileNotFoundError(2, "generated dataset not found: set --config.rectify.dataset=<generate workdir>/"
                             "dataset/data.jsonl", dataset_jsonl)
-  train_jsonl = os.path.join(workdir, "rectify_data", "generated.jsonl")
-  n = write_training_jsonl(dataset_jsonl, train_jsonl)  # Bad data fails here, before any model is loaded.
+  balance = config.rectify.get("balance_answers", 1)
+  answer_repeats([], max_repeat=balance)  # Bad settings or data fail here, before any model is loaded.
+  pairs = len(read_generated(dataset_jsonl))
   system = system or trainer.build_system(config, workdir)
-  log.info("rectifying with %d generated pairs (mix %.2f)", n, config.rectify.mix)
+  train_jsonl = os.path.join(workdir, "rectify_data", "generated.jsonl")
+  rows = write_training_jsonl(dataset_jsonl, train_jsonl, system.type_fn, balance)
+  log.info("rectifying with %d generated pairs in %d rows (answers balanced, at most %d copies; mix %.2f)", pairs,
+           rows, balance, config.rectify.mix)
   hooks = system.require("rectification", "rectification")
   before = hooks.evaluate_target(None)
   params, npz = finetune(hooks.target_spec, hooks.original_data, train_jsonl, config.rectify,
                          os.path.join(workdir, "rectify"))
   after = hooks.evaluate_target(params)
-  out = dict(generated_pairs=n, before=before, after=after, target_npz=npz)
+  out = dict(generated_pairs=pairs, training_rows=rows, before=before, after=after, target_npz=npz)
   io_lib.write_json(os.path.join(workdir, "rectify_results.json"), out)
   return out
 

@@ -47,7 +47,9 @@ def get_config(arg=None):
       test_questions=40 if fast else 10000, weakness_questions=40 if fast else 1000)
   c.pretrain_config = arg.pretrain_config or ("configs/demo/shapes.py:fast" if fast else "configs/demo/shapes.py")
   c.generate = dict(samples_per_source=2, keep="consensus", auditor_workdir="", baseline=False)
+  # balance_answers: within each question type, every consensus answer of the generated pairs weighs the same (a
+  # minority answer's pairs are copied up to 50 times): the auditor finds one direction of a failure far more often.
   c.rectify = dict(dataset="", mix=0.5, steps=20 if fast else 300, lr=5e-4, wd=0.0, batch_size=16 if fast else 64,
-                   text_len=40, log_every=10)
+                   text_len=40, log_every=10, balance_answers=50)
   c.iterations = 1
   return c

@@ -64,7 +64,9 @@ def get_config(arg=None):
   c.system.update(target_train=arg.target_train, target_eval=arg.target_eval)
   c.generate = dict(samples_per_source=1, keep="consensus", auditor_workdir="", baseline=False)
   # Generic defaults: set them per task (configs/paligemma2/transfers/<task>.py has the tasks' recipes).
-  c.rectify = dict(dataset="", mix=0.5, steps=1000, lr=1e-5, wd=0.0, batch_size=64, text_len=64, log_every=50)
+  # The paper mixes the generated data in as they are (balance_answers=1; >1 evens out their answers, `rectify.py`).
+  c.rectify = dict(dataset="", mix=0.5, steps=1000, lr=1e-5, wd=0.0, batch_size=64, text_len=64, log_every=50,
+                   balance_answers=1)
   c.iterations = 2
   return _tiny(c, arg) if arg.tiny else c
 

@@ -81,7 +81,7 @@ def run(config, workdir):
     else:  # e.g. a barely trained auditor (fast configs) whose outputs never parse: nothing to fine-tune on.
       log.warning("no generated pairs: the target is not fine-tuned")
       before = system.rectification.evaluate_target(None)
-      out = dict(generated_pairs=0, before=before, after=before, target_npz=None)
+      out = dict(generated_pairs=0, training_rows=0, before=before, after=before, target_npz=None)
     test_sets = system.require("test_sets", "the references' weakness accuracy")
     out["reference_weakness"] = float(np.mean([
         shapes_system.accuracy(r, test_sets[1]) for r in system.references.references]))
