@@ -11,7 +11,7 @@ Only the module of the command being run is imported, so a command imports what 
 listing (`auditdm --help`, a missing or unknown command) reads each `HELP` from the module's source instead.
 
 Errors: `run` raises; main prints one line `auditdm <cmd>: error: <what> (<file>:<line>)` and exits 1 (2 for bad
-usage, a bad config or a workdir made by another config; 130 on Ctrl-C); `--debug` shows the traceback instead.
+usage, a bad config or a workdir made by another config; 130 on Ctrl-C, 143 on SIGTERM); `--debug` shows the traceback instead.
 
 Config flags follow big_vision: `--config configs/x.py:arg` and any number of `--config.key=value` overrides.
 """
@@ -176,7 +176,8 @@ class _Interrupts:
 
 
 def main(argv=None):
-  """Runs one command; returns its exit code: 0, 1 (error), 2 (bad usage, config or workdir), 130 (Ctrl-C)."""
+  """Runs one command; returns its exit code: 0, 1 (error), 2 (bad usage, config or workdir), 128 + the signal
+  (130: Ctrl-C; 143: SIGTERM, after a training loop saved its checkpoint)."""
   argv = sys.argv[1:] if argv is None else list(argv)
   commands = discover()
   listing = listing_parser(commands)
@@ -200,11 +201,13 @@ def main(argv=None):
       _prepare(module, args, overrides)
       usage_error = False
       rc = module.run(args) or 0
-  except KeyboardInterrupt:
+  except KeyboardInterrupt as e:  # Ctrl-C, or checkpoint_lib.Preempted after a SIGTERM / Ctrl-C save.
     if args.debug:
       raise
-    print(f"{prefix}: interrupted; finished work is saved, rerun the same command to resume", file=sys.stderr)
-    return 130
+    signum = getattr(e, "signum", signal.SIGINT)
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    print(f"{prefix}: {what}; finished work is saved, rerun the same command to resume", file=sys.stderr)
+    return 128 + signum
   except Exception as e:  # pylint: disable=broad-except
     if args.debug:
       raise

@@ -6,6 +6,7 @@ import signal
 import socket
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -187,6 +188,34 @@ def test_ctrl_c_saves_a_checkpoint_then_exits_130(monkeypatch, tmp_path, capsys)
     raise KeyboardInterrupt
   monkeypatch.setattr(info, "run", interrupted)
   assert main.main(["info"]) == 130
+
+
+def test_sigterm_in_a_stage_saves_stops_and_leaves_the_stage_undone(monkeypatch, tmp_path, capsys):
+  """A SIGTERM (a preempted job) during a pipeline stage's training loop: the loop saves and the command exits 143;
+  the stage is not recorded as done and the next stage never runs on the partly trained model."""
+  later = []
+
+  def pipeline(args):
+    def train():
+      ckpt = checkpoint_lib.Checkpointer(str(tmp_path / "ckpt"), async_save=False)
+      for step in range(1, 100):
+        if step == 2:
+          os.kill(os.getpid(), signal.SIGTERM)
+        ckpt.maybe_save(step, params={"w": np.full(2, step, np.float32)})
+        if ckpt.preempted:
+          break
+      ckpt.close()
+      return dict(steps=step)
+    workdir_lib.stage(str(tmp_path / "train"), ml_collections.ConfigDict(dict(a=1)), train)
+    later.append(workdir_lib.stage(str(tmp_path / "next"), ml_collections.ConfigDict(dict(a=1)), dict))
+    return 0
+  monkeypatch.setattr(info, "run", pipeline)
+  sigterm_before = signal.getsignal(signal.SIGTERM)
+  assert main.main(["info"]) == 128 + signal.SIGTERM
+  assert "stopped by SIGTERM; finished work is saved" in capsys.readouterr().err
+  assert checkpoint_lib.Checkpointer(str(tmp_path / "ckpt"), handle_sigterm=False).all_steps() == [2]
+  assert not (tmp_path / "train" / workdir_lib.DONE).exists() and later == []
+  assert signal.getsignal(signal.SIGTERM) == sigterm_before
 
 
 def test_a_full_disk_names_the_file(monkeypatch, tmp_path, capsys):

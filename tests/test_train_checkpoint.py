@@ -83,11 +83,12 @@ def test_time_based_save(tmp_path):
 
 def test_sigterm_triggers_final_save(tmp_path):
   params = {"w": np.ones(4, np.float32)}
-  with checkpoint.Checkpointer(tmp_path, save_every_steps=100) as ckpt:
+  with pytest.raises(checkpoint.Preempted) as stop, checkpoint.Checkpointer(tmp_path, save_every_steps=100) as ckpt:
     assert not ckpt.maybe_save(1, params=params)
     os.kill(os.getpid(), signal.SIGTERM)  # handled: sets a flag, does not kill us
     assert ckpt.maybe_save(2, params=params) and ckpt.preempted
     assert ckpt.latest_step() == 2
+  assert stop.value.signum == signal.SIGTERM  # Closing stops the program: what follows never runs on a partial model.
   signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
@@ -145,9 +146,9 @@ def test_exact_resume_after_sigkill(tmp_path, straight_run):
 @pytest.mark.slow
 def test_resume_after_sigterm_preemption(tmp_path, straight_run):
   # Checkpoints every 3 steps; SIGTERM after the first one: the trainee saves where it is (not a multiple of 3)
-  # and exits cleanly; the resumed run continues from that step.
+  # and exits with 128 + SIGTERM; the resumed run continues from that step.
   code, rest = _kill_after(tmp_path / "pre", "CHECKPOINTED 3", signal.SIGTERM, "--save_every", "3")
-  assert code == 0 and "PREEMPTED" in rest
+  assert code == 128 + signal.SIGTERM and "PREEMPTED" in rest
   resumed = _run(tmp_path / "pre", tmp_path / "resumed.npz", "--save_every", "100")
   assert "RESUMED" in resumed.stdout and "RESUMED 3\n" not in resumed.stdout
   _assert_same_params(straight_run, _load(tmp_path / "resumed.npz"))

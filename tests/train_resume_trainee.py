@@ -75,8 +75,10 @@ def main():
       time.sleep(0.5)
     if ckpt.preempted:
       print(f"PREEMPTED {s + 1}", flush=True)
-      ckpt.close()
-      return 0
+      try:
+        ckpt.close()
+      except checkpoint.Preempted as e:
+        return 128 + e.signum
   ckpt.close()
   flat = paths.tree_map_with_names(lambda n, x: (n, np.asarray(x)), params)
   np.savez(args.out, **dict(jax.tree.leaves(flat, is_leaf=lambda x: isinstance(x, tuple))))

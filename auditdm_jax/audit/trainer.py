@@ -147,6 +147,6 @@ def train(config, workdir, system=None):
     ckpt.maybe_save(step + 1, params=params, opt_state=opt_state, rng=rng, force=step + 1 == config.total_steps)
     if ckpt.preempted:
       break
-  ckpt.close()
   writer.close()
+  ckpt.close()  # Raises Preempted after a SIGTERM / Ctrl-C save.
   return params, dict(steps=config.total_steps, workdir=workdir)

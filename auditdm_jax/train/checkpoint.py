@@ -11,7 +11,7 @@ the RNG key, the data-iterator state and user metadata; the step is the checkpoi
                     force=step + 1 == total_steps)
     if ckpt.preempted:  # SIGTERM arrived: maybe_save has already written (and waited for) a final checkpoint
       break
-  ckpt.close()
+  ckpt.close()  # After a preemption save: raises Preempted, so nothing after the loop takes it for finished.
 """
 import logging
 import os
@@ -27,6 +27,15 @@ from jax.experimental import multihost_utils
 from auditdm_jax.errors import InputError
 
 log = logging.getLogger(__name__)
+
+
+class Preempted(KeyboardInterrupt):
+  """Raised by `Checkpointer.close` after a preemption save (SIGTERM or Ctrl-C): the program stops there, so what
+  follows a training loop (a later stage of a pipeline) never runs on a partly trained model; a rerun resumes."""
+
+  def __init__(self, signum):
+    super().__init__(f"stopped by signal {signum} after saving a checkpoint")
+    self.signum = signum
 
 
 def abstract(tree, shardings=None):
@@ -175,14 +184,14 @@ class Checkpointer:
     self._mngr.wait_until_finished()
 
   def close(self):
-    """Waits for pending saves; restores the SIGTERM handler. After a Ctrl-C save, stops the program too."""
+    """Waits for pending saves; restores the SIGTERM handler. After a preemption save, raises Preempted."""
     self.wait()
     self._mngr.close()
     if self._previous_handler is not None:
       signal.signal(signal.SIGTERM, self._previous_handler)
       self._previous_handler = None
-    if self._preempted and self._sigterm == signal.SIGINT:
-      raise KeyboardInterrupt
+    if self._preempted:
+      raise Preempted(self._sigterm)
 
   def __enter__(self):
     return self

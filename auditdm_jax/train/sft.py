@@ -225,6 +225,6 @@ def train(config, workdir):
         metrics = evs[name].run(params)
         writer.write(step, **metrics)
         results.update(metrics)
-  ckpt.close()
   writer.close()
+  ckpt.close()  # Raises Preempted after a SIGTERM / Ctrl-C save.
   return results
