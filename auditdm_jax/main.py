@@ -11,7 +11,8 @@ Only the module of the command being run is imported, so a command imports what 
 listing (`auditdm --help`, a missing or unknown command) reads each `HELP` from the module's source instead.
 
 Errors: `run` raises; main prints one line `auditdm <cmd>: error: <what> (<file>:<line>)` and exits 1 (2 for bad
-usage, a bad config or a workdir made by another config; 130 on Ctrl-C, 143 on SIGTERM); `--debug` shows the traceback instead.
+usage, a bad config or a workdir made by another config; 130 on Ctrl-C, 143 on SIGTERM); `--debug` shows the
+traceback instead.
 
 Config flags follow big_vision: `--config configs/x.py:arg` and any number of `--config.key=value` overrides.
 """
