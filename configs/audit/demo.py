@@ -46,7 +46,8 @@ def get_config(arg=None):
       # and inside the weakness slices.
       test_questions=40 if fast else 10000, weakness_questions=40 if fast else 1000)
   c.pretrain_config = arg.pretrain_config or ("configs/demo/shapes.py:fast" if fast else "configs/demo/shapes.py")
-  c.generate = dict(samples_per_source=2, keep="consensus", auditor_workdir="", baseline=False)
+  # 8 pairs per source: the direction of a failure the auditor finds rarely still gets enough distinct images.
+  c.generate = dict(samples_per_source=2 if fast else 8, keep="consensus", auditor_workdir="", baseline=False)
   # balance_answers: within each question type, every consensus answer of the generated pairs weighs the same (a
   # minority answer's pairs are copied up to 50 times): the auditor finds one direction of a failure far more often.
   c.rectify = dict(dataset="", mix=0.5, steps=20 if fast else 300, lr=5e-4, wd=0.0, batch_size=16 if fast else 64,
