@@ -123,7 +123,9 @@ def test_rectification_rows_balance_answers_within_each_question_type(tmp_path):
   data.parent.mkdir()
   data.write_text("".join(json.dumps(r) + "\n" for r in records))
   out = tmp_path / "rect" / "generated.jsonl"
-  assert rectify.write_training_jsonl(str(data), str(out), kind, 10) == 8 + 8 + 3 + 3
+  read = rectify.read_generated(str(data))
+  assert read == records
+  assert rectify.write_training_jsonl(read, str(data), str(out), kind, 10) == 8 + 8 + 3 + 3
   rows = [json.loads(line) for line in out.read_text().splitlines()]
   assert sum(r["answer"] == "Yes" for r in rows) == 8 and {r["image"] for r in rows} == {
       os.path.join("..", "dataset", "images", f"{i}.png") for i in range(len(records))}

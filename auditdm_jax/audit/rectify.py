@@ -61,11 +61,10 @@ def read_generated(dataset_jsonl):
   return records
 
 
-def write_training_jsonl(dataset_jsonl, out_path, type_fn=None, balance_answers=1):
-  """data.jsonl records -> rows {image (path relative to out_path's dir), question, answer} for the SFT input,
-  each written `answer_repeats` times. Returns the number of rows written."""
+def write_training_jsonl(records, dataset_jsonl, out_path, type_fn=None, balance_answers=1):
+  """`read_generated(dataset_jsonl)` records -> rows {image (path relative to out_path's dir), question, answer}
+  for the SFT input, each written `answer_repeats` times. Returns the number of rows written."""
   src_dir, out_dir = os.path.dirname(os.path.abspath(dataset_jsonl)), os.path.dirname(os.path.abspath(out_path))
-  records = read_generated(dataset_jsonl)
   rows = []
   for r, copies in zip(records, answer_repeats(records, type_fn, balance_answers)):
     image = os.path.relpath(os.path.join(src_dir, r["image"]), out_dir)
@@ -123,18 +122,18 @@ def rectify(config, workdir, system=None, dataset_jsonl=None):
                             "dataset/data.jsonl", dataset_jsonl)
   balance = config.rectify.get("balance_answers", 1)
   answer_repeats([], max_repeat=balance)  # Bad settings or data fail here, before any model is loaded.
-  pairs = len(read_generated(dataset_jsonl))
+  records = read_generated(dataset_jsonl)
   system = system or trainer.build_system(config, workdir)
   train_jsonl = os.path.join(workdir, "rectify_data", "generated.jsonl")
-  rows = write_training_jsonl(dataset_jsonl, train_jsonl, system.type_fn, balance)
-  log.info("rectifying with %d generated pairs in %d rows (answers balanced, at most %d copies; mix %.2f)", pairs,
-           rows, balance, config.rectify.mix)
+  rows = write_training_jsonl(records, dataset_jsonl, train_jsonl, system.type_fn, balance)
+  log.info("rectifying with %d generated pairs in %d rows (answers balanced, at most %d copies; mix %.2f)",
+           len(records), rows, balance, config.rectify.mix)
   hooks = system.require("rectification", "rectification")
   before = hooks.evaluate_target(None)
   params, npz = finetune(hooks.target_spec, hooks.original_data, train_jsonl, config.rectify,
                          os.path.join(workdir, "rectify"))
   after = hooks.evaluate_target(params)
-  out = dict(generated_pairs=pairs, training_rows=rows, before=before, after=after, target_npz=npz)
+  out = dict(generated_pairs=len(records), training_rows=rows, before=before, after=after, target_npz=npz)
   io_lib.write_json(os.path.join(workdir, "rectify_results.json"), out)
   return out
 
