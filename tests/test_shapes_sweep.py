@@ -23,6 +23,19 @@ def test_aggregate_and_markdown():
   lines = table.strip().split("\n")
   assert len(lines) == 2 + 2 + 2 and all(line.count("|") == lines[0].count("|") for line in lines)
   assert "| 1 | `counting:shape=star` | 40.0% |" in table and "30.0 ± 10.0%" in table and "n/a" in table
+  short = sweep.markdown(dict(runs=rows, mean=mean, per_weakness={}), sweep.SUMMARY).strip().split("\n")
+  assert len(short) == 2 + 2 + 1 and short[0].count("|") == len(sweep.SUMMARY) + 3
+  assert short[2].endswith("| +50.0 pt |") and short[-1].endswith("| +50.0 ± 0.0 pt |")
+
+
+def test_row_reports_the_change_outside_the_weakness():
+  summary = dict(target_outside_weakness_before=0.96, target_outside_weakness_after=0.951,
+                 stage_seconds={s: 1.0 for s in sweep.STAGES if s != "pretrain"})
+  r = sweep.row(summary, 0, "counting:shape=star", 5.0)
+  assert r["target_outside_weakness_change"] == pytest.approx(-0.009) and r["seconds_pretrain"] == 5.0
+  assert sweep._cell(r["target_outside_weakness_change"], "pt") == "-0.9 pt"
+  del summary["target_outside_weakness_after"]  # A run without a rectification has no change.
+  assert sweep.row(summary, 0, "counting:shape=star", 5.0)["target_outside_weakness_change"] is None
 
 
 def test_parse_list_keeps_bracketed_weakness_lists():
@@ -60,3 +73,4 @@ def test_sweep_end_to_end(tmp_path):
     assert summary["weakness"] == "binding:color=red" and "skill/binding" in summary["target_before"]
   table = (tmp_path / "sweep.md").read_text()
   assert table.count("\n") == 2 + 4 + 3 and "`binding:color=red`" in table
+  assert (tmp_path / "sweep_summary.md").read_text().count("\n") == 2 + 4 + 3

@@ -21,5 +21,5 @@ def run(args):
   seeds = sweep.parse_list(args.seeds, int)
   weaknesses = sweep.parse_list(args.weaknesses) if args.weaknesses else [args.config.system.weakness]
   result = sweep.run(args.config, args.workdir, seeds, weaknesses)
-  print(sweep.markdown(result))
-  print(f"written: {args.workdir}/sweep.json, {args.workdir}/sweep.md")
+  print(sweep.markdown(result, sweep.SUMMARY))
+  print(f"written: {args.workdir}/sweep.json, {args.workdir}/sweep.md, {args.workdir}/sweep_summary.md")

@@ -7,6 +7,7 @@ Layout under the sweep's workdir:
                                "pretrain" time is what pretraining cost when it ran first (the seed's shared
                                models are paid by its first weakness)
   sweep.json, sweep.md         per run and mean +- std over runs (all runs, then per weakness over seeds)
+  sweep_summary.md             the same for the headline figures only (SUMMARY), short enough for a README
 A weakness may itself be a list planted at once ("[counting:shape=star,binding:color=red]").
 """
 import logging
@@ -27,7 +28,8 @@ from auditdm_jax.worlds.shapes import tasks
 log = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "train_auditor", "audit", "generate", "rectify")
-# (key, header, kind): the per-run figures, in table order. kind "pct" prints a rate as a percentage.
+# (key, header, kind): the per-run figures, in table order. kind "pct" prints a rate as a percentage, "pt" a
+# difference of two rates in percentage points.
 COLUMNS = (
     ("success_rate_trained", "success trained", "pct"), ("success_rate_baseline", "success baseline", "pct"),
     ("success_ratio", "ratio", "x"), ("precision_trained", "precision", "pct"),
@@ -37,9 +39,12 @@ COLUMNS = (
     ("reference_weakness", "weakness refs", "pct"), ("weakness_gap_closed", "gap closed", "pct"),
     ("target_outside_weakness_before", "outside before", "pct"),
     ("target_outside_weakness_after", "outside after", "pct"),
-    ("target_outside_weakness_change_se", "outside change s.e.", "pct"),
+    ("target_outside_weakness_change", "outside change", "pt"), ("target_outside_weakness_change_se", "outside change s.e.", "pct"),
     *((f"seconds_{s}", f"{s} s", "int") for s in STAGES),
 )
+SUMMARY = ("success_rate_trained", "success_rate_baseline", "success_ratio", "precision_trained",
+           "target_weakness_before", "target_weakness_after", "reference_weakness", "weakness_gap_closed",
+           "target_outside_weakness_change")
 
 
 def parse_list(text, convert=str):
@@ -79,6 +84,8 @@ def row(summary, seed, weakness, pretrain_seconds):
   types = (summary.get("weakness_types") or {}).values()
   out["genuine_min"] = min(genuine) if genuine else None
   out["purity_min"] = min(t["purity"] for t in types) if types and all(types) else None
+  before, after = summary.get("target_outside_weakness_before"), summary.get("target_outside_weakness_after")
+  out["target_outside_weakness_change"] = after - before if None not in (before, after) else None
   seconds = dict(summary["stage_seconds"], pretrain=pretrain_seconds)
   out.update({f"seconds_{s}": seconds[s] for s in STAGES})
   return out
@@ -99,33 +106,39 @@ def _cell(value, kind):
     return "n/a"
   if kind == "pct":
     return f"{100 * value:.1f}%"
+  if kind == "pt":
+    return f"{100 * value:+.1f} pt"
   return f"{value:.2f}x" if kind == "x" else f"{value:.0f}"
 
 
 def _mean_cell(stats, kind):
   if stats is None:
     return "n/a"
-  scale, unit = (100, "%") if kind == "pct" else (1, "x" if kind == "x" else "")
+  scale, unit = (100, {"pct": "%", "pt": " pt"}[kind]) if kind in ("pct", "pt") else (1, "x" if kind == "x" else "")
   digits = 2 if kind == "x" else 1
-  return f"{scale * stats['mean']:.{digits}f} ± {scale * stats['std']:.{digits}f}{unit}"
+  sign = "+" if kind == "pt" else ""
+  return f"{scale * stats['mean']:{sign}.{digits}f} ± {scale * stats['std']:.{digits}f}{unit}"
 
 
-def markdown(result):
-  """The sweep as a Markdown table: one line per run, then mean ± std (all runs, then per weakness)."""
-  head = ["seed", "weakness"] + [h for _, h, _ in COLUMNS]
+def markdown(result, keys=None):
+  """The sweep as a Markdown table: one line per run, then mean ± std (all runs, then per weakness).
+  keys: the COLUMNS to show (default all)."""
+  columns = [c for c in COLUMNS if keys is None or c[0] in keys]
+  head = ["seed", "weakness"] + [h for _, h, _ in columns]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in result["runs"]:
-    lines.append(f"| {r['seed']} | `{r['weakness']}` | " + " | ".join(_cell(r.get(k), kind) for k, _, kind in COLUMNS)
+    lines.append(f"| {r['seed']} | `{r['weakness']}` | " + " | ".join(_cell(r.get(k), kind) for k, _, kind in columns)
                  + " |")
   groups = [("all runs", result["mean"])] + [(f"`{w}`", m) for w, m in result["per_weakness"].items()]
   for name, stats in groups:
     lines.append(f"| **mean ± std** | {name} | " + " | ".join(_mean_cell(stats.get(k), kind)
-                                                              for k, _, kind in COLUMNS) + " |")
+                                                              for k, _, kind in columns) + " |")
   return "\n".join(lines) + "\n"
 
 
 def run(config, workdir, seeds, weaknesses):
-  """Runs the demo for every (seed, weakness) and writes sweep.json / sweep.md; returns the result dict.
+  """Runs the demo for every (seed, weakness) and writes sweep.json / sweep.md / sweep_summary.md; returns the
+  result dict.
 
   config: the demo config (`configs/audit/demo.py[:fast]`). Every weakness is checked before anything trains.
   """
@@ -151,4 +164,5 @@ def run(config, workdir, seeds, weaknesses):
                 per_weakness={w: aggregate([r for r in rows if r["weakness"] == w]) for w in weaknesses})
   io_lib.write_json(os.path.join(workdir, "sweep.json"), result)
   io_lib.write_text(os.path.join(workdir, "sweep.md"), markdown(result))
+  io_lib.write_text(os.path.join(workdir, "sweep_summary.md"), markdown(result, SUMMARY))
   return result
