@@ -34,6 +34,7 @@ def test_row_reports_the_change_outside_the_weakness():
   r = sweep.row(summary, 0, "counting:shape=star", 5.0)
   assert r["target_outside_weakness_change"] == pytest.approx(-0.009) and r["seconds_pretrain"] == 5.0
   assert sweep._cell(r["target_outside_weakness_change"], "pt") == "-0.9 pt"
+  assert sweep._cell(-0.0004, "pt") == "+0.0 pt"
   del summary["target_outside_weakness_after"]  # A run without a rectification has no change.
   assert sweep.row(summary, 0, "counting:shape=star", 5.0)["target_outside_weakness_change"] is None
 

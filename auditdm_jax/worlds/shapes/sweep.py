@@ -107,7 +107,7 @@ def _cell(value, kind):
   if kind == "pct":
     return f"{100 * value:.1f}%"
   if kind == "pt":
-    return f"{100 * value:+.1f} pt"
+    return f"{round(100 * value, 1) + 0.0:+.1f} pt"  # + 0.0: no "-0.0".
   return f"{value:.2f}x" if kind == "x" else f"{value:.0f}"
 
 
@@ -117,7 +117,8 @@ def _mean_cell(stats, kind):
   scale, unit = (100, {"pct": "%", "pt": " pt"}[kind]) if kind in ("pct", "pt") else (1, "x" if kind == "x" else "")
   digits = 2 if kind == "x" else 1
   sign = "+" if kind == "pt" else ""
-  return f"{scale * stats['mean']:{sign}.{digits}f} ± {scale * stats['std']:.{digits}f}{unit}"
+  mean = round(scale * stats["mean"], digits) + 0.0
+  return f"{mean:{sign}.{digits}f} ± {scale * stats['std']:.{digits}f}{unit}"
 
 
 def markdown(result, keys=None):
