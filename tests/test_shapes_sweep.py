@@ -23,6 +23,9 @@ def test_aggregate_and_markdown():
   lines = table.strip().split("\n")
   assert len(lines) == 2 + 2 + 2 and all(line.count("|") == lines[0].count("|") for line in lines)
   assert "| 1 | `counting:shape=star` | 40.0% |" in table and "30.0 ± 10.0%" in table and "n/a" in table
+  ordered = sweep.markdown(dict(runs=rows, mean=mean, weaknesses=["b:x", "a:x"],
+                                per_weakness={"a:x": mean, "b:x": mean}))
+  assert ordered.index("`b:x`") < ordered.index("`a:x`")  # The sweep's order, not the JSON's sorted keys.
   short = sweep.markdown(dict(runs=rows, mean=mean, per_weakness={}), sweep.SUMMARY).strip().split("\n")
   assert len(short) == 2 + 2 + 1 and short[0].count("|") == len(sweep.SUMMARY) + 3
   assert short[2].endswith("| +50.0 pt |") and short[-1].endswith("| +50.0 ± 0.0 pt |")

@@ -39,7 +39,8 @@ COLUMNS = (
     ("reference_weakness", "weakness refs", "pct"), ("weakness_gap_closed", "gap closed", "pct"),
     ("target_outside_weakness_before", "outside before", "pct"),
     ("target_outside_weakness_after", "outside after", "pct"),
-    ("target_outside_weakness_change", "outside change", "pt"), ("target_outside_weakness_change_se", "outside change s.e.", "pct"),
+    ("target_outside_weakness_change", "outside change", "pt"),
+    ("target_outside_weakness_change_se", "outside change s.e.", "pct"),
     *((f"seconds_{s}", f"{s} s", "int") for s in STAGES),
 )
 SUMMARY = ("success_rate_trained", "success_rate_baseline", "success_ratio", "precision_trained",
@@ -130,7 +131,8 @@ def markdown(result, keys=None):
   for r in result["runs"]:
     lines.append(f"| {r['seed']} | `{r['weakness']}` | " + " | ".join(_cell(r.get(k), kind) for k, _, kind in columns)
                  + " |")
-  groups = [("all runs", result["mean"])] + [(f"`{w}`", m) for w, m in result["per_weakness"].items()]
+  order = result.get("weaknesses") or list(result["per_weakness"])  # The sweep's order, also from a sorted JSON.
+  groups = [("all runs", result["mean"])] + [(f"`{w}`", result["per_weakness"][w]) for w in order]
   for name, stats in groups:
     lines.append(f"| **mean ± std** | {name} | " + " | ".join(_mean_cell(stats.get(k), kind)
                                                               for k, _, kind in columns) + " |")
