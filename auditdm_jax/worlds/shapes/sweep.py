@@ -112,13 +112,16 @@ def _cell(value, kind):
   return f"{value:.2f}x" if kind == "x" else f"{value:.0f}"
 
 
+_UNITS = {"pct": (100, "%"), "pt": (100, " pt"), "x": (1, "x"), "int": (1, "")}  # kind -> (scale, unit)
+
+
 def _mean_cell(stats, kind):
   if stats is None:
     return "n/a"
-  scale, unit = (100, {"pct": "%", "pt": " pt"}[kind]) if kind in ("pct", "pt") else (1, "x" if kind == "x" else "")
+  scale, unit = _UNITS[kind]
   digits = 2 if kind == "x" else 1
   sign = "+" if kind == "pt" else ""
-  mean = round(scale * stats["mean"], digits) + 0.0
+  mean = round(scale * stats["mean"], digits) + 0.0  # + 0.0: no "-0.0".
   return f"{mean:{sign}.{digits}f} ± {scale * stats['std']:.{digits}f}{unit}"
 
 
