@@ -28,8 +28,8 @@ from auditdm_jax.worlds.shapes import tasks
 log = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "train_auditor", "audit", "generate", "rectify")
-# (key, header, kind): the per-run figures, in table order. kind "pct" prints a rate as a percentage, "pt" a
-# difference of two rates in percentage points.
+# (key, header, kind): the per-run figures, in table order. kind (`_FORMATS`) "pct" prints a rate as a percentage,
+# "pt" a difference of two rates in percentage points.
 COLUMNS = (
     ("success_rate_trained", "success trained", "pct"), ("success_rate_baseline", "success baseline", "pct"),
     ("success_ratio", "ratio", "x"), ("precision_trained", "precision", "pct"),
@@ -102,27 +102,27 @@ def aggregate(rows):
   return out
 
 
+# kind -> (scale, unit, digits of one run's value, sign): one table for the runs' cells and the mean ± std cells.
+_FORMATS = {"pct": (100, "%", 1, ""), "pt": (100, " pt", 1, "+"), "x": (1, "x", 2, ""), "int": (1, "", 0, "")}
+
+
+def _number(value, scale, digits, sign=""):
+  return f"{round(scale * value, digits) + 0.0:{sign}.{digits}f}"  # + 0.0: no "-0.0".
+
+
 def _cell(value, kind):
   if value is None:
     return "n/a"
-  if kind == "pct":
-    return f"{100 * value:.1f}%"
-  if kind == "pt":
-    return f"{round(100 * value, 1) + 0.0:+.1f} pt"  # + 0.0: no "-0.0".
-  return f"{value:.2f}x" if kind == "x" else f"{value:.0f}"
-
-
-_UNITS = {"pct": (100, "%"), "pt": (100, " pt"), "x": (1, "x"), "int": (1, "")}  # kind -> (scale, unit)
+  scale, unit, digits, sign = _FORMATS[kind]
+  return _number(value, scale, digits, sign) + unit
 
 
 def _mean_cell(stats, kind):
   if stats is None:
     return "n/a"
-  scale, unit = _UNITS[kind]
-  digits = 2 if kind == "x" else 1
-  sign = "+" if kind == "pt" else ""
-  mean = round(scale * stats["mean"], digits) + 0.0  # + 0.0: no "-0.0".
-  return f"{mean:{sign}.{digits}f} ± {scale * stats['std']:.{digits}f}{unit}"
+  scale, unit, digits, sign = _FORMATS[kind]
+  digits = max(digits, 1)  # A mean of counts or seconds keeps one decimal.
+  return f"{_number(stats['mean'], scale, digits, sign)} ± {_number(stats['std'], scale, digits)}{unit}"
 
 
 def markdown(result, keys=None):
