@@ -102,7 +102,43 @@ def test_ill_posed_questions_are_typed():
   with pytest.raises(lang.ReferenceError_):
     lang.answer("What color is the circle?", SCENE)  # Two circles.
   with pytest.raises(lang.ReferenceError_):
-    lang.answer("Is the star left of the star?", SCENE)  # One object, two roles.
+    lang.answer("Is the red circle left of the small circle?", SCENE)  # One object, two roles.
+
+
+@pytest.mark.parametrize("text", [
+    "Are there fewer stars than stars?", "Are there as many red objects as red objects?",
+    "Is the number of squares greater than the number of squares?",  # Absent: still the words alone.
+    "Are there more red circles than circles?", "Are there fewer objects than stars?",
+    "Is the star left of the star?", "Is the square above the square?",
+    "What color is the red circle?", "What shape is the star?", "What size is the large yellow square?",
+])
+def test_given_away_questions_are_ill_posed(text):
+  """Questions whose words alone fix or name the answer ask nothing about the image: no scene answers them."""
+  q = lang.parse_question(text)
+  assert q.given_away()
+  for scene in (SCENE, shapes.Scene(())):
+    with pytest.raises(lang.GivenAwayError):
+      q.answer(scene)
+
+
+@pytest.mark.parametrize("text,answer", [
+    ("Are there fewer red circles than circles?", "yes"), ("Are there more circles than red circles?", "yes"),
+    ("Are there as many circles as red objects?", "yes"), ("Are there more objects than stars?", "yes"),
+    ("Is the red circle left of the star?", "yes"), ("What color is the small circle?", "red"),
+    ("What shape is the green object?", "star"), ("What is in the top left?", "circle"),
+])
+def test_questions_about_overlapping_sets_are_not_given_away(text, answer):
+  """A subset and its superset, or one attribute naming the object and another asked: the image decides."""
+  assert not lang.parse_question(text).given_away() and lang.answer(text, SCENE) == answer
+
+
+def test_the_worlds_questions_never_give_their_answer_away():
+  rng = np.random.default_rng(4)
+  mixes = (tasks.Mix(), tasks.make_mix(compare_present=1.0))
+  for i in range(3000):
+    scene = shapes.sample_scene(rng, 2, 9)
+    q, _, skill = tasks.sample_question(scene, rng, lang.SKILLS[i % len(lang.SKILLS)], mix=mixes[i % 2])
+    assert not lang.parse_question(q).given_away(), (skill, q)
 
 
 def test_sampled_absent_questions_are_labelled_by_ground_truth():

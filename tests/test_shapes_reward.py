@@ -63,6 +63,9 @@ def _always(answer):
     ("How many stars? How many circles?", "two questions in one"),
     ("What color is the circle?", "ill-posed: two circles, no defined answer"),
     ("Is the star left of the star?", "ill-posed: one object in two roles"),
+    ("Are there fewer stars than stars?", "given away: a set compared with itself"),
+    ("Are there more red circles than circles?", "given away: a subset is never more than its superset"),
+    ("What color is the green star?", "given away: the question names its answer"),
 ])
 def test_hacks_earn_only_the_format_penalty(text, why):
   # The references answer "yes" wherever the world has no answer and the target says "no": without the checks

@@ -13,11 +13,13 @@ as "an image of" or "please"):
 A question about an object that is not in the scene has a defined answer: counting "0", existence "no",
 comparison counts it as 0, colour / shape / size `ABSENT` ("none": "What color is the star?" with no star), and a
 spatial relation "no" ("Is the star left of the circle?" with no star). Only a "the ..." that matches several
-objects ("the circle" among two) leaves a question without an answer (ill-posed).
+objects ("the circle" among two) leaves a question without an answer (ill-posed), and so does a question whose
+words give its answer away ("Are there fewer stars than stars?", "What color is the red star?":
+`Question.given_away`); the world's own questions are never either.
 
 Text outside the language raises `ParseError`; a referring expression that matches several objects where one is
-needed (or, in an edit command, no object) raises `ReferenceError_`; an edit that breaks the one-object-per-cell
-rule raises `ConflictError`.
+needed (or, in an edit command, no object) raises `ReferenceError_`; a given-away question `GivenAwayError`; an
+edit that breaks the one-object-per-cell rule raises `ConflictError`.
 All are `LanguageError` (a ValueError), never another exception.
 """
 import dataclasses
@@ -49,6 +51,10 @@ class ParseError(LanguageError):
 
 class ReferenceError_(LanguageError):  # pylint: disable=invalid-name
   """A referring expression matches no object, or several where exactly one is needed."""
+
+
+class GivenAwayError(LanguageError):
+  """The question's own words fix or name its answer, so it asks nothing about the image (ill-posed)."""
 
 
 class ConflictError(LanguageError):
@@ -571,6 +577,11 @@ def unique_phrase(o, scene, rng=None):
 
 
 # --------------------------------------------------------------------------------------------------- questions
+def _within(a, b):
+  """Whether every object `a` selects, `b` selects too, by the words alone (`a` has every attribute `b` has)."""
+  return all(getattr(a, k) == v for k, v in b.attrs().items())
+
+
 @dataclasses.dataclass(frozen=True)
 class Question:
   """A parsed question. `op`: count | exists | color | shape | size | relation | compare; `refs`: the referring
@@ -583,7 +594,11 @@ class Question:
 
   def answer(self, scene):
     """Ground truth on `scene` as a short canonical string (`ABSENT` rules in the module docstring).
-    ReferenceError_ if a "the ..." matches several objects (the question is ill-posed)."""
+    ReferenceError_ if a "the ..." matches several objects, GivenAwayError if the words alone answer it
+    (`given_away`): either way the question is ill-posed."""
+    why = self.given_away()
+    if why:
+      raise GivenAwayError(f"{self.text or self.op!r}: {why}")
     if self.op == "count":
       return str(len(self.refs[0].select(scene)))
     if self.op == "exists":
@@ -603,6 +618,23 @@ class Question:
         raise ReferenceError_("a spatial relation needs two different objects")
       return "yes" if relations_hold(a.row, a.col, b.row, b.col)[self.arg] else "no"
     raise ValueError(f"unknown question op {self.op!r}")
+
+  def given_away(self):
+    """Why the words alone fix or name the answer on every scene, or "" when the image decides it: a comparison of
+    a set with itself, or of a subset "more" than its superset ("more red stars than stars": always no); a
+    relation of an expression with itself; a colour / shape / size question whose expression names it ("What
+    color is the red star?": red or none)."""
+    if self.op == "compare":
+      a, b = self.refs
+      if _within(a, b) and _within(b, a):
+        return "it compares a set with itself"
+      if (self.arg == "more" and _within(a, b)) or (self.arg == "fewer" and _within(b, a)):
+        return "a subset is never more than its superset"
+    if self.op == "relation" and self.refs[0] == self.refs[1]:
+      return "a spatial relation needs two different objects"
+    if self.op in ("color", "shape", "size") and getattr(self.refs[0], self.op) is not None:
+      return f"the question names the {self.op} it asks for"
+    return ""
 
   def to_dict(self):
     return {"skill": self.skill, "op": self.op, "arg": self.arg, "text": self.text,
