@@ -578,8 +578,9 @@ def unique_phrase(o, scene, rng=None):
 
 # --------------------------------------------------------------------------------------------------- questions
 def _within(a, b):
-  """Whether every object `a` selects, `b` selects too, by the words alone (`a` has every attribute `b` has)."""
-  return all(getattr(a, k) == v for k, v in b.attrs().items())
+  """Whether every object `a` selects, `b` selects too, by the words alone (`a` has every attribute `b` has: `b`
+  matches `a` as it would match an object)."""
+  return b.matches(a)
 
 
 @dataclasses.dataclass(frozen=True)
