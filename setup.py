@@ -19,6 +19,7 @@ CORE = [
     "scikit-learn",  # failure types in the report (TF-IDF + k-means)
     "tensorboardX",  # TensorBoard metrics beside metrics.jsonl
     "importlib_resources",  # tfds download_and_prepare imports it
+    "filelock",  # JAX's persistent compilation cache keeps its size bound with it (auditdm_jax/compile_cache.py)
 ]
 # torch is pinned: a CPU build of exactly this version is provided; an unpinned torch pulls GBs of CUDA wheels.
 TORCH = ["torch==2.13.0"]

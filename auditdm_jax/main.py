@@ -28,6 +28,7 @@ import sys
 import threading
 
 from auditdm_jax import commands as commands_pkg
+from auditdm_jax import compile_cache
 from auditdm_jax import config as config_lib
 from auditdm_jax import errors
 from auditdm_jax import workdir as workdir_lib
@@ -194,6 +195,8 @@ def main(argv=None):
                       format="%(asctime)s %(levelname).1s %(name)s] %(message)s", datefmt="%H:%M:%S",
                       force=True)  # absl (imported by jax/tf) installs a WARNING handler first
   logging.getLogger("absl").setLevel(max(logging.WARNING, logging.getLogger().level))  # orbax's chatter
+  if "jax" in sys.modules:  # The command's module imported it: programs compiled by earlier runs are read back.
+    compile_cache.enable()
   prefix = f"auditdm {args.command}"
   # The error boundary: failures are one line, never a traceback (unless --debug).
   usage_error = True  # Until the config is resolved and the workdir claimed.

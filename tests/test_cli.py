@@ -80,6 +80,7 @@ def test_info_reports_devices(capsys):
   info = json.loads(capsys.readouterr().out)
   assert info["backend"] == "cpu" and info["process_count"] == 1
   assert info["local_device_count"] == len(info["devices"]) >= 1
+  assert info["compile_cache"] == os.environ["JAX_COMPILATION_CACHE_DIR"]  # The test session's (conftest.py).
 
 
 def test_commands_that_need_a_workdir_say_so(capsys):

@@ -1,4 +1,4 @@
-"""`auditdm info`: what this process sees (JAX backend, devices, processes, library versions)."""
+"""`auditdm info`: what this process sees (JAX backend, devices, processes, the compile cache, library versions)."""
 import importlib.metadata
 import json
 
@@ -6,7 +6,7 @@ import jax
 
 from auditdm_jax import distributed
 
-HELP = "print the JAX backend, devices, process layout and library versions as JSON"
+HELP = "print the JAX backend, devices, process layout, compile cache and library versions as JSON"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "ml-collections", "tensorflow-cpu",
             "tensorflow-datasets", "torch", "transformers", "diffusers")
 
@@ -26,5 +26,6 @@ def run(args):
       "local_device_count": jax.local_device_count(),
       "process_index": process_index,
       "process_count": process_count,
+      "compile_cache": jax.config.jax_compilation_cache_dir,  # None: off (auditdm_jax/compile_cache.py).
       "versions": {p: _version(p) for p in PACKAGES},
   }, indent=2))
