@@ -4,7 +4,7 @@
 # and copied to the other sweeps; each sweep command then runs once more to write its tables (finished runs are
 # read back, not rerun). Rerunning the script resumes where it stopped.
 # Usage: [ROOT=runs/figures] [JOBS=3] [SEEDS="0 1 2"] [CONFIG=configs/audit/demo.py] launch/readme_figures.sh
-#   CONFIG=configs/audit/demo.py:fast SEEDS=0 runs the same plan with the tiny models in minutes.
+#   CONFIG=configs/audit/demo.py:fast SEEDS=0 runs the same plan with the tiny models (a quarter of an hour).
 # Tables: $ROOT/<sweep>/sweep_summary.md and sweep.md; logs: $ROOT/logs/.
 set -euo pipefail -f  # -f: a bracketed weakness list is no file pattern
 ROOT=${ROOT:-runs/figures}
@@ -48,15 +48,15 @@ finish() {  # waits for every run; stops if one failed
 }
 
 # 1. Each seed's models, with its first run of the first sweep.
-IFS='|' read -r name args flags weaknesses <<<"${SWEEPS[0]}"
-for seed in $SEEDS; do job "$name" "$args" "$flags" "$seed" "${weaknesses%% *}"; done
+IFS='|' read -r first args flags weaknesses <<<"${SWEEPS[0]}"
+for seed in $SEEDS; do job "$first" "$args" "$flags" "$seed" "${weaknesses%% *}"; done
 finish
 # 2. Every other run; the other sweeps start from copies of the seeds' models.
 for entry in "${SWEEPS[@]}"; do
   IFS='|' read -r name args flags weaknesses <<<"$entry"
   for seed in $SEEDS; do
-    if [[ $name != sweep && ! -d $ROOT/$name/seed$seed/pretrain ]]; then
-      mkdir -p "$ROOT/$name/seed$seed" && cp -r "$ROOT/sweep/seed$seed/pretrain" "$ROOT/$name/seed$seed/"
+    if [[ $name != "$first" && ! -d $ROOT/$name/seed$seed/pretrain ]]; then
+      mkdir -p "$ROOT/$name/seed$seed" && cp -r "$ROOT/$first/seed$seed/pretrain" "$ROOT/$name/seed$seed/"
     fi
     for weakness in $weaknesses; do job "$name" "$args" "$flags" "$seed" "$weakness"; done
   done
