@@ -31,6 +31,7 @@ from auditdm_jax import commands as commands_pkg
 from auditdm_jax import compile_cache
 from auditdm_jax import config as config_lib
 from auditdm_jax import errors
+from auditdm_jax import hugepages
 from auditdm_jax import workdir as workdir_lib
 
 log = logging.getLogger("auditdm")
@@ -180,6 +181,8 @@ class _Interrupts:
 def main(argv=None):
   """Runs one command; returns its exit code: 0, 1 (error), 2 (bad usage, config or workdir), 128 + the signal
   (130: Ctrl-C; 143: SIGTERM, after a training loop saved its checkpoint)."""
+  if argv is None:  # A program's entry point (not a caller's): restarts once with huge pages where they help.
+    hugepages.reexec_if_useful()
   argv = sys.argv[1:] if argv is None else list(argv)
   commands = discover()
   listing = listing_parser(commands)

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from auditdm_jax import hugepages
 from auditdm_jax import main as cli
 
 TOY = "configs/examples/toy.py"
@@ -81,6 +82,7 @@ def test_info_reports_devices(capsys):
   assert info["backend"] == "cpu" and info["process_count"] == 1
   assert info["local_device_count"] == len(info["devices"]) >= 1
   assert info["compile_cache"] == os.environ["JAX_COMPILATION_CACHE_DIR"]  # The test session's (conftest.py).
+  assert info["huge_pages"] == hugepages.status()  # In-process: no re-exec, so "on" only where the session has it.
 
 
 def test_commands_that_need_a_workdir_say_so(capsys):

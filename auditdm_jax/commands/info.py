@@ -1,12 +1,13 @@
-"""`auditdm info`: what this process sees (JAX backend, devices, processes, the compile cache, library versions)."""
+"""`auditdm info`: what this process sees (JAX backend, devices, processes, the compile cache, huge pages, library versions)."""
 import importlib.metadata
 import json
 
 import jax
 
 from auditdm_jax import distributed
+from auditdm_jax import hugepages
 
-HELP = "print the JAX backend, devices, process layout, compile cache and library versions as JSON"
+HELP = "print the JAX backend, devices, process layout, compile cache, huge pages and library versions as JSON"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "ml-collections", "tensorflow-cpu",
             "tensorflow-datasets", "torch", "transformers", "diffusers")
 
@@ -27,5 +28,6 @@ def run(args):
       "process_index": process_index,
       "process_count": process_count,
       "compile_cache": jax.config.jax_compilation_cache_dir,  # None: off (auditdm_jax/compile_cache.py).
+      "huge_pages": hugepages.status(),  # auditdm_jax/hugepages.py.
       "versions": {p: _version(p) for p in PACKAGES},
   }, indent=2))
