@@ -59,10 +59,10 @@ def plan(environ, thp, glibc):
 
 def status():
   """One line for `auditdm info`: whether this process runs with the tunable, or why not."""
-  tunables = os.environ.get("GLIBC_TUNABLES", "")
-  if f"{TUNABLE}=1" in tunables.split(":"):
+  if f"{TUNABLE}=1" in os.environ.get("GLIBC_TUNABLES", "").split(":"):
     return "on (GLIBC_TUNABLES)"
-  return plan(os.environ, thp_mode(), glibc_version())[1]
+  env, why = plan(os.environ, thp_mode(), glibc_version())
+  return why if env is None else "off in this process (`auditdm` started as a program turns it on)"
 
 
 def reexec_if_useful():
@@ -71,7 +71,7 @@ def reexec_if_useful():
   For a program's entry point only (it restarts the interpreter on `sys.orig_argv`), before any work is done.
   """
   env, _ = plan(os.environ, thp_mode(), glibc_version())
-  if env is None:
+  if env is None or not sys.executable:  # An embedded interpreter cannot be restarted.
     return
   sys.stdout.flush()
   sys.stderr.flush()

@@ -56,6 +56,10 @@ def test_status_names_the_environment(monkeypatch):
   monkeypatch.delenv("GLIBC_TUNABLES")
   monkeypatch.setenv(hugepages.ENV, "off")
   assert hugepages.status() == "off (AUDITDM_JAX_HUGEPAGES)"
+  monkeypatch.delenv(hugepages.ENV)
+  monkeypatch.setattr(hugepages, "thp_mode", lambda: "madvise")
+  monkeypatch.setattr(hugepages, "glibc_version", lambda: (2, 36))
+  assert hugepages.status().startswith("off in this process")  # Not restarted: a caller's process, not a program.
 
 
 def test_reexec_keeps_the_process_and_its_command_line(tmp_path):

@@ -1,4 +1,5 @@
-"""`auditdm info`: what this process sees (JAX backend, devices, processes, the compile cache, huge pages, library versions)."""
+"""`auditdm info`: what this process sees (JAX backend, devices, processes, the compile cache, huge pages, library
+versions)."""
 import importlib.metadata
 import json
 
