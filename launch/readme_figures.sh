@@ -58,7 +58,11 @@ for entry in "${SWEEPS[@]}"; do
     if [[ $name != "$first" && ! -d $ROOT/$name/seed$seed/pretrain ]]; then
       mkdir -p "$ROOT/$name/seed$seed" && cp -r "$ROOT/$first/seed$seed/pretrain" "$ROOT/$name/seed$seed/"
     fi
-    for weakness in $weaknesses; do job "$name" "$args" "$flags" "$seed" "$weakness"; done
+    for weakness in $weaknesses; do
+      if [[ $name != "$first" || $weakness != "${weaknesses%% *}" ]]; then  # (Step 1 ran the first sweep's first.)
+        job "$name" "$args" "$flags" "$seed" "$weakness"
+      fi
+    done
   done
 done
 finish

@@ -35,7 +35,8 @@ def test_the_plan(tmp_path):
   assert sorted(c[c.index("--seeds") + 1] for c in first) == ["0", "1"]
   assert all(c[c.index("--weaknesses") + 1] == "counting:shape=star" for c in first)
   runs = [c for c in calls if "," not in c[c.index("--seeds") + 1]]
-  assert len(runs) == 2 + 2 * 6  # The models' runs, then every run (the first ones read back).
+  key = lambda c: (c[c.index("--workdir") + 1], c[c.index("--seeds") + 1], c[c.index("--weaknesses") + 1])
+  assert len(runs) == 2 * 6 and len({key(c) for c in runs}) == len(runs)  # Every run once: 3 + 1 + 1 + 1 per seed.
   for name in ("comparison", "edit_question", "three_at_once"):
     for seed in (0, 1):  # Copies of the seed's models, made by the first sweep.
       assert (root / name / f"seed{seed}" / "pretrain" / "models_of_sweep").exists()
