@@ -44,6 +44,8 @@ def glibc_version():
 def plan(environ, thp, glibc):
   """(environment to re-execute with, or None; why) for a process started with `environ`."""
   tunables = environ.get("GLIBC_TUNABLES", "")
+  if f"{TUNABLE}=1" in tunables.split(":"):
+    return None, "on (GLIBC_TUNABLES)"
   if TUNABLE in tunables:
     return None, f"set by GLIBC_TUNABLES ({tunables})"
   if environ.get(ENV, "").strip().lower() in ("off", "0", "false", "no"):
@@ -59,8 +61,6 @@ def plan(environ, thp, glibc):
 
 def status():
   """One line for `auditdm info`: whether this process runs with the tunable, or why not."""
-  if f"{TUNABLE}=1" in os.environ.get("GLIBC_TUNABLES", "").split(":"):
-    return "on (GLIBC_TUNABLES)"
   env, why = plan(os.environ, thp_mode(), glibc_version())
   return why if env is None else "off in this process (`auditdm` started as a program turns it on)"
 
