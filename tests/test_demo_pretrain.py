@@ -411,6 +411,45 @@ def test_position_loss_asks_each_image_token_for_its_cell(world_tokenizer):
   assert max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), trained, plain))) > 1e-6
 
 
+def test_stream_builds_the_next_pool_in_the_background_and_draws_the_same_batches():
+  import threading
+  built = []  # (k, thread name) of each pool built.
+
+  def make_pool(k):
+    built.append((k, threading.current_thread().name))
+    rng = np.random.default_rng(k)
+    n = 10  # Examples per pool: a pass is 3 draws of 4 (the last one starts at 8 and overflows to 12).
+    return dict(tokens=np.full((n, 8), k), mask_ar=np.zeros((n, 8), int), mask_loss=np.ones((n, 8), int),
+                input_mask=np.ones((n, 8), bool), images=rng.integers(0, 255, (n, 4, 4, 3), np.uint8),
+                image_index=np.arange(n), cells=np.zeros((n, 9, 3), int))
+
+  def draws(planned):
+    built.clear()
+    stream = pretrain.Stream(make_pool, 4, 0)
+    if planned is not None:
+      stream.plan(planned)
+    return [next(stream) for _ in range(planned or 7)], list(built)
+
+  plain, plain_built = draws(None)
+  ahead, ahead_built = draws(7)  # Pools 0, 1 and 2 (draws 1-3, 4-6, 7).
+  assert [k for k, _ in plain_built] == [k for k, _ in ahead_built] == [0, 1, 2]
+  assert {name for k, name in plain_built} == {threading.current_thread().name}
+  assert [name == "stream-pool" for _, name in ahead_built] == [False, True, True]
+  for a, b in zip(plain, ahead):
+    assert jax.tree.all(jax.tree.map(np.array_equal, a, b))
+  assert [int(b["tokens"][0, 0]) for b in ahead] == [0, 0, 0, 1, 1, 1, 2]
+  assert [k for k, _ in draws(6)[1]] == [0, 1]  # No pool is built that no draw needs.
+
+  def failing(k):
+    if k:
+      raise ValueError(f"pool {k} failed")
+    return make_pool(k)
+  stream = pretrain.Stream(failing, 4, 0)
+  stream.plan(4)
+  with pytest.raises(ValueError, match="pool 1 failed"):  # A background failure surfaces at the draw needing it.
+    [next(stream) for _ in range(4)]
+
+
 def test_skill_weights_reach_the_training_questions(tmp_path):
   cfg = _tiny("counting:shape=star")
   assert pretrain.training_mix(cfg) == {"skill_weights": {"spatial": 3.0}, "compare_present": 0.5}  # The default.

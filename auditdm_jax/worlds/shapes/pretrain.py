@@ -13,10 +13,12 @@ All models are PaliGemma-style (`models.vlm.PaliGemma`, tiny SigLIP + tiny Gemma
 `<workdir>/pretrain/<name>/params.npz` next to `meta.json`; a rerun with the same config loads them instead of
 training.
 """
+import concurrent.futures
 import hashlib
 import json
 import logging
 import os
+import threading
 import time
 
 import jax
@@ -230,22 +232,61 @@ def cell_loss(model, params, head, images, labels, position_head=None):
   return total, jnp.mean(nll(position_head["row"], rows) + nll(position_head["col"], cols))
 
 
+def _in_background(fn, *args):
+  """fn(*args) started in a daemon thread -> a `concurrent.futures.Future` of its result (or its exception)."""
+  future = concurrent.futures.Future()
+
+  def run():
+    try:
+      future.set_result(fn(*args))
+    except BaseException as e:  # pylint: disable=broad-except  (re-raised by `future.result()`)
+      future.set_exception(e)
+  threading.Thread(target=run, name="stream-pool", daemon=True).start()
+  return future
+
+
 class Stream:
   """Training batches of a model, drawn at random from pools of examples. `make_pool(k)` -> pool k: dict tokens,
   mask_ar, mask_loss, input_mask [N, T], images uint8 [S, H, W, 3], image_index int [N], cells int [S, 9, 3]
   (`cell_labels`). After as many draws as a pool has examples, pool k + 1 is built: every pass sees new scenes.
-  Batches are cut to the longest text in them (rounded up to 8 tokens, so few shapes compile)."""
+  Batches are cut to the longest text in them (rounded up to 8 tokens, so few shapes compile).
+
+  Once told how many batches are still to come (`plan`), the stream builds the next pool they need in a background
+  thread while the current one is drawn from, so that rendering scenes overlaps training. The batches are the same:
+  `make_pool(k)` must depend on k alone (the demo's pools are seeded by it).
+  """
 
   def __init__(self, make_pool, batch_size, seed):
     self.make_pool, self.batch_size = make_pool, batch_size
     self.rng = np.random.default_rng(seed)
     self.k, self.drawn, self.pool = 0, 0, make_pool(0)
+    self.left = None  # Batches still to draw, once planned.
+    self._ahead = None  # (k, Future) of the pool built ahead.
+
+  def plan(self, batches):
+    """`batches` more batches will be drawn: the pools they need are built one ahead, in the background."""
+    self.left = batches
+    self._build_ahead()
+
+  def _build_ahead(self):
+    if self.left is None or self._ahead is not None:
+      return
+    # Draws left in this pool (each draw checks `drawn >= n` first, then takes `batch_size` examples).
+    in_pool = max(0, -(-(len(self.pool["image_index"]) - self.drawn) // self.batch_size))
+    if self.left > in_pool:
+      self._ahead = (self.k + 1, _in_background(self.make_pool, self.k + 1))
+
+  def _pool(self, k):
+    if self._ahead is not None and self._ahead[0] == k:
+      future, self._ahead = self._ahead[1], None
+      return future.result()
+    return self.make_pool(k)
 
   def __next__(self):
     n = len(self.pool["image_index"])
     if self.drawn >= n:
       self.k, self.drawn = self.k + 1, 0
-      self.pool = self.make_pool(self.k)
+      self.pool = self._pool(self.k)
     self.drawn += self.batch_size
     idx = self.rng.integers(n, size=self.batch_size)
     full = self.pool["tokens"].shape[1]
@@ -257,6 +298,9 @@ class Stream:
     for k in ("ground_pos", "ground_cell"):
       if k in self.pool:
         batch[k] = jnp.asarray(self.pool[k][idx])
+    if self.left is not None:
+      self.left -= 1
+      self._build_ahead()
     return batch
 
 
@@ -283,6 +327,7 @@ def train(cfg, stream, steps, lr, seed, init=None, aux_weight=1.0, ground_weight
   """
   model = vlm.get_model(cfg)
   params = init if init is not None else init_params(cfg, next(stream), seed)
+  stream.plan(steps)
   d = cfg.llm.width
   head_rng = np.random.default_rng(seed)
   draw = lambda shape: jnp.asarray(head_rng.normal(0, d ** -0.5, shape), jnp.float32)  # A fresh linear head.
