@@ -440,6 +440,11 @@ def test_stream_builds_the_next_pool_in_the_background_and_draws_the_same_batche
   assert [int(b["tokens"][0, 0]) for b in ahead] == [0, 0, 0, 1, 1, 1, 2]
   assert [k for k, _ in draws(6)[1]] == [0, 1]  # No pool is built that no draw needs.
 
+  sizes = pretrain.Stream(lambda k: make_pool(k) if k == 0 else {a: v[:2] for a, v in make_pool(k).items()}, 4, 0)
+  for _ in range(4):  # The fourth draw comes from pool 1, of 2 examples: its indices are drawn below 2.
+    batch = next(sizes)
+  assert batch["tokens"].shape[0] == 4 and int(batch["tokens"][0, 0]) == 1
+
   def failing(k):
     if k:
       raise ValueError(f"pool {k} failed")

@@ -283,10 +283,10 @@ class Stream:
     return self.make_pool(k)
 
   def __next__(self):
-    n = len(self.pool["image_index"])
-    if self.drawn >= n:
+    if self.drawn >= len(self.pool["image_index"]):
       self.k, self.drawn = self.k + 1, 0
       self.pool = self._pool(self.k)
+    n = len(self.pool["image_index"])  # Pools may differ in size (a question a scene cannot offer is skipped).
     self.drawn += self.batch_size
     idx = self.rng.integers(n, size=self.batch_size)
     full = self.pool["tokens"].shape[1]
