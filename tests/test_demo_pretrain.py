@@ -1,6 +1,7 @@
 """`auditdm demo-pretrain` / `auditdm skills` with tiny budgets: roles, planted weakness data, cache, report."""
 import json
 import os
+import threading
 
 import jax
 import numpy as np
@@ -412,7 +413,6 @@ def test_position_loss_asks_each_image_token_for_its_cell(world_tokenizer):
 
 
 def test_stream_builds_the_next_pool_in_the_background_and_draws_the_same_batches():
-  import threading
   built = []  # (k, thread name) of each pool built.
 
   def make_pool(k):
@@ -433,7 +433,7 @@ def test_stream_builds_the_next_pool_in_the_background_and_draws_the_same_batche
   plain, plain_built = draws(None)
   ahead, ahead_built = draws(7)  # Pools 0, 1 and 2 (draws 1-3, 4-6, 7).
   assert [k for k, _ in plain_built] == [k for k, _ in ahead_built] == [0, 1, 2]
-  assert {name for k, name in plain_built} == {threading.current_thread().name}
+  assert {name for _, name in plain_built} == {threading.current_thread().name}
   assert [name == "stream-pool" for _, name in ahead_built] == [False, True, True]
   for a, b in zip(plain, ahead):
     assert jax.tree.all(jax.tree.map(np.array_equal, a, b))
