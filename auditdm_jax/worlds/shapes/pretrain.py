@@ -261,7 +261,7 @@ class Stream:
     self.rng = np.random.default_rng(seed)
     self.k, self.drawn, self.pool = 0, 0, make_pool(0)
     self.left = None  # Batches still to draw, once planned.
-    self._ahead = None  # (k, Future) of the pool built ahead.
+    self._ahead = None  # Future of pool k + 1, when it is being built ahead.
 
   def plan(self, batches):
     """`batches` more batches will be drawn: the pools they need are built one ahead, in the background."""
@@ -274,13 +274,13 @@ class Stream:
     # Draws left in this pool (each draw checks `drawn >= n` first, then takes `batch_size` examples).
     in_pool = max(0, -(-(len(self.pool["image_index"]) - self.drawn) // self.batch_size))
     if self.left > in_pool:
-      self._ahead = (self.k + 1, _in_background(self.make_pool, self.k + 1))
+      self._ahead = _in_background(self.make_pool, self.k + 1)
 
   def _pool(self, k):
-    if self._ahead is not None and self._ahead[0] == k:
-      future, self._ahead = self._ahead[1], None
-      return future.result()
-    return self.make_pool(k)
+    if self._ahead is None:
+      return self.make_pool(k)
+    future, self._ahead = self._ahead, None
+    return future.result()
 
   def __next__(self):
     if self.drawn >= len(self.pool["image_index"]):
