@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from auditdm_jax import config as config_lib
+from auditdm_jax.tools import draw_weaknesses
 from auditdm_jax.worlds.shapes import scenes as shapes
 from auditdm_jax.worlds.shapes import language as lang
 from auditdm_jax.worlds.shapes import tasks
@@ -273,6 +274,40 @@ def test_check_weakness_fails_at_once_naming_the_spec(value, message):
   with pytest.raises(ValueError, match=message) as e:
     tasks.check_weakness(value)
   assert "\n" not in str(e.value)
+
+
+def test_single_condition_specs_are_the_ones_check_weakness_accepts():
+  specs = tasks.single_condition_specs(probes=300)
+  assert "spatial:relation=left" in specs and "color:color=red" not in specs and "counting:relation=left" not in specs
+  for skill in lang.SKILLS:
+    for key, values in tasks._CONDITIONS.items():
+      for value in values:
+        spec = f"{skill}:{key}={value}"
+        try:
+          tasks.check_weakness(spec, probes=300)
+          accepted = True
+        except ValueError:
+          accepted = False
+        assert accepted == (spec in specs), spec
+
+
+def test_draw_weaknesses(capsys):
+  every = tasks.single_condition_specs()
+  assert len(every) == 71  # docs/shapes_world.md, *Weakness specs*.
+  drawn = draw_weaknesses.draw(5, seed=1)
+  assert len(set(drawn)) == 5 and set(drawn) <= set(every) and drawn == draw_weaknesses.draw(5, seed=1)
+  assert drawn != draw_weaknesses.draw(5, seed=2)
+  left = draw_weaknesses.draw(len(every) - 2, seed=3, exclude=",".join(drawn[:2]))
+  assert set(left) == set(every) - set(drawn[:2])
+  with pytest.raises(ValueError, match="--n must be in 1"):
+    draw_weaknesses.draw(len(every) - 1, seed=3, exclude=drawn[:2])
+  with pytest.raises(ValueError, match="bad condition"):
+    draw_weaknesses.draw(1, seed=3, exclude="counting:shape=hexagon")
+  draw_weaknesses.main(["--n", "2", "--seed", "1"])
+  assert capsys.readouterr().out == ",".join(drawn[:2]) + "\n"  # A sample's prefix: the first n picks.
+  with pytest.raises(SystemExit):
+    draw_weaknesses.main(["--n", "0", "--seed", "1"])
+  assert "--n must be in 1..71" in capsys.readouterr().err
 
 
 def test_weakness_specs():

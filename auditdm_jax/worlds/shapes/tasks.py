@@ -263,6 +263,25 @@ def check_weakness(weakness, probes=2000, seed=0):
   return specs
 
 
+@functools.lru_cache(maxsize=4)
+def single_condition_specs(probes=2000, seed=0):
+  """Every spec of one skill and one condition ("counting:shape=star", ...) that `check_weakness` accepts, in a
+  fixed order: each skill's `probes` questions are sampled once, with the rng `check_weakness` uses, and a spec
+  is kept when one of them falls in its slice (so the two agree spec for spec). A tuple."""
+  found = []
+  for skill in lang.SKILLS:
+    specs = [f"{skill}:{key}={value}" for key, values in _CONDITIONS.items() for value in values]
+    rng = np.random.default_rng(seed)
+    hits = set()
+    for _ in range(probes):
+      q = lang.parse_question(sample_question(shapes.sample_scene(rng, 2, 4), rng, skill)[0])
+      hits.update(s for s in specs if s not in hits and _in_spec(q, s))
+      if len(hits) == len(specs):
+        break
+    found += [s for s in specs if s in hits]
+  return tuple(found)
+
+
 def _in_spec(q, spec):
   skill, conds = parse_weakness(spec)
   if q.skill != skill:
