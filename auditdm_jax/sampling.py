@@ -14,7 +14,8 @@ batch and max_new_tokens are padded to buckets so that few shapes are ever compi
 sequence's generated tokens include its stop token; `lengths` counts it, `text` omits it.
 
 Speed (docs/gpu.md): the prefill is one cache-free forward over the prompt that then writes its k/v
-(`gemma.Model.prefill`); both read the layer weights laid out for plain matmuls (`gemma.decode_layers`, made in
+(`gemma.Model.prefill`); both read the layer weights laid out for plain matmuls (`gemma.decode_layers`: on one
+device made once per call and passed to both, and kept for the params given at construction; with a mesh made in
 each function so that tensor-sharded weights keep their sharding; a `scan_layers` model's prefill scans the
 checkpoint layout instead), and the decode loop updates the donated cache in place. Each function is compiled
 ahead of time per input signature and its compile time logged and kept in `Sampler.compile_seconds`.
@@ -122,6 +123,8 @@ class Sampler:
     self.compile_count = 0  # Number of compilations of the prefill and decode functions.
     self.compile_seconds = []  # (function name, seconds) of each compilation, in order.
     self._compiled = {}
+    self._own_layers = None  # (self.params, their decode layout), made at their first use.
+    self._layout = jax.jit(self._layout_fn)
     self._prefill = jax.jit(self._prefill_fn, static_argnames=("cache_len", "num_samples"))
     self._decode = jax.jit(self._decode_fn, static_argnames=("gen_len", "top_k", "top_p", "greedy"),
                            donate_argnames=("cache",))
@@ -149,12 +152,32 @@ class Sampler:
     spec = lambda a: NamedSharding(self.mesh, P(self.data_axes, *([None] * (a.ndim - 1))))
     return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, spec(a)), tree)
 
-  def _prefill_fn(self, params, x, attn_mask, positions, *, cache_len, num_samples):
+  def _layout_fn(self, params):
+    return gemma.decode_layers(gemma.compute_params(params, self.model.config), self.model.config)
+
+  def _layers(self, params):
+    """The decode layout of `params` for both functions, or None (each makes its own) with a mesh.
+
+    Made outside the two functions, the layout's copy of the weights is made once per call instead of twice (the
+    prefill's copies took a quarter of it on a 2-core CPU), and not at all for the construction's params.
+    """
+    if self.mesh is not None:
+      return None
+    if params is not self.params:
+      return self._layout(params)
+    if self._own_layers is None or self._own_layers[0] is not params:  # Made again if `self.params` is replaced.
+      self._own_layers = (params, self._layout(params))
+    return self._own_layers[1]
+
+  def _prefill_fn(self, params, layers, x, attn_mask, positions, *, cache_len, num_samples):
     """Prompt [B, T, D] -> (last logits [B*N, V], cache, next position [B*N])."""
     cfg = self.model.config  # A scanned model keeps its scan (and compile time) for the prefill.
+    if cfg.scan_layers:
+      layers = None
+    elif layers is None:
+      layers = gemma.decode_layers(params, cfg)
     hidden, cache = self.model.apply({"params": params}, x, positions, attn_mask, cache_len,
-                                     self.cache_dtype or cfg.dtype, return_hidden=True,
-                                     layers=None if cfg.scan_layers else gemma.decode_layers(params, cfg),
+                                     self.cache_dtype or cfg.dtype, return_hidden=True, layers=layers,
                                      method=self.model.prefill)
     cache = self._shard_batch(cache)
     valid = jnp.diagonal(attn_mask, axis1=1, axis2=2)
@@ -167,12 +190,13 @@ class Sampler:
     rep = lambda a: jnp.repeat(a, num_samples, axis=0)
     return self._shard_batch((rep(logits), jax.tree.map(rep, cache), rep(next_pos)))
 
-  def _decode_fn(self, params, cache, logits, next_pos, keys, temperature, stop_tokens,
+  def _decode_fn(self, params, layers, cache, logits, next_pos, keys, temperature, stop_tokens,
                  max_new_tokens, *, gen_len, top_k, top_p, greedy):
     """while_loop decode -> tokens/logprobs [B, gen_len], lengths [B], stopped [B], cache."""
     b = logits.shape[0]
     params = gemma.compute_params(params, self.model.config)  # Once, outside the loop.
-    layers = gemma.decode_layers(params, self.model.config)
+    if layers is None:
+      layers = gemma.decode_layers(params, self.model.config)
 
     def choose(logits, step):
       m = jnp.max(logits, axis=-1, keepdims=True)
@@ -277,10 +301,11 @@ class Sampler:
     stops = np.full(MAX_STOP_TOKENS, -1, np.int32)
     stops[:len(stop_tokens)] = stop_tokens
 
-    logits, cache, next_pos = self._run("prefill", self._prefill, params, xp, mp, pp,
+    layers = self._layers(params)
+    logits, cache, next_pos = self._run("prefill", self._prefill, params, layers, xp, mp, pp,
                                         cache_len=tp + gen_len, num_samples=num_samples)
     tokens, logprobs, lengths, stopped, _ = self._run(
-        "decode", self._decode, params, cache, logits, next_pos, keys, jnp.float32(max(temperature, 1e-6)),
+        "decode", self._decode, params, layers, cache, logits, next_pos, keys, jnp.float32(max(temperature, 1e-6)),
         jnp.asarray(stops), jnp.int32(max_new_tokens), gen_len=gen_len, top_k=int(top_k),
         top_p=float(top_p), greedy=bool(greedy))
 
@@ -320,13 +345,14 @@ class Sampler:
     spec = jax.ShapeDtypeStruct
     prompt = (spec((bp, tp, self.model.config.width), dt), spec((bp, tp, tp), bool), spec((bp, tp), jnp.int32))
     static = dict(cache_len=tp + gen_len, num_samples=num_samples)
-    logits, cache, next_pos = jax.eval_shape(lambda *a: self._prefill_fn(*a, **static), params, *prompt)
+    layers = None if self.mesh is not None else jax.eval_shape(self._layout_fn, params)
+    logits, cache, next_pos = jax.eval_shape(lambda *a: self._prefill_fn(*a, **static), params, layers, *prompt)
     rows = bp * num_samples
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), rows))
     scalar = lambda d: spec((), d)
     return dict(
-        prefill=self._prefill.lower(params, *prompt, **static),
-        decode=self._decode.lower(params, cache, logits, next_pos, keys, scalar(jnp.float32),
+        prefill=self._prefill.lower(params, layers, *prompt, **static),
+        decode=self._decode.lower(params, layers, cache, logits, next_pos, keys, scalar(jnp.float32),
                                   spec((MAX_STOP_TOKENS,), jnp.int32), scalar(jnp.int32), gen_len=gen_len,
                                   top_k=top_k, top_p=top_p, greedy=greedy))
 

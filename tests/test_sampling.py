@@ -198,7 +198,8 @@ def test_scanned_model_samples_as_unrolled():
 
 
 def test_params_passed_per_call():
-  """`params=` replaces the construction-time params for one call, reusing the compiled code."""
+  """`params=` replaces the construction-time params for one call, reusing the compiled code; the decode layout
+  of the construction's params is made once."""
   cfg = gemma.get_config("gemma2_tiny")
   p0, p1 = gemma.random_params(cfg, seed=0), gemma.random_params(cfg, seed=1)
   tokens, mask = _prompts(cfg, [5, 3], 5)
@@ -209,6 +210,13 @@ def test_params_passed_per_call():
   np.testing.assert_array_equal(other, sampling.Sampler(gemma.Model(cfg), p1).sample_tokens(tokens, mask, **kw).tokens)
   assert not np.array_equal(own, other) and sampler.compile_count == 2
   assert [name for name, _ in sampler.compile_seconds] == ["prefill", "decode"]
+  made, layout = [], sampler._layout  # The decode layout of the construction's params is kept between calls...
+  sampler._layout = lambda p: made.append(p) or layout(p)
+  np.testing.assert_array_equal(sampler.sample_tokens(tokens, mask, **kw).tokens, own)
+  assert not made
+  sampler.params = p1  # ... and made again for params that replace them.
+  np.testing.assert_array_equal(sampler.sample_tokens(tokens, mask, **kw).tokens, other)
+  assert len(made) == 1 and made[0] is p1
   with pytest.raises(ValueError, match="params"):
     sampling.Sampler(gemma.Model(cfg), None).sample_tokens(tokens, mask, **kw)
 
