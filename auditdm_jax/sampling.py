@@ -153,6 +153,7 @@ class Sampler:
     return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, spec(a)), tree)
 
   def _layout_fn(self, params):
+    """The layer weights laid out for the decode (`gemma.decode_layers`) in the compute dtype."""
     return gemma.decode_layers(gemma.compute_params(params, self.model.config), self.model.config)
 
   def _layers(self, params):
@@ -175,7 +176,7 @@ class Sampler:
     if cfg.scan_layers:
       layers = None
     elif layers is None:
-      layers = gemma.decode_layers(params, cfg)
+      layers = self._layout_fn(params)
     hidden, cache = self.model.apply({"params": params}, x, positions, attn_mask, cache_len,
                                      self.cache_dtype or cfg.dtype, return_hidden=True, layers=layers,
                                      method=self.model.prefill)
@@ -194,9 +195,9 @@ class Sampler:
                  max_new_tokens, *, gen_len, top_k, top_p, greedy):
     """while_loop decode -> tokens/logprobs [B, gen_len], lengths [B], stopped [B], cache."""
     b = logits.shape[0]
-    params = gemma.compute_params(params, self.model.config)  # Once, outside the loop.
     if layers is None:
-      layers = gemma.decode_layers(params, self.model.config)
+      layers = self._layout_fn(params)
+    params = gemma.compute_params(params, self.model.config)  # Once, outside the loop.
 
     def choose(logits, step):
       m = jnp.max(logits, axis=-1, keepdims=True)
