@@ -26,7 +26,7 @@ TORCH = ["torch==2.13.0"]
 SERVICE = TORCH + ["diffusers>=0.32", "transformers>=4.50", "fastapi", "uvicorn"]
 RAY = ["ray[serve]>=2.10,<3"]  # `generate --ray` and the Ray Serve image deployment (2.60 is tested).
 # Tests run every optional path: the Ray ones too.
-TEST = TORCH + RAY + ["pytest", "transformers>=4.50", "tokenizers", "pycocoevalcap"]
+TEST = TORCH + RAY + ["pytest", "pytest-xdist", "transformers>=4.50", "tokenizers", "pycocoevalcap"]
 
 setuptools.setup(
     name="auditdm_jax",

@@ -185,7 +185,7 @@ class Sampler:
     last_pos = jnp.where(valid, positions, -1)
     last = jnp.argmax(last_pos, axis=1)
     h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)
-    logits = self.model.apply({"params": params}, h, method=self.model.unembed)[:, 0]
+    logits = self.model.apply({"params": params}, h, out_major=True, method=self.model.unembed)[:, 0]
     next_pos = jnp.max(last_pos, axis=1) + 1
     # GRPO groups: repeat the prefilled cache instead of re-running the prefill.
     rep = lambda a: jnp.repeat(a, num_samples, axis=0)

@@ -1,5 +1,5 @@
-"""Test-session setup: 8 simulated CPU devices (for sharding tests), one persistent compilation cache, and the
-`slow` marker."""
+"""Test-session setup: 8 simulated CPU devices (for sharding tests), one persistent compilation cache, the `slow`
+marker, and the files with slow tests scheduled first."""
 import atexit
 import os
 import shutil
@@ -22,3 +22,14 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: parity/end-to-end tests that take more than ~20 s (still run in CI)")
+  # Under `-n 2 --dist loadfile` (the README's command) files go to the workers in collection order, not xdist's
+  # default of the files with the most tests first: that put the one-test end-to-end files last.
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+  """Files with `slow` tests first, so that the long ones start on both workers at once instead of one of them
+  ending the run alone (a stable sort: the order within each group is kept)."""
+  slow = {item.path for item in items if item.get_closest_marker("slow")}
+  items.sort(key=lambda item: item.path not in slow)

@@ -214,7 +214,7 @@ def test_prefill_equals_a_call_on_an_empty_cache(scan_layers):
 
 @pytest.mark.parametrize("variant,dtype", [("gemma2_tiny", "float32"), ("gemma3_tiny", "bfloat16")])
 def test_decode_layers_give_the_checkpoint_layouts_logits(variant, dtype):
-  """`decode_layers` (D-leading matmul weights, made once before a decode loop) computes what the checkpoint
+  """`decode_layers` (out-major matmul weights, made once before a decode loop) computes what the checkpoint
   layout computes: a prompt chunk and then one-token steps on the same cache."""
   cfg = gemma.get_config(variant, dtype=dtype)
   params = gemma.random_params(cfg)
@@ -222,7 +222,9 @@ def test_decode_layers_give_the_checkpoint_layouts_logits(variant, dtype):
   tokens, attn_mask, positions, valid = _inputs(cfg, t=12)
   x = model.apply({"params": params}, tokens, method=model.embed_tokens)
   layers = gemma.decode_layers(params, cfg)
-  assert layers[0]["attn"]["k"].shape == (cfg.width, cfg.num_kv_heads, cfg.head_dim)
+  assert layers[0]["attn"]["k"].shape == (cfg.num_kv_heads, cfg.head_dim, cfg.width)
+  assert layers[0]["attn"]["out"].shape == (cfg.width, cfg.num_heads * cfg.head_dim)
+  assert layers[0]["mlp"]["down"].shape == (cfg.width, cfg.mlp_dim)
   assert layers[0]["mlp"]["gate"].dtype == jnp.dtype(dtype) and "q_einsum" not in layers[0]["attn"]
   apply = jax.jit(model.apply)
   tol = 2e-5 if dtype == "float32" else 5e-2
@@ -237,6 +239,16 @@ def test_decode_layers_give_the_checkpoint_layouts_logits(variant, dtype):
     caches[name] = np.concatenate(outs, 1)[valid]
   assert np.abs(caches["checkpoint"]).max() > 0.1
   np.testing.assert_allclose(caches["decode"], caches["checkpoint"], atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("rows", [1, 7, gemma._WEIGHT_LEFT_MAX_ROWS + 1])  # Weight-left product on CPU; plain above.
+def test_out_major_matmul(rows):
+  rng = np.random.default_rng(rows)
+  h = rng.standard_normal((rows, 1, 24)).astype(np.float32)
+  w = rng.standard_normal((3, 5, 24)).astype(np.float32)  # [outputs..., D]
+  out = jax.jit(gemma.out_major_matmul)(h, w)
+  assert out.shape == (rows, 1, 3, 5)
+  np.testing.assert_allclose(out, np.einsum("btd,nhd->btnh", h, w), rtol=1e-5, atol=1e-5)
 
 
 def test_compute_params_casts_matmul_weights_only():

@@ -1,5 +1,6 @@
 """Input pipelines: JSONL / folder / TFDS sources, weighted mixing, per-process sharding, exact resume, eval."""
 import json
+import logging
 import os
 
 import numpy as np
@@ -76,7 +77,8 @@ def test_jsonl_rows_with_missing_images_are_counted_and_skipped(files, caplog):
   path = os.path.join(os.path.dirname(files["a"]), "some_missing.jsonl")
   with open(path, "w") as f:
     f.write("".join(json.dumps(r) + "\n" for r in rows))
-  ds, n = jsonl_source.jsonl_dataset(path)
+  with caplog.at_level(logging.INFO, logger=jsonl_source.__name__):
+    ds, n = jsonl_source.jsonl_dataset(path)
   assert n == 8 and [e["id"] for e in ds.as_numpy_iterator()] == [0, 1, 3, 4, 6, 7, 8, 9]
   assert "skipped 2 of 10 rows whose image file is missing (lines 3, 6)" in caplog.text
   with pytest.raises(jsonl_source.SourceError, match="image file not found") as e:

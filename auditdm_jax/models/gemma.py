@@ -226,9 +226,27 @@ def dropout(x, rate, rng):
   return jax.lax.select(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
 
 
-def _lead_matmul(h, w):
-  """h [B, T, D] times w [D, ...] -> [B, T, ...], as one [D, prod(...)] matmul that reads w in place."""
-  return (h @ w.reshape(w.shape[0], -1)).reshape(*h.shape[:-1], *w.shape[1:])
+# Up to this many rows, CPU matmuls read an out-major weight fastest as the left operand (w [F, D] @ h.T [D, rows]).
+# On a 2-core AVX2 CPU, with weights read from memory (`tools/bench_matmul_layout`, docs/gpu.md 2026-12-07): 2-2.7x
+# faster than h @ w.T or h @ w[D, F] from 8 to 32 rows, within their run-to-run noise from 64 to 256, and a 512-row
+# prefill ran 14% slower that way. On accelerators the plain product is used.
+_WEIGHT_LEFT_MAX_ROWS = 128
+
+
+def out_major_matmul(h, w):
+  """h [..., D] times an out-major weight w [F..., D] -> [..., F...] (`decode_layers`' weights, the embedding table).
+
+  On CPU with few rows (decode steps) it is computed as w @ h.T, the small [F, rows] product then
+  transposed back; an optimization barrier keeps XLA from folding that transpose into the dot (which would turn it
+  back into h @ w.T, the slower kernel for weights read from memory).
+  """
+  w2 = w.reshape(-1, w.shape[-1])
+  rows = h.reshape(-1, h.shape[-1])
+  if rows.shape[0] <= _WEIGHT_LEFT_MAX_ROWS and jax.default_backend() == "cpu":
+    out = jax.lax.optimization_barrier(w2 @ rows.T).T
+  else:
+    out = jnp.einsum("rd,fd->rf", rows, w2)
+  return out.reshape(*h.shape[:-1], *w.shape[:-1])
 
 
 def _layer(p, x, positions, local, cfg, mask_fn, rng=None):
@@ -249,7 +267,7 @@ def _layer(p, x, positions, local, cfg, mask_fn, rng=None):
   decode_layout = "q" in p["attn"]  # `decode_layers`' weights, else the checkpoint layout.
   h = rms_norm(x, p["pre_attention_norm"]["scale"], cfg.norm_eps)
   if decode_layout:
-    q, k, v = (_lead_matmul(h, p["attn"][name]) for name in ("q", "k", "v"))
+    q, k, v = (out_major_matmul(h, p["attn"][name]) for name in ("q", "k", "v"))
   else:
     q = jnp.einsum("btd,ndh->btnh", h, w(p["attn"]["q_einsum"]["w"]))
     k, v = jnp.einsum("btd,ckdh->cbtkh", h, w(p["attn"]["kv_einsum"]["w"]))
@@ -263,45 +281,44 @@ def _layer(p, x, positions, local, cfg, mask_fn, rng=None):
   k = apply_rope(k, positions, base, scale)
   k_all, v_all, mask = mask_fn(k, v)
   o = attend(q, k_all, v_all, mask, cfg.attn_softcap)
-  if decode_layout:  # [N, H, D] read as [N H, D] (a bitcast): no transposed copy of it per step.
-    o = o.reshape(*o.shape[:2], -1) @ p["attn"]["attn_vec_einsum"]["w"].reshape(-1, cfg.width)
+  if decode_layout:
+    o = out_major_matmul(o.reshape(*o.shape[:2], -1), p["attn"]["out"])
   else:
     o = jnp.einsum("btnh,nhd->btd", o, w(p["attn"]["attn_vec_einsum"]["w"]))
   x = x + drop_attn(rms_norm(o, p["post_attention_norm"]["scale"], cfg.norm_eps))
 
   h = rms_norm(x, p["pre_ffw_norm"]["scale"], cfg.norm_eps)
   if decode_layout:
-    gate, up = h @ p["mlp"]["gate"], h @ p["mlp"]["up"]
+    gate, up = out_major_matmul(h, p["mlp"]["gate"]), out_major_matmul(h, p["mlp"]["up"])
   else:
     gate, up = jnp.einsum("btd,cdf->cbtf", h, w(p["mlp"]["gating_einsum"]))
   h = jax.nn.gelu(gate, approximate=True) * up
-  h = drop_ffw(h @ w(p["mlp"]["linear"]))  # Before the post-FFW norm, as big_vision.
+  # Before the post-FFW norm, as big_vision.
+  h = drop_ffw(out_major_matmul(h, p["mlp"]["down"]) if decode_layout else h @ w(p["mlp"]["linear"]))
   return x + rms_norm(h, p["post_ffw_norm"]["scale"], cfg.norm_eps)
 
 
 def decode_layers(params, cfg):
   """Per-layer weights laid out for a decode loop (one token per row): a tuple of L trees, made once before it.
 
-  q [N, D, H], kv [2, K, D, H] and gating [2, D, F] contract D between leading axes and the output axis, so each
-  step's matmul would need a transposed copy of the weight (XLA makes it inside the loop, every step) or a
-  batched matmul per head (slow on CPU). Here they are split and D moved to the front once, in the compute
-  dtype: attn/q [D, N, H], attn/k and attn/v [D, K, H], mlp/gate and mlp/up [D, F], each read in place as a
-  plain [D, out] matmul whose sharded axis (heads, MLP) stays the major output axis, so tensor-sharded weights
-  need no resharding in the loop. attn_vec and linear are only cast. The price is one copy of the q, kv and
-  gating weights for the loop's lifetime (in place of the compute-dtype cast when the params are wider).
-  `_layer` takes either layout.
+  Every matmul weight is split out and made out-major, [outputs..., D_in], in the compute dtype: attn/q [N, H, D],
+  attn/k and attn/v [K, H, D], attn/out [D, N H], mlp/gate and mlp/up [F, D], mlp/down [D, F]. Each is read in
+  place as one [outputs, D_in] matrix (`out_major_matmul`), the layout CPU kernels read fastest for few rows, with
+  the sharded axis (heads, MLP) still the major one of q/k/v/gate/up, so tensor-sharded weights need no resharding
+  in the loop. The price is one copy of the matmul weights for the loop's lifetime (in place of the compute-dtype
+  cast when the params are wider). `_layer` takes either layout.
   """
   dtype = jnp.dtype(cfg.dtype)
-  lead = lambda a, axes: jnp.transpose(a, axes).astype(dtype)
+  lay = lambda a, axes: jnp.transpose(a, axes).astype(dtype)
 
   def layer(p):
     a, m = p["attn"], p["mlp"]
     attn = {k: v for k, v in a.items() if k.startswith("_")}  # qk norms.
     kv = a["kv_einsum"]["w"]
-    attn.update(q=lead(a["q_einsum"]["w"], (1, 0, 2)), k=lead(kv[0], (1, 0, 2)), v=lead(kv[1], (1, 0, 2)),
-                attn_vec_einsum=dict(w=a["attn_vec_einsum"]["w"].astype(dtype)))
-    mlp = dict(gate=m["gating_einsum"][0].astype(dtype), up=m["gating_einsum"][1].astype(dtype),
-               linear=m["linear"].astype(dtype))
+    attn.update(q=lay(a["q_einsum"]["w"], (0, 2, 1)), k=lay(kv[0], (0, 2, 1)), v=lay(kv[1], (0, 2, 1)),
+                out=lay(a["attn_vec_einsum"]["w"], (2, 0, 1)).reshape(cfg.width, -1))
+    mlp = dict(gate=lay(m["gating_einsum"][0], (1, 0)), up=lay(m["gating_einsum"][1], (1, 0)),
+               down=lay(m["linear"], (1, 0)))
     return {**p, "attn": attn, "mlp": mlp}
 
   layers = params["layers"]
@@ -375,10 +392,12 @@ class Model(nn.Module):
     x = self.embedder["input_embedding"][tokens].astype(cfg.dtype)
     return x * jnp.asarray(math.sqrt(cfg.width), cfg.dtype)
 
-  def unembed(self, x):
-    """Final-normed hidden [B, T, D] -> float32 logits [B, T, V] (tied embedding, softcap)."""
+  def unembed(self, x, out_major=False):
+    """Final-normed hidden [B, T, D] -> float32 logits [B, T, V] (tied embedding, softcap). `out_major`: as the
+    decode layout's matmuls (`out_major_matmul`), for the sampler's calls."""
     table = self.embedder["input_embedding"].astype(x.dtype)
-    logits = jnp.einsum("btd,vd->btv", x, table).astype(jnp.float32)
+    logits = out_major_matmul(x, table) if out_major else jnp.einsum("btd,vd->btv", x, table)
+    logits = logits.astype(jnp.float32)
     return softcap(logits, self.config.final_softcap)
 
   def init_cache(self, batch, max_len, dtype=None):
@@ -406,6 +425,7 @@ class Model(nn.Module):
     cfg = self.config
     x = x.astype(cfg.dtype)
     kinds = attn_kinds(cfg)
+    decode = layers is not None  # The sampler's calls, with `decode_layers`.
     layers = self.layers if layers is None else layers
     rngs = None  # One dropout key per layer, or None: no dropout.
     if not deterministic and cfg.dropout > 0:
@@ -418,7 +438,7 @@ class Model(nn.Module):
     x = rms_norm(x, self.final_norm["scale"], cfg.norm_eps)
     if return_hidden:
       return x, new_cache
-    return self.unembed(x), new_cache
+    return self.unembed(x, out_major=decode), new_cache
 
   def prefill(self, x, positions, attn_mask, cache_len, cache_dtype=None, return_hidden=False, layers=None):
     """A prompt's forward pass and the fresh cache it fills, for `cache_len` positions in all.
@@ -433,6 +453,7 @@ class Model(nn.Module):
     cfg = self.config
     x = x.astype(cfg.dtype)
     kinds = attn_kinds(cfg)
+    decode = layers is not None  # The sampler's calls, with `decode_layers`.
     layers = self.layers if layers is None else layers
     x, kv = self._run_layers(x, positions, attn_mask, kinds, layers, collect_kv=True)
     cache = init_cache(cfg, x.shape[0], cache_len, cache_dtype)
@@ -447,7 +468,7 @@ class Model(nn.Module):
       cache["layers"][i] = dict(k=_write_kv(entry["k"], slots[kind], k),
                                 v=_write_kv(entry["v"], slots[kind], v))
     x = rms_norm(x, self.final_norm["scale"], cfg.norm_eps)
-    return (x if return_hidden else self.unembed(x)), cache
+    return (x if return_hidden else self.unembed(x, out_major=decode)), cache
 
   def _run_layers(self, x, positions, attn_mask, kinds, layers, rngs=None, collect_kv=False):
     """Cache-free layers -> x, or (x, (k [L][B, T, K, H], v [L][...])) with `collect_kv`."""
