@@ -7,12 +7,12 @@ A stack of `--layers` MLP blocks (x + tanh(x W1) W2, W1 [D, 4D], W2 [4D, D]; 32 
 default, more than a CPU's caches, so each weight comes from memory as in a decode step) is timed three ways:
 `in_major` h @ w[D, F] (the decode layout before 2026-12-07), `out_major` h @ w.T with w [F, D], and
 `weight_left` (w @ h.T).T behind an optimization barrier, what `out_major_matmul` does on CPU up to
-`gemma._WEIGHT_LEFT_MAX_ROWS` rows. Prints one JSON line: best-of-`--repeats` milliseconds per form and row count,
-each form's ratio to `in_major`, and the machine's load.
+`gemma._WEIGHT_LEFT_MAX_ROWS` rows. Prints one JSON line: best-of-`--repeats` milliseconds per form and row count
+(the forms timed in turn each round, `machine.best_of_alternating`), each form's ratio to `in_major`, and the
+machine's load.
 """
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
@@ -32,16 +32,6 @@ def _stack(mm):
       x = x + mm(jnp.tanh(mm(x, w1)), w2)
     return x
   return jax.jit(run)
-
-
-def _best_ms(fn, args, repeats):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return round(1e3 * min(times), 2)
 
 
 def main(argv=None):
@@ -65,7 +55,11 @@ def main(argv=None):
   ms = {}
   for rows in (int(r) for r in args.rows.split(",")):
     x = jnp.asarray(rng.standard_normal((rows, d), np.float32))
-    ms[rows] = {name: _best_ms(fn, (x, *weights[name]), args.repeats) for name, fn in fns.items()}
+    calls = [lambda fn=fn, a=(x, *weights[name]): jax.block_until_ready(fn(*a)) for name, fn in fns.items()]
+    for call in calls:  # Compile and warm up.
+      call()
+    best = machine.best_of_alternating(calls, args.repeats)
+    ms[rows] = {name: round(1e3 * seconds, 2) for name, (_, seconds) in zip(fns, best)}
   print(json.dumps(dict(
       width=d, layers=args.layers, weights_mb=round(2 * args.layers * d * f * 4 / 1e6, 1),
       backend=jax.default_backend(), ms=ms,

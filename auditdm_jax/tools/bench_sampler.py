@@ -35,18 +35,6 @@ def build_models(args):
   return cfg, hf, gemma.params_from_hf(hf.state_dict(), cfg)
 
 
-def best_of_alternating(fns, repeats):
-  """[(result, best wall time of `repeats` calls)] per function, the functions called in turn each round so that
-  a load that drifts during the run falls on all of them alike."""
-  results, times = [None] * len(fns), [[] for _ in fns]
-  for _ in range(repeats):
-    for i, fn in enumerate(fns):
-      start = time.perf_counter()
-      results[i] = fn()
-      times[i].append(time.perf_counter() - start)
-  return [(r, min(t)) for r, t in zip(results, times)]
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batch", type=int, default=16)
@@ -79,7 +67,7 @@ def main(argv=None):
               do_sample=False, max_new_tokens=n, min_new_tokens=n, pad_token_id=0,
               eos_token_id=None)
     hf.generate(**{**kw, "max_new_tokens": 2, "min_new_tokens": 2})  # Warm-up.
-    (ours, ours_s), (theirs, hf_s) = best_of_alternating(
+    (ours, ours_s), (theirs, hf_s) = machine.best_of_alternating(
         [run, lambda: hf.generate(**kw)[:, t:].numpy()], args.repeats)
 
   print(json.dumps(dict(

@@ -2,11 +2,13 @@
 
 A figure taken on a machine busier than its cores measures the other jobs as much as the code (a loaded machine
 slowed torch's threads far more than XLA's in this project's own CPU sampler benchmark), so every benchmark records
-`load()` with its figures and `check_idle` warns, or refuses with `require_idle`.
+`load()` with its figures and `check_idle` warns, or refuses with `require_idle`; `best_of_alternating` times the
+compared functions in turn, so that a load drifting during the run falls on all of them alike.
 """
 import logging
 import os
 import sys
+import time
 
 log = logging.getLogger(__name__)
 
@@ -38,3 +40,15 @@ def check_idle(require_idle=False):
       raise RuntimeError(msg + " (drop --require_idle to measure anyway)")
     log.warning(msg)
   return state
+
+
+def best_of_alternating(fns, repeats):
+  """[(result, best wall time of `repeats` calls)] per function, the functions called in turn each round so that
+  a load that drifts during the run falls on all of them alike."""
+  results, times = [None] * len(fns), [[] for _ in fns]
+  for _ in range(repeats):
+    for i, fn in enumerate(fns):
+      start = time.perf_counter()
+      results[i] = fn()
+      times[i].append(time.perf_counter() - start)
+  return [(r, min(t)) for r, t in zip(results, times)]
