@@ -227,7 +227,7 @@ def dropout(x, rate, rng):
 
 
 # Up to this many rows, CPU matmuls read an out-major weight fastest as the left operand (w [F, D] @ h.T [D, rows]).
-# On a 2-core AVX2 CPU, with weights read from memory (`tools/bench_matmul_layout`, docs/gpu.md 2026-12-07): 2-3.4x
+# On a 2-core AVX2 CPU, with weights read from memory (`tools/bench_matmul_layout`, docs/gpu.md 2026-12-07): 1.9-3.4x
 # faster than h @ w[D, F] from 8 to 32 rows, within the run-to-run noise of both other forms from 64 to 256, and a
 # 512-row prefill ran 14% slower that way. On accelerators the plain product is used.
 _WEIGHT_LEFT_MAX_ROWS = 128
