@@ -2,7 +2,8 @@
 
 Every module in `auditdm_jax/commands/` is one subcommand (file `train_auditor.py` -> `auditdm train-auditor`): a
 registry by module name, as big_vision's. A command module defines `HELP` (one line, a string literal),
-optionally `DEFAULT_CONFIG` (a config spec relative to the repository), `DEFAULT_WORKDIR`, `WORKDIR_REQUIRED`,
+optionally `DEFAULT_CONFIG` (a config spec relative to the repository), `CONFIG_KEYS` (a tuple literal: the
+top-level keys its config must have, checked before the workdir is claimed), `DEFAULT_WORKDIR`, `WORKDIR_REQUIRED`,
 `add_arguments(parser)` and `config_spec(args)` (the spec to resolve, when a flag picks it), and `run(args)`, where
 `args.config` is the resolved ConfigDict (or None) and `args.workdir` exists and holds the resolved `config.json`
 (claimed by that config: see auditdm_jax/workdir.py).
@@ -47,16 +48,39 @@ def discover():
   return dict(sorted(found.items()))
 
 
-def read_help(module_name):
-  """A command module's `HELP`, read from its source: listing the commands must not import them (and the model
-  stack with them)."""
+def read_constant(module_name, name):
+  """A command module's module-level literal `name` (None if it has none), read from its source: listing the
+  commands must not import them (and the model stack with them)."""
   path = importlib.util.find_spec(module_name).origin
   with open(path, encoding="utf-8") as f:
     tree = ast.parse(f.read(), path)
   for node in tree.body:
-    if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["HELP"]:
+    if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [name]:
       return ast.literal_eval(node.value)
-  raise ValueError(f"{path} has no module-level `HELP = \"...\"`")
+  return None
+
+
+def read_help(module_name):
+  """A command module's `HELP`, read from its source."""
+  text = read_constant(module_name, "HELP")
+  if text is None:
+    raise ValueError(f"{importlib.util.find_spec(module_name).origin} has no module-level `HELP = \"...\"`")
+  return text
+
+
+def check_config_kind(command, config, spec, commands):
+  """Fails when `config` lacks a top-level key in the command's `CONFIG_KEYS` (e.g. the shapes world's pretraining
+  config given to `auditdm demo`), naming the missing keys, the command's default config and the commands the
+  config does fit."""
+  missing = [k for k in read_constant(commands[command], "CONFIG_KEYS") or () if k not in config]
+  if not missing:
+    return
+  fits = [f"`auditdm {name}`" for name, module_name in commands.items()
+          if name != command and (keys := read_constant(module_name, "CONFIG_KEYS")) and all(k in config for k in keys)]
+  default = read_constant(commands[command], "DEFAULT_CONFIG")
+  raise config_lib.ConfigError(
+      f"{spec} is not a config for `auditdm {command}`: it has no {', '.join(missing)}" +
+      (f" (its default config: {default})" if default else "") + (f"; it fits {', '.join(fits)}" if fits else ""))
 
 
 _resolve_spec = config_lib.find_spec  # Config paths: the working directory, then the repository root.
@@ -118,12 +142,13 @@ def build_parser(name, module):
   return parser
 
 
-def _prepare(module, args, overrides):
-  """Resolves the config and claims the workdir (see auditdm_jax/workdir.py)."""
+def _prepare(module, args, overrides, commands):
+  """Resolves the config, checks that it is one for the command and claims the workdir (auditdm_jax/workdir.py)."""
   spec = module.config_spec(args) if hasattr(module, "config_spec") else args.config
   args.config_spec = spec
   if spec:
     args.config = config_lib.resolve(_resolve_spec(spec), overrides)
+    check_config_kind(args.command, args.config, spec, commands)
   elif overrides:
     raise config_lib.ConfigError(f"--config.* overrides given but `{args.command}` takes no --config")
   if getattr(module, "WORKDIR_REQUIRED", False) and not args.workdir:
@@ -205,7 +230,7 @@ def main(argv=None):
   usage_error = True  # Until the config is resolved and the workdir claimed.
   try:
     with _Interrupts():
-      _prepare(module, args, overrides)
+      _prepare(module, args, overrides, commands)
       usage_error = False
       rc = module.run(args) or 0
   except KeyboardInterrupt as e:  # Ctrl-C, or checkpoint_lib.Preempted after a SIGTERM / Ctrl-C save.

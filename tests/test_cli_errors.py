@@ -88,6 +88,14 @@ CASES = [
      'generate.keep "consensus" -> "all"', "{aud}/config.json"),
     (["demo", "--workdir", "{fast}"], 2, f"ckpt_every 1 -> {config_lib.load(config_lib.find_spec(DEMO)).ckpt_every}",
      "{fast}/config.json"),
+    # A config of another command (the pretraining config given to `demo`, an audit config to `finetune`) fails
+    # before the workdir is claimed, naming what it lacks and the commands it fits.
+    (["demo", "--config", "configs/demo/shapes.py:weakness=counting:shape=star", "--workdir", "{root}/k1"], 2,
+     "not a config for `auditdm demo`: it has no mode, reward, loss, system, generate, rectify, pretrain_config "
+     "(its default config: configs/audit/demo.py); it fits `auditdm demo-pretrain`, `auditdm skills`", None),
+    (["finetune", "--config", DEMO, "--workdir", "{root}/k2"], 2, "it has no model, input, tokenizer", None),
+    (["sweep", "--workdir", "{root}/s0", "--seeds", "0,one"], 1, "a comma-separated list of integers, got '0,one'",
+     None),
     # A bad reward or mode fails before the demo pretrains anything.
     (["demo", "--config", "configs/audit/demo.py:diversity=-1", "--workdir", "{root}/d1"], 1,
      "diversity must be >= 0", None),
@@ -130,6 +138,7 @@ def test_bad_inputs_give_one_line_errors_and_leave_workdirs_untouched(inputs, ca
       assert path.format(**inputs) in lines[0], (argv, lines[0])
     assert {k: _snapshot(inputs[k]) for k in before} == before, argv
   assert not os.path.exists(os.path.join(inputs["root"], "x"))
+  assert not any(os.path.exists(os.path.join(inputs["root"], k)) for k in ("k1", "k2"))  # Never claimed.
 
 
 def test_resume_with_changes_keeps_data_and_overwrite_starts_over(tmp_path, capsys):

@@ -5,6 +5,7 @@ from auditdm_jax.worlds.shapes import demo
 
 HELP = "run the whole loop on the shapes world: pretrain -> GRPO auditor -> generate -> rectify -> report"
 DEFAULT_CONFIG = "configs/audit/demo.py"
+CONFIG_KEYS = ("mode", "reward", "loss", "system", "generate", "rectify", "pretrain_config")
 DEFAULT_WORKDIR = "runs/demo"
 
 

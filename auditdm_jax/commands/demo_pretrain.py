@@ -5,6 +5,7 @@ from auditdm_jax.worlds.shapes import pretrain
 
 HELP = "pretrain the shapes-world demo models (target with a planted weakness, references, auditor) on CPU"
 DEFAULT_CONFIG = "configs/demo/shapes.py"
+CONFIG_KEYS = ("weakness", "base", "target", "references", "auditor", "tokenizer", "world")
 DEFAULT_WORKDIR = "workdirs/demo"
 
 

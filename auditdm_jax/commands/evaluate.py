@@ -11,6 +11,7 @@ from auditdm_jax.train import sft
 HELP = "evaluate a VLM checkpoint with a config's evaluators (writes <eval>.predictions.jsonl/.metrics.json)"
 WORKDIR_REQUIRED = True
 DEFAULT_CONFIG = "configs/paligemma2/transfers/tiny.py"
+CONFIG_KEYS = ("model", "tokenizer")
 
 
 def add_arguments(parser):

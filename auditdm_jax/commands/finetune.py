@@ -7,6 +7,7 @@ from auditdm_jax.train import sft
 HELP = "fine-tune a VLM on a task (PaliGemma2 transfers; rectification mixes in generated data); resumes"
 WORKDIR_REQUIRED = True
 DEFAULT_CONFIG = "configs/paligemma2/transfers/tiny.py"
+CONFIG_KEYS = ("model", "input", "tokenizer")
 
 
 def run(args):

@@ -6,6 +6,7 @@ from auditdm_jax.audit import generate
 HELP = "generate a deduplicated, consensus-labelled dataset of new pairs with a trained auditor (resumable)"
 WORKDIR_REQUIRED = True
 DEFAULT_CONFIG = "configs/audit/demo.py"
+CONFIG_KEYS = ("mode", "reward", "system", "generate")
 
 
 def add_arguments(parser):

@@ -6,6 +6,7 @@ from auditdm_jax.audit import rectify
 HELP = "run --config.iterations refinement iterations of train-auditor -> generate -> rectify (resumable)"
 WORKDIR_REQUIRED = True
 DEFAULT_CONFIG = "configs/audit/demo.py"
+CONFIG_KEYS = ("mode", "reward", "loss", "system", "generate", "rectify", "iterations")
 
 
 def run(args):

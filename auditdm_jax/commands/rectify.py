@@ -6,6 +6,7 @@ from auditdm_jax.audit import rectify
 HELP = "fine-tune the target on original + generated data (--config.rectify.dataset=.../data.jsonl) and evaluate"
 WORKDIR_REQUIRED = True
 DEFAULT_CONFIG = "configs/audit/demo.py"
+CONFIG_KEYS = ("system", "rectify")
 
 
 def run(args):

@@ -3,6 +3,7 @@ from auditdm_jax.worlds.shapes import skills
 
 HELP = "per-skill accuracy of the demo target and references (the planted weakness must show as a gap)"
 DEFAULT_CONFIG = "configs/demo/shapes.py"
+CONFIG_KEYS = ("weakness", "base", "target", "references", "auditor", "tokenizer", "world", "eval")
 DEFAULT_WORKDIR = "workdirs/demo"
 
 

@@ -8,6 +8,7 @@ from auditdm_jax.worlds.shapes import sweep
 
 HELP = "run the shapes demo over seeds x planted weaknesses; write sweep.json and sweep.md (mean +- std)"
 DEFAULT_CONFIG = "configs/audit/demo.py"
+CONFIG_KEYS = ("mode", "reward", "loss", "system", "generate", "rectify", "pretrain_config")
 DEFAULT_WORKDIR = "runs/sweep"
 
 

@@ -7,6 +7,7 @@ from auditdm_jax.audit import trainer
 HELP = "train the auditor with GRPO to find target failures (reference consensus vs target divergence)"
 WORKDIR_REQUIRED = True
 DEFAULT_CONFIG = "configs/audit/demo.py"
+CONFIG_KEYS = ("mode", "reward", "loss", "system")
 
 
 def run(args):

@@ -50,9 +50,12 @@ SUMMARY = ("success_rate_trained", "success_rate_baseline", "success_ratio", "pr
 
 def parse_list(text, convert=str):
   """ "0,1,2" -> [0, 1, 2]; commas inside brackets stay (a weakness list planted at once)."""
-  items = [convert(p) for p in config_lib.split_top_level(text or "")]
+  try:
+    items = [convert(p) for p in config_lib.split_top_level(text or "")]
+  except ValueError:
+    items = None
   if not items:
-    raise ValueError(f"expected a comma-separated list, got {text!r}")
+    raise ValueError(f"expected a comma-separated list{' of integers' if convert is int else ''}, got {text!r}")
   return items
 
 
