@@ -94,13 +94,16 @@ CASES = [
      "not a config for `auditdm demo`: it has no mode, reward, loss, system, generate, rectify, pretrain_config "
      "(its default config: configs/audit/demo.py); it fits `auditdm demo-pretrain`, `auditdm skills`", None),
     (["finetune", "--config", DEMO, "--workdir", "{root}/k2"], 2, "it has no model, input, tokenizer", None),
+    # A bad value of an audit config fails before the workdir is claimed and before anything trains.
+    (["demo", "--config.rectify.mix=2", "--workdir", "{root}/k3"], 2, "config rectify.mix must be in [0, 1]", None),
+    (["train-auditor", "--config.group_size=1", "--workdir", "{root}/k4"], 2, "group_size must be an int >= 2", None),
     (["sweep", "--workdir", "{root}/s0", "--seeds", "0,one"], 1, "a comma-separated list of integers, got '0,one'",
      None),
     # A bad reward or mode fails before the demo pretrains anything.
-    (["demo", "--config", "configs/audit/demo.py:diversity=-1", "--workdir", "{root}/d1"], 1,
+    (["demo", "--config", "configs/audit/demo.py:diversity=-1", "--workdir", "{root}/d1"], 2,
      "diversity must be >= 0", None),
     (["sweep", "--config", "configs/audit/demo.py:mode=edits", "--workdir", "{root}/s1", "--seeds", "0",
-      "--weaknesses", "counting:shape=star"], 1, "unknown rollout mode 'edits'", None),
+      "--weaknesses", "counting:shape=star"], 2, "unknown rollout mode 'edits'", None),
     # README's train-auditor / generate lines without demo models: a clear error, not a tokenizer NOT_FOUND.
     (["train-auditor", "--config", DEMO, "--workdir", "{aud}"], 1, "no shapes-world demo models", "tokenizer.model"),
     (["generate", "--config", DEMO, "--workdir", "{root}/gen"], 1, "no shapes-world demo models", "tokenizer.model"),
@@ -138,7 +141,7 @@ def test_bad_inputs_give_one_line_errors_and_leave_workdirs_untouched(inputs, ca
       assert path.format(**inputs) in lines[0], (argv, lines[0])
     assert {k: _snapshot(inputs[k]) for k in before} == before, argv
   assert not os.path.exists(os.path.join(inputs["root"], "x"))
-  assert not any(os.path.exists(os.path.join(inputs["root"], k)) for k in ("k1", "k2"))  # Never claimed.
+  assert not any(os.path.exists(os.path.join(inputs["root"], k)) for k in ("k1", "k2", "k3", "k4", "d1", "s1"))  # Never claimed.
 
 
 def test_resume_with_changes_keeps_data_and_overwrite_starts_over(tmp_path, capsys):

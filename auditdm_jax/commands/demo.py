@@ -1,12 +1,17 @@
 """`auditdm demo`: the whole AuditDM loop on the embedded shapes world, on CPU (resumable stage by stage)."""
 import os
 
+from auditdm_jax.audit import config_check
 from auditdm_jax.worlds.shapes import demo
 
 HELP = "run the whole loop on the shapes world: pretrain -> GRPO auditor -> generate -> rectify -> report"
 DEFAULT_CONFIG = "configs/audit/demo.py"
 CONFIG_KEYS = ("mode", "reward", "loss", "system", "generate", "rectify", "pretrain_config")
 DEFAULT_WORKDIR = "runs/demo"
+
+
+def check_config(config):
+  config_check.check(config, config_check.ALL)
 
 
 def add_arguments(parser):

@@ -1,12 +1,17 @@
 """`auditdm generate`: new labelled pairs from an image pool with a trained auditor (resumable, sharded)."""
 import json
 
+from auditdm_jax.audit import config_check
 from auditdm_jax.audit import generate
 
 HELP = "generate a deduplicated, consensus-labelled dataset of new pairs with a trained auditor (resumable)"
 WORKDIR_REQUIRED = True
 DEFAULT_CONFIG = "configs/audit/demo.py"
 CONFIG_KEYS = ("mode", "reward", "system", "generate")
+
+
+def check_config(config):
+  config_check.check(config, ("rollout", "generate"))
 
 
 def add_arguments(parser):

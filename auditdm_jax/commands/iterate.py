@@ -1,12 +1,17 @@
 """`auditdm iterate`: N refinement iterations (train auditor -> generate -> rectify), resumable per stage."""
 import json
 
+from auditdm_jax.audit import config_check
 from auditdm_jax.audit import rectify
 
 HELP = "run --config.iterations refinement iterations of train-auditor -> generate -> rectify (resumable)"
 WORKDIR_REQUIRED = True
 DEFAULT_CONFIG = "configs/audit/demo.py"
 CONFIG_KEYS = ("mode", "reward", "loss", "system", "generate", "rectify", "iterations")
+
+
+def check_config(config):
+  config_check.check(config, config_check.ALL)
 
 
 def run(args):

@@ -4,12 +4,17 @@
   auditdm sweep --workdir runs/sweep_fast --config configs/audit/demo.py:fast --seeds 0,1 --weaknesses A,B
 A weakness planted together with others is a bracketed list: --weaknesses "[counting:shape=star,binding:color=red]".
 """
+from auditdm_jax.audit import config_check
 from auditdm_jax.worlds.shapes import sweep
 
 HELP = "run the shapes demo over seeds x planted weaknesses; write sweep.json and sweep.md (mean +- std)"
 DEFAULT_CONFIG = "configs/audit/demo.py"
 CONFIG_KEYS = ("mode", "reward", "loss", "system", "generate", "rectify", "pretrain_config")
 DEFAULT_WORKDIR = "runs/sweep"
+
+
+def check_config(config):
+  config_check.check(config, config_check.ALL)
 
 
 def add_arguments(parser):

@@ -2,12 +2,17 @@
 import json
 
 from auditdm_jax import distributed
+from auditdm_jax.audit import config_check
 from auditdm_jax.audit import trainer
 
 HELP = "train the auditor with GRPO to find target failures (reference consensus vs target divergence)"
 WORKDIR_REQUIRED = True
 DEFAULT_CONFIG = "configs/audit/demo.py"
 CONFIG_KEYS = ("mode", "reward", "loss", "system")
+
+
+def check_config(config):
+  config_check.check(config, ("rollout", "train"))
 
 
 def run(args):

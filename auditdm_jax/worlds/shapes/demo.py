@@ -19,6 +19,7 @@ from auditdm_jax import config as config_lib
 from auditdm_jax import io as io_lib
 from auditdm_jax import metrics as metrics_lib
 from auditdm_jax import workdir as workdir_lib
+from auditdm_jax.audit import config_check
 from auditdm_jax.audit import generate as generate_lib
 from auditdm_jax.audit import rectify as rectify_lib
 from auditdm_jax.audit import report
@@ -49,7 +50,7 @@ def ensure_models(config, models_dir):
 def run(config, workdir):
   """The whole loop in `workdir`; returns the summary (also written to summary.json)."""
   config = ml_collections.ConfigDict(config.to_dict())
-  rollout.check_config(config)  # A bad mode or reward fails before pretraining.
+  config_check.check(config)  # A bad value fails before pretraining.
   if not config.system.models_dir:
     config.system.models_dir = os.path.join(workdir, "pretrain")
   stage = lambda name, fn, cfg=config: workdir_lib.stage(os.path.join(workdir, name), cfg, fn)

@@ -20,6 +20,7 @@ import numpy as np
 
 from auditdm_jax import config as config_lib
 from auditdm_jax import io as io_lib
+from auditdm_jax.audit import config_check
 from auditdm_jax.audit import rollout
 from auditdm_jax.worlds.shapes import demo
 from auditdm_jax.worlds.shapes import pretrain
@@ -151,7 +152,7 @@ def run(config, workdir, seeds, weaknesses):
 
   config: the demo config (`configs/audit/demo.py[:fast]`). Every weakness is checked before anything trains.
   """
-  rollout.check_config(config)
+  config_check.check(config)
   for w in weaknesses:
     tasks.check_weakness(w)
   rows = []
