@@ -1,6 +1,7 @@
 """`auditdm demo-pretrain` / `auditdm skills` with tiny budgets: roles, planted weakness data, cache, report."""
 import json
 import os
+import re
 import threading
 
 import jax
@@ -181,6 +182,21 @@ def test_bad_weakness_fails_before_any_work(tmp_path):
                        ("skills=[spatial:2,colour:1]", "unknown skills"), ("compare=2", "compare_present is a share")):
     with pytest.raises(ValueError, match=message):
       pretrain.pretrain_all(config_lib.load(f"{CONFIG}:fast,{arg}"), str(tmp_path))
+    assert not os.listdir(tmp_path)
+  for override, message in (
+      ("image_size=0", "config image_size must be an int >= 3, got 0"),
+      ("image_size=7", "image size 7 is not a multiple of the patch size 2"),
+      ("world.max_objects=0", "need 0 <= min_objects <= max_objects"),
+      ("base.steps=0", "config base.steps must be an int >= 1, got 0"),
+      ("target.batch_size=0", "config target.batch_size must be an int >= 1"),
+      ("auditor.lr=-1.0", "config auditor.lr must be > 0"),
+      ("target.planted_share=2.0", "config target.planted_share must be in [0, 1]"),
+      ("vqa.per_scene=0", "config vqa.per_scene must be an int >= 1"),
+      ("eval.per_skill=0", "config eval.per_skill must be an int >= 1"),
+      ("base.heads=3", "width 128 must split into 3 heads"),
+      ("references=[]", "config references must be a list of at least one model")):
+    with pytest.raises(ValueError, match=re.escape(message)):
+      pretrain.pretrain_all(config_lib.resolve(config_lib.find_spec(CONFIG), [override]), str(tmp_path))
     assert not os.listdir(tmp_path)
   sc = config_lib.load(f"{AUDIT_CONFIG}:weakness=[counting:shape=star,existence:relation=left]").system
   sc.models_dir = str(tmp_path / "missing")  # The spec is checked before any model is looked for.

@@ -9,6 +9,10 @@ CONFIG_KEYS = ("weakness", "base", "target", "references", "auditor", "tokenizer
 DEFAULT_WORKDIR = "workdirs/demo"
 
 
+def check_config(config):
+  pretrain.check_config(config)
+
+
 def run(args):
   manifest = pretrain.pretrain_all(args.config, args.workdir)
   print(json.dumps(manifest, indent=2))

@@ -1,10 +1,15 @@
 """`auditdm skills`: per-skill accuracy of the pretrained demo models on held-out shapes-world scenes."""
+from auditdm_jax.worlds.shapes import pretrain
 from auditdm_jax.worlds.shapes import skills
 
 HELP = "per-skill accuracy of the demo target and references (the planted weakness must show as a gap)"
 DEFAULT_CONFIG = "configs/demo/shapes.py"
 CONFIG_KEYS = ("weakness", "base", "target", "references", "auditor", "tokenizer", "world", "eval")
 DEFAULT_WORKDIR = "workdirs/demo"
+
+
+def check_config(config):
+  pretrain.check_config(config)
 
 
 def run(args):

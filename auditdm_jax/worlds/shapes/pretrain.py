@@ -505,9 +505,47 @@ def _planted(weakness):
   return ",".join(tasks.check_weakness(weakness)) or None
 
 
+def _check_sizes(cfg):
+  """The config's sizes, counts and rates, and its models' shapes (a bad one fails before any work, naming its
+  key)."""
+  def fail(key, want, value):
+    raise ValueError(f"config {key} must be {want}, got {value!r}")
+
+  def count(section, key, prefix="", low=1):
+    value = section[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      fail(prefix + key, f"an int >= {low}", value)
+
+  count(cfg, "image_size", low=shapes.GRID)
+  shapes.check_object_counts(cfg.world.min_objects, cfg.world.max_objects)
+  count(cfg.tokenizer, "num_scenes", "tokenizer.")
+  for section in ("vqa", "auditor_data"):
+    for key in ("num_scenes", "per_scene", "max_len"):
+      count(cfg[section], key, f"{section}.")
+  if "eval" in cfg:
+    for key in ("per_skill", "auditor_samples"):
+      count(cfg.eval, key, "eval.")
+  if not cfg.references:
+    fail("references", "a list of at least one model", [])
+  specs = [("base", cfg.base), ("target", cfg.target), ("auditor", cfg.auditor)]
+  specs += [(f"references[{i}]", r) for i, r in enumerate(cfg.references)]
+  for name, spec in specs:
+    count(spec, "steps", f"{name}.")
+    count(spec, "batch_size", f"{name}.")
+    if not spec["lr"] > 0:
+      fail(f"{name}.lr", "> 0", spec["lr"])
+  for spec in (cfg.base, cfg.auditor):  # The fine-tunes have the base's shape.
+    model_config(cfg.tokenizer.vocab_size, res=cfg.image_size, width=spec.width, depth=spec.depth,
+                 img_width=spec.img_width, img_depth=spec.img_depth, heads=spec.heads, kv_heads=spec.kv_heads)
+  share = cfg.target.get("planted_share", 0.0)
+  if not 0 <= share <= 1:
+    fail("target.planted_share", "in [0, 1]", share)
+
+
 def _checked(cfg):
   """(planted weakness, {loss: weight}, easy pools, training mix) of the config, each checked (a bad value fails
   before any work)."""
+  _check_sizes(cfg)
   weakness = _planted(cfg.weakness)
   if weakness and not cfg.target.get("planted_share"):
     raise ValueError("config target.planted_share must be > 0 to plant a weakness")
@@ -520,6 +558,12 @@ def _checked(cfg):
     raise ValueError(f"config easy_pools is a number of pools >= 0, got {easy!r}")
   _gate(cfg)
   return weakness, weights, easy, training_mix(cfg)
+
+
+def check_config(cfg):
+  """Raises on the first bad value of a `configs/demo/shapes.py` config (`auditdm` calls it before claiming the
+  workdir)."""
+  _checked(cfg)
 
 
 def digests(cfg):

@@ -116,11 +116,15 @@ class Scene:
     return cls.from_dict(json.loads(s))
 
 
+def check_object_counts(min_objects, max_objects):
+  if not 0 <= min_objects <= max_objects <= GRID * GRID:
+    raise ValueError(f"need 0 <= min_objects <= max_objects <= {GRID * GRID}, got {min_objects}, {max_objects}")
+
+
 def sample_scene(rng, min_objects=1, max_objects=4, texture_prob=0.0):
   """A random scene. `rng`: np.random.Generator or int seed. Attributes are uniform, cells distinct."""
   rng = np.random.default_rng(rng)
-  if not 0 <= min_objects <= max_objects <= GRID * GRID:
-    raise ValueError(f"need 0 <= min_objects <= max_objects <= {GRID * GRID}, got {min_objects}, {max_objects}")
+  check_object_counts(min_objects, max_objects)
   n = int(rng.integers(min_objects, max_objects + 1))
   cells = rng.choice(GRID * GRID, size=n, replace=False)
   objs = []
