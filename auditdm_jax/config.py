@@ -20,6 +20,25 @@ class ConfigError(ValueError):
   """A config spec, argument string or override is invalid."""
 
 
+def fail(key, want, value):
+  """Raises ConfigError: `key` must be `want`, got `value`."""
+  raise ConfigError(f"config {key} must be {want}, got {value!r}")
+
+
+def check_count(section, key, prefix="", low=1):
+  """section[key] must be an int >= `low` (named `prefix + key` in the error)."""
+  value = section[key]
+  if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    fail(prefix + key, f"an int >= {low}", value)
+
+
+def check_number(section, key, prefix, ok, want):
+  """section[key] must be a number for which `ok(value)` holds (`want` says which, in the error)."""
+  value = section[key]
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+    fail(prefix + key, want, value)
+
+
 def _convert(key, raw, default):
   """Converts the string `raw` to the type of `default` (or guesses it when there is none)."""
   if isinstance(default, bool):

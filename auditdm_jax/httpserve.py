@@ -242,7 +242,9 @@ class Batcher:
 
 def bind(host, port):
   """A socket bound to host:port, made before a service loads its models so that a busy port fails in a second,
-  not after minutes of loading. Raises OSError naming the address."""
+  not after minutes of loading. Raises OSError naming the address (ValueError for a port outside 0-65535)."""
+  if not 0 <= port <= 65535:
+    raise ValueError(f"port {port} is not in 0-65535")
   try:
     return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
   except OSError as e:

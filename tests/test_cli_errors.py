@@ -97,6 +97,7 @@ CASES = [
     # A bad value of an audit config fails before the workdir is claimed and before anything trains.
     (["demo", "--config.rectify.mix=2", "--workdir", "{root}/k3"], 2, "config rectify.mix must be in [0, 1]", None),
     (["train-auditor", "--config.group_size=1", "--workdir", "{root}/k4"], 2, "group_size must be an int >= 2", None),
+    (["iterate", "--config.iterations=0", "--workdir", "{root}/k6"], 2, "config iterations must be an int >= 1", None),
     (["demo-pretrain", "--config.base.steps=0", "--workdir", "{root}/k5"], 2, "config base.steps must be an int >= 1",
      None),
     (["sweep", "--workdir", "{root}/s0", "--seeds", "0,one"], 1, "a comma-separated list of integers, got '0,one'",
@@ -120,6 +121,11 @@ CASES = [
     (["convert", "--src", "{root}/nope", "--dst", "{root}/x.npz"], 1, "cannot read the checkpoint", "{root}/nope"),
     (["convert", "--src", "{root}/truncated.npz", "--dst", "{root}/x"], 1, "BadZipFile", "truncated.npz"),
     (["convert", "--src", "{root}/garbage_hf", "--dst", "{root}/x.npz"], 1, "SafetensorError", "garbage_hf"),
+    # Servers: a port out of range fails before anything loads; so does a missing tokenizer file.
+    (["serve-answers", "--variant", "paligemma2_tiny", "--tokenizer", "{root}/none.model", "--port", "99999"], 1,
+     "port 99999 is not in 0-65535", None),
+    (["serve-answers", "--variant", "paligemma2_tiny", "--tokenizer", "{root}/none.model", "--port", "0"], 1,
+     "sentencepiece model not found", "{root}/none.model"),
     # A workdir that cannot be made; a command that needs one.
     (["show-config", "--config", TOY, "--workdir", "{root}/a_file/run"], 2, "Not a directory", "a_file"),
     (["finetune"], 2, "--workdir is required", None),
@@ -143,7 +149,7 @@ def test_bad_inputs_give_one_line_errors_and_leave_workdirs_untouched(inputs, ca
       assert path.format(**inputs) in lines[0], (argv, lines[0])
     assert {k: _snapshot(inputs[k]) for k in before} == before, argv
   assert not os.path.exists(os.path.join(inputs["root"], "x"))
-  assert not any(os.path.exists(os.path.join(inputs["root"], k)) for k in ("k1", "k2", "k3", "k4", "k5", "d1", "s1"))  # Never claimed.
+  assert not any(os.path.exists(os.path.join(inputs["root"], k)) for k in ("k1", "k2", "k3", "k4", "k5", "k6", "d1", "s1"))  # Never claimed.
 
 
 def test_resume_with_changes_keeps_data_and_overwrite_starts_over(tmp_path, capsys):

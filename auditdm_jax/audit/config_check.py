@@ -18,32 +18,16 @@ SYSTEM_COUNTS = ("batch_size", "answer_batch_size", "eval_batches", "pool_batche
                  "answer_tokens", "test_questions", "weakness_questions")
 
 
-def _fail(key, want, value):
-  raise config_lib.ConfigError(f"config {key} must be {want}, got {value!r}")
-
-
-def _count(section, key, prefix="", low=1):
-  value = section[key]
-  if isinstance(value, bool) or not isinstance(value, int) or value < low:
-    _fail(prefix + key, f"an int >= {low}", value)
-
-
-def _number(section, key, prefix, ok, want):
-  value = section[key]
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
-    _fail(prefix + key, want, value)
-
-
 def _system(sc):
   for key in SYSTEM_COUNTS:
     if key in sc:
-      _count(sc, key, "system.")
+      config_lib.check_count(sc, key, "system.")
   if "rectify_scenes" in sc:
-    _count(sc, "rectify_scenes", "system.", low=0)
+    config_lib.check_count(sc, "rectify_scenes", "system.", low=0)
   if "temperature" in sc:
-    _number(sc, "temperature", "system.", lambda t: t > 0, "> 0")
+    config_lib.check_number(sc, "temperature", "system.", lambda t: t > 0, "> 0")
   if "top_p" in sc:
-    _number(sc, "top_p", "system.", lambda p: 0 < p <= 1, "in (0, 1]")
+    config_lib.check_number(sc, "top_p", "system.", lambda p: 0 < p <= 1, "in (0, 1]")
 
 
 def check(config, stages=ALL):
@@ -53,23 +37,23 @@ def check(config, stages=ALL):
     raise ValueError(f"unknown config_check stages {sorted(unknown)}; known: {ALL}")
   if "rollout" in stages:
     rollout.check_config(config)
-    _count(config, "max_words")
+    config_lib.check_count(config, "max_words")
     _system(config.system)
   if "train" in stages:
-    _count(config, "total_steps")
+    config_lib.check_count(config, "total_steps")
     # One sample per group has no advantage: GRPO compares each rollout with its group's others.
-    _count(config, "group_size", low=2)
-    _count(config, "grad_accum_steps")
+    config_lib.check_count(config, "group_size", low=2)
+    config_lib.check_count(config, "grad_accum_steps")
     trainer.loss_config(config)
     optim.make_optimizer(config, total_steps=config.total_steps)
   if "generate" in stages:
-    _count(config.generate, "samples_per_source", "generate.")
+    config_lib.check_count(config.generate, "samples_per_source", "generate.")
     if config.generate.keep not in generate.KEEP:
-      _fail("generate.keep", f"one of {generate.KEEP}", config.generate.keep)
+      config_lib.fail("generate.keep", f"one of {generate.KEEP}", config.generate.keep)
   if "rectify" in stages:
     rc = config.rectify
-    _number(rc, "mix", "rectify.", lambda m: 0 <= m <= 1, "in [0, 1] (the generated data's share)")
-    _number(rc, "lr", "rectify.", lambda lr: lr > 0, "> 0")
+    config_lib.check_number(rc, "mix", "rectify.", lambda m: 0 <= m <= 1, "in [0, 1] (the generated data's share)")
+    config_lib.check_number(rc, "lr", "rectify.", lambda lr: lr > 0, "> 0")
     for key in ("steps", "batch_size", "text_len"):
-      _count(rc, key, "rectify.")
+      config_lib.check_count(rc, key, "rectify.")
     rectify.answer_repeats([], max_repeat=rc.get("balance_answers", 1))

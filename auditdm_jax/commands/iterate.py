@@ -1,6 +1,7 @@
 """`auditdm iterate`: N refinement iterations (train auditor -> generate -> rectify), resumable per stage."""
 import json
 
+from auditdm_jax import config as config_lib
 from auditdm_jax.audit import config_check
 from auditdm_jax.audit import rectify
 
@@ -12,6 +13,7 @@ CONFIG_KEYS = ("mode", "reward", "loss", "system", "generate", "rectify", "itera
 
 def check_config(config):
   config_check.check(config, config_check.ALL)
+  config_lib.check_count(config, "iterations")
 
 
 def run(args):

@@ -48,15 +48,17 @@ def run(args):
     llm = json.loads(args.llm)
   except ValueError as e:
     raise SystemExit(f"auditdm serve-answers: --llm is not valid JSON: {e}") from None
+  sock = httpserve.bind(args.host, args.port)  # A busy port fails now, not after loading the model.
+  tokenizer = tokenizer_lib.Tokenizer(args.tokenizer)
   cfg, params = load_vlm(dict(variant=args.variant, res=args.res, init=args.init, llm=llm), seed=args.seed)
   prompt_len = args.prompt_len or 64 + cfg.get("mm_tokens_per_image", 0)
-  answer_model = model_lib.AnswerModel(cfg, params, tokenizer_lib.Tokenizer(args.tokenizer), prompt_len=prompt_len,
+  answer_model = model_lib.AnswerModel(cfg, params, tokenizer, prompt_len=prompt_len,
                                        max_batch_size=args.max_batch_size)
   settings = server.Settings(
       model_name=args.name or args.variant, host=args.host, port=args.port, token=os.environ.get(TOKEN_ENV) or None,
       max_queue=args.max_queue, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
       request_timeout_s=args.timeout_s, limits=chat.Limits(max_tokens=args.max_tokens))
   log.info("serving %s (%s, %d px) at http://%s:%d/v1", settings.model_name, cfg.variant, cfg.res, args.host,
-           args.port)
+           sock.getsockname()[1])
   httpserve.serve(server.create_app(settings, answer_model), settings.host, settings.port, settings.token,
-                  "the answer server")
+                  "the answer server", sock=sock)

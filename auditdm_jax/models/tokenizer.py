@@ -35,6 +35,8 @@ class Tokenizer:
 
   def __init__(self, model_path):
     self.path = str(model_path)
+    if not os.path.isfile(self.path):
+      raise FileNotFoundError(2, "sentencepiece model not found", self.path)
     self.sp = spm.SentencePieceProcessor()
     if not self.sp.Load(self.path):
       raise ValueError(f"cannot load sentencepiece model {model_path!r}")

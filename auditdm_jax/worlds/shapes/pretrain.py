@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from auditdm_jax import config as config_lib
 from auditdm_jax import decode
 from auditdm_jax import io
 from auditdm_jax import progress
@@ -508,14 +509,7 @@ def _planted(weakness):
 def _check_sizes(cfg):
   """The config's sizes, counts and rates, and its models' shapes (a bad one fails before any work, naming its
   key)."""
-  def fail(key, want, value):
-    raise ValueError(f"config {key} must be {want}, got {value!r}")
-
-  def count(section, key, prefix="", low=1):
-    value = section[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-      fail(prefix + key, f"an int >= {low}", value)
-
+  count = config_lib.check_count
   count(cfg, "image_size", low=shapes.GRID)
   shapes.check_object_counts(cfg.world.min_objects, cfg.world.max_objects)
   count(cfg.tokenizer, "num_scenes", "tokenizer.")
@@ -526,20 +520,18 @@ def _check_sizes(cfg):
     for key in ("per_skill", "auditor_samples"):
       count(cfg.eval, key, "eval.")
   if not cfg.references:
-    fail("references", "a list of at least one model", [])
+    config_lib.fail("references", "a list of at least one model", [])
   specs = [("base", cfg.base), ("target", cfg.target), ("auditor", cfg.auditor)]
   specs += [(f"references[{i}]", r) for i, r in enumerate(cfg.references)]
   for name, spec in specs:
     count(spec, "steps", f"{name}.")
     count(spec, "batch_size", f"{name}.")
-    if not spec["lr"] > 0:
-      fail(f"{name}.lr", "> 0", spec["lr"])
+    config_lib.check_number(spec, "lr", f"{name}.", lambda lr: lr > 0, "> 0")
   for spec in (cfg.base, cfg.auditor):  # The fine-tunes have the base's shape.
     model_config(cfg.tokenizer.vocab_size, res=cfg.image_size, width=spec.width, depth=spec.depth,
                  img_width=spec.img_width, img_depth=spec.img_depth, heads=spec.heads, kv_heads=spec.kv_heads)
-  share = cfg.target.get("planted_share", 0.0)
-  if not 0 <= share <= 1:
-    fail("target.planted_share", "in [0, 1]", share)
+  if "planted_share" in cfg.target:
+    config_lib.check_number(cfg.target, "planted_share", "target.", lambda share: 0 <= share <= 1, "in [0, 1]")
 
 
 def _checked(cfg):
