@@ -1,12 +1,13 @@
 """The VLM variant table and Gemma3's image-token fields: plain data, so configs read them without importing jax."""
 
-# name -> (family, llm variant, vit variant, resolutions). Tiny variants: tiny SigLIP + tiny Gemma, for tests and
-# the shapes world.
+# name -> (family, llm variant, vit variant, resolutions; the first is the default). Tiny variants: tiny SigLIP +
+# tiny Gemma, for tests and the shapes world; the PaliGemma one takes any resolution (a multiple of its ViT's patch,
+# `vlm.get_config`), Gemma3's image-token count fixes its own.
 VARIANTS = {
     "paligemma2_3b": ("paligemma", "gemma2_2b", "So400m/14", (224, 448, 896)),
     "paligemma2_10b": ("paligemma", "gemma2_9b", "So400m/14", (224, 448, 896)),
     "paligemma2_28b": ("paligemma", "gemma2_27b", "So400m/14", (224, 448, 896)),
-    "paligemma2_tiny": ("paligemma", "gemma2_tiny", "mu/8", (32, 64, 96, 128)),  # 96/128: shapes world
+    "paligemma2_tiny": ("paligemma", "gemma2_tiny", "mu/8", (32, 64, 96, 128)),
     "gemma3_4b": ("gemma3", "gemma3_4b", "So400m/14", (896,)),
     "gemma3_12b": ("gemma3", "gemma3_12b", "So400m/14", (896,)),
     "gemma3_27b": ("gemma3", "gemma3_27b", "So400m/14", (896,)),
@@ -21,8 +22,9 @@ def lookup(variant, res=None):
     raise ValueError(f"unknown VLM variant {variant!r}; known: {sorted(VARIANTS)}")
   family, llm_variant, vit_variant, resolutions = VARIANTS[variant]
   res = res or resolutions[0]
-  if res not in resolutions:
-    raise ValueError(f"{variant} supports resolutions {resolutions}, got {res}")
+  any_res = family == "paligemma" and variant.endswith("_tiny")
+  if (res not in resolutions and not any_res) or not isinstance(res, int) or res < 1:
+    raise ValueError(f"{variant} supports resolutions {'>= 1' if any_res else resolutions}, got {res!r}")
   return family, llm_variant, vit_variant, res
 
 
