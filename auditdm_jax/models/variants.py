@@ -23,7 +23,7 @@ def lookup(variant, res=None):
   family, llm_variant, vit_variant, resolutions = VARIANTS[variant]
   res = res or resolutions[0]
   any_res = family == "paligemma" and variant.endswith("_tiny")
-  if (res not in resolutions and not any_res) or not isinstance(res, int) or res < 1:
+  if not (res >= 1 if any_res else res in resolutions):
     raise ValueError(f"{variant} supports resolutions {'>= 1' if any_res else resolutions}, got {res!r}")
   return family, llm_variant, vit_variant, res
 
