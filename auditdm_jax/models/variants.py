@@ -1,8 +1,8 @@
 """The VLM variant table and Gemma3's image-token fields: plain data, so configs read them without importing jax."""
 
 # name -> (family, llm variant, vit variant, resolutions; the first is the default). Tiny variants: tiny SigLIP +
-# tiny Gemma, for tests and the shapes world; the PaliGemma one takes any resolution (a multiple of its ViT's patch,
-# `vlm.get_config`), Gemma3's image-token count fixes its own.
+# tiny Gemma, for tests and the shapes world; the PaliGemma one takes any resolution (a multiple of its ViT's patch, which
+# the ViT checks), Gemma3's image-token count fixes its own.
 VARIANTS = {
     "paligemma2_3b": ("paligemma", "gemma2_2b", "So400m/14", (224, 448, 896)),
     "paligemma2_10b": ("paligemma", "gemma2_9b", "So400m/14", (224, 448, 896)),

@@ -43,9 +43,6 @@ def get_config(variant, res=None, llm=None, img=None, **overrides):
   if variant.endswith("tiny"):
     img_cfg.update(_TINY_VIT)
   img_cfg.update(img or {})
-  patch = vit.decode_variant(img_cfg["variant"])["patch_size"]
-  if res % patch:
-    raise ValueError(f"resolution {res} is not a multiple of the ViT's patch size {patch} ({img_cfg['variant']})")
   cfg = dict(variant=variant, family=family, res=res, img=img_cfg, llm=gemma.get_config(llm_variant, **llm))
   if family == "gemma3":
     cfg.update(variants.gemma3_image_tokens(variant, cfg["llm"].vocab_size))
