@@ -68,16 +68,16 @@ def read_help(module_name):
   return text
 
 
-def check_config_kind(command, config, spec, commands):
+def check_config_kind(command, module, config, spec, commands):
   """Fails when `config` lacks a top-level key in the command's `CONFIG_KEYS` (e.g. the shapes world's pretraining
   config given to `auditdm demo`), naming the missing keys, the command's default config and the commands the
-  config does fit."""
-  missing = [k for k in read_constant(commands[command], "CONFIG_KEYS") or () if k not in config]
+  config does fit (their keys read from source: only the running command's module is imported)."""
+  missing = [k for k in getattr(module, "CONFIG_KEYS", ()) if k not in config]
   if not missing:
     return
   fits = [f"`auditdm {name}`" for name, module_name in commands.items()
           if name != command and (keys := read_constant(module_name, "CONFIG_KEYS")) and all(k in config for k in keys)]
-  default = read_constant(commands[command], "DEFAULT_CONFIG")
+  default = getattr(module, "DEFAULT_CONFIG", None)
   raise config_lib.ConfigError(
       f"{spec} is not a config for `auditdm {command}`: it has no {', '.join(missing)}" +
       (f" (its default config: {default})" if default else "") + (f"; it fits {', '.join(fits)}" if fits else ""))
@@ -148,7 +148,7 @@ def _prepare(module, args, overrides, commands):
   args.config_spec = spec
   if spec:
     args.config = config_lib.resolve(_resolve_spec(spec), overrides)
-    check_config_kind(args.command, args.config, spec, commands)
+    check_config_kind(args.command, module, args.config, spec, commands)
     if hasattr(module, "check_config"):
       module.check_config(args.config)
   elif overrides:

@@ -56,4 +56,4 @@ def check(config, stages=ALL):
     config_lib.check_number(rc, "lr", "rectify.", lambda lr: lr > 0, "> 0")
     for key in ("steps", "batch_size", "text_len"):
       config_lib.check_count(rc, key, "rectify.")
-    rectify.answer_repeats([], max_repeat=rc.get("balance_answers", 1))
+    rectify.check_balance_answers(rc.get("balance_answers", 1))

@@ -36,11 +36,16 @@ log = logging.getLogger(__name__)
 PREFIX_PP = 'strfmt("answer en {question}", outkey="prefix")'
 
 
+def check_balance_answers(max_repeat):
+  """`rectify.balance_answers` must be an int >= 1 (1: off)."""
+  if not isinstance(max_repeat, int) or isinstance(max_repeat, bool) or max_repeat < 1:
+    raise ValueError(f"rectify.balance_answers must be an int >= 1 (1: off), got {max_repeat!r}")
+
+
 def answer_repeats(records, type_fn=None, max_repeat=1):
   """How many copies of each record balance the consensus answers within each question type (at most
   `max_repeat`; type_fn None: one type). Returns [int] aligned with `records`."""
-  if not isinstance(max_repeat, int) or isinstance(max_repeat, bool) or max_repeat < 1:
-    raise ValueError(f"rectify.balance_answers must be an int >= 1 (1: off), got {max_repeat!r}")
+  check_balance_answers(max_repeat)
   keys = [(type_fn(r["question"]) if type_fn else "", divergence.normalize_answer(r["answer"])) for r in records]
   sizes = collections.Counter(keys)
   largest = collections.Counter()
@@ -121,7 +126,7 @@ def rectify(config, workdir, system=None, dataset_jsonl=None):
     raise FileNotFoundError(2, "generated dataset not found: set --config.rectify.dataset=<generate workdir>/"
                             "dataset/data.jsonl", dataset_jsonl)
   balance = config.rectify.get("balance_answers", 1)
-  answer_repeats([], max_repeat=balance)  # Bad settings or data fail here, before any model is loaded.
+  check_balance_answers(balance)  # Bad settings or data fail here, before any model is loaded.
   records = read_generated(dataset_jsonl)
   system = system or trainer.build_system(config, workdir)
   train_jsonl = os.path.join(workdir, "rectify_data", "generated.jsonl")
