@@ -58,10 +58,20 @@ def _convert(key, raw, default):
     if isinstance(default, dict) and not isinstance(value, dict):
       raise ConfigError(f"{key}: expected a dict, got {raw!r}")
     return type(default)(value) if isinstance(default, (tuple, list)) else value
-  if isinstance(default, (int, float, str)):
+  if isinstance(default, int):  # Whole numbers only (1e4 is one): 2.5 or True must not become 2 or 1.
     try:
-      return type(default)(ast.literal_eval(raw) if isinstance(default, int) else raw)
-    except (ValueError, SyntaxError, TypeError):
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = None
+    if type(value) is float and value.is_integer():  # pylint: disable=unidiomatic-typecheck
+      value = int(value)
+    if type(value) is not int:  # pylint: disable=unidiomatic-typecheck
+      raise ConfigError(f"{key}: expected int, got {raw!r}")
+    return value
+  if isinstance(default, (float, str)):
+    try:
+      return type(default)(raw)
+    except ValueError:
       raise ConfigError(f"{key}: expected {type(default).__name__}, got {raw!r}") from None
   raise ConfigError(f"{key}: cannot override a value of type {type(default).__name__} from the command line")
 

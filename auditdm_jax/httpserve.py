@@ -1,7 +1,9 @@
 """What the project's HTTP services share (the image service `imagegen/service.py` and the answer server
-`serving/`): the request errors and their status codes, field validation, base64 image decoding, bearer-token
-checks, a bounded micro-batching queue, and running a FastAPI app under uvicorn.
+`serving/`): the request errors and their status codes, reading a bounded JSON body, field validation, base64 image
+decoding, bearer-token checks, a bounded micro-batching queue, and running a FastAPI app under uvicorn; and what
+their clients share: checking a base URL.
 """
+import asyncio
 import base64
 import binascii
 import collections
@@ -9,6 +11,7 @@ import concurrent.futures
 import contextlib
 import hmac
 import io
+import json
 import logging
 import math
 import socket
@@ -34,7 +37,11 @@ class Unavailable(RuntimeError):
   """The service cannot take the request now (HTTP 503): shutting down, or the mode's pipeline is not loaded."""
 
 
-STATUS = {InvalidRequest: 400, QueueFull: 429, Unavailable: 503}
+class TooLarge(ValueError):
+  """The request body is over the service's limit (HTTP 413)."""
+
+
+STATUS = {InvalidRequest: 400, TooLarge: 413, QueueFull: 429, Unavailable: 503}
 
 
 def status_of(error):
@@ -43,6 +50,39 @@ def status_of(error):
 
 
 # ----------------------------------------------------------------------------------------------- validation
+
+
+async def read_json(request, max_bytes):
+  """The JSON body of a FastAPI request, read chunk by chunk: TooLarge once more than `max_bytes` arrive (whatever
+  Content-Length says, or without one); InvalidRequest when it is not JSON (too deeply nested included) or holds a
+  string that is not Unicode (a lone surrogate escape such as "\\ud800", which no tokenizer or encoder takes)."""
+  declared = request.headers.get("content-length", "")
+  if declared.isdigit() and int(declared) > max_bytes:
+    raise TooLarge(f"the body is larger than {max_bytes} bytes")
+  chunks, size = [], 0
+  async for chunk in request.stream():
+    size += len(chunk)
+    if size > max_bytes:
+      raise TooLarge(f"the body is larger than {max_bytes} bytes")
+    chunks.append(chunk)
+  try:
+    body = json.loads(b"".join(chunks))
+  except (ValueError, RecursionError) as e:
+    raise InvalidRequest(f"the body is not valid JSON ({type(e).__name__})") from None
+  stack = [body]
+  while stack:
+    value = stack.pop()
+    if isinstance(value, dict):
+      stack.extend(value)
+      stack.extend(value.values())
+    elif isinstance(value, list):
+      stack.extend(value)
+    elif isinstance(value, str) and not value.isascii():
+      try:
+        value.encode("utf-8")
+      except UnicodeEncodeError:
+        raise InvalidRequest(f"the body holds a string that is not valid Unicode: {value[:40]!r}") from None
+  return body
 
 
 def field(body, name, kind, default=_REQUIRED, lo=None, hi=None):
@@ -100,14 +140,58 @@ def authorized(request, token):
   """Whether a FastAPI request carries `Authorization: Bearer <token>` (always True when token is unset)."""
   if not token:
     return True
-  given = request.headers.get("authorization", "")
-  return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+  scheme, _, given = request.headers.get("authorization", "").partition(" ")
+  return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 def error_response(status, message, **headers):
   """A JSON error answer {"error": message}."""
   from fastapi import responses  # pylint: disable=g-import-not-at-top
   return responses.JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+def route_errors(app, error):
+  """Answers the app's own HTTP errors (unknown route 404, wrong method 405) with `error(status, message,
+  **headers)`, the service's JSON error format, instead of FastAPI's {"detail": ...}."""
+  from starlette import exceptions  # pylint: disable=g-import-not-at-top
+
+  @app.exception_handler(exceptions.HTTPException)
+  async def _http_error(request, exc):
+    del request
+    return error(exc.status_code, str(exc.detail), **(exc.headers or {}))
+
+
+class ClientGone(Exception):
+  """The client disconnected before its answer was ready."""
+
+
+CLIENT_GONE = 499  # Logged for requests whose client disconnected (nginx's code); never sent.
+
+
+async def unless_gone(request, awaitable, timeout_s, poll_s=0.2):
+  """Awaits `awaitable`, cancelling it when the client disconnects (ClientGone) or after `timeout_s`
+  (asyncio.TimeoutError); a cancelled Batcher future leaves the queue (`Batcher.submit`)."""
+  task = asyncio.ensure_future(awaitable)
+  deadline = time.monotonic() + timeout_s
+  try:
+    while True:
+      remaining = deadline - time.monotonic()
+      if remaining <= 0:
+        raise asyncio.TimeoutError
+      done, _ = await asyncio.wait({task}, timeout=min(poll_s, remaining))
+      if done:
+        return task.result()
+      if await request.is_disconnected():
+        raise ClientGone
+  finally:
+    task.cancel()  # A no-op once done.
+
+
+def check_url(url, what="base URL"):
+  """`url` if it is an http(s) URL: a scheme-less one would fail on every retry (httpx: UnsupportedProtocol)."""
+  if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+    raise ValueError(f"the {what} must start with http:// or https://, got {url!r}")
+  return url
 
 
 # -------------------------------------------------------------------------------------------------- batching
@@ -133,6 +217,7 @@ class Batcher:
 
   def __init__(self, run_jobs, max_queue=64, max_batch_size=4, batch_wait_s=0.02, on_batch=None, name="batcher",
                interruptible=False):
+    check_queue(max_queue, max_batch_size, batch_wait_s)
     self.run_jobs, self.on_batch, self.interruptible = run_jobs, on_batch, interruptible
     self.max_queue, self.max_batch_size, self.batch_wait_s = max_queue, max_batch_size, batch_wait_s
     self._pending = collections.deque()
@@ -143,14 +228,22 @@ class Batcher:
     self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
     self._thread.start()
 
+  def _drop_cancelled(self):
+    """Forgets queued jobs whose futures were cancelled (timed out, client gone); holds the lock."""
+    if any(e.future.cancelled() for e in self._pending):
+      self._pending = collections.deque(e for e in self._pending if not e.future.cancelled())
+
   def queue_depth(self):
     with self._cond:
+      self._drop_cancelled()
       return len(self._pending)
 
   def submit(self, job):
-    """Enqueues `job`; returns a concurrent Future of its result. Raises QueueFull / Unavailable."""
+    """Enqueues `job`; returns a concurrent Future of its result (cancelling it drops a queued job). Raises
+    QueueFull / Unavailable; jobs nobody waits for any more do not count towards the queue's bound."""
     entry = _Entry(job)
     with self._cond:
+      self._drop_cancelled()
       if self._closed:
         raise Unavailable("the service is shutting down")
       if len(self._pending) >= self.max_queue:
@@ -183,7 +276,7 @@ class Batcher:
     """Blocks until a job is queued; returns it plus the compatible jobs queued within batch_wait_s (None: closed)."""
     with self._cond:
       while True:
-        self._pending = collections.deque(e for e in self._pending if not e.future.cancelled())  # Timed out.
+        self._drop_cancelled()
         if self._closed:
           return None
         if self._pending:
@@ -235,6 +328,14 @@ class Batcher:
           entry.future.set_exception(result)
         else:
           entry.future.set_result(result)
+
+
+def check_queue(max_queue, max_batch_size, batch_wait_s, timeout_s=None):
+  """ValueError naming the first queue setting out of range (a batch size of 0 would never run a job)."""
+  if max_queue < 1 or max_batch_size < 1:
+    raise ValueError(f"need max_queue >= 1 and max_batch_size >= 1, got {max_queue} and {max_batch_size}")
+  if not batch_wait_s >= 0 or (timeout_s is not None and not timeout_s > 0):
+    raise ValueError(f"need batch_wait >= 0 and a request timeout > 0, got {batch_wait_s} and {timeout_s}")
 
 
 # --------------------------------------------------------------------------------------------------- serving

@@ -7,13 +7,18 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def usual_permissions(path):
+  """Gives a file made private (mkstemp and safetensors make 0600 files) the permissions the umask gives."""
+  os.chmod(path, 0o666 & ~_UMASK)
+
+
 def write_bytes(path, data):
   """Writes `data` to `path` via a temporary file in the same directory and an atomic rename."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
   try:
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
+    usual_permissions(tmp)
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()

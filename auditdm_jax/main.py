@@ -144,6 +144,8 @@ def build_parser(name, module):
 
 def _prepare(module, args, overrides, commands):
   """Resolves the config, checks that it is one for the command and claims the workdir (auditdm_jax/workdir.py)."""
+  if getattr(module, "WORKDIR_REQUIRED", False) and not args.workdir:
+    raise errors.InputError("--workdir is required (outputs, checkpoints and metrics go there)")
   spec = module.config_spec(args) if hasattr(module, "config_spec") else args.config
   args.config_spec = spec
   if spec:
@@ -153,8 +155,6 @@ def _prepare(module, args, overrides, commands):
       module.check_config(args.config)
   elif overrides:
     raise config_lib.ConfigError(f"--config.* overrides given but `{args.command}` takes no --config")
-  if getattr(module, "WORKDIR_REQUIRED", False) and not args.workdir:
-    raise errors.InputError("--workdir is required (outputs, checkpoints and metrics go there)")
   if args.workdir:
     args.workdir = os.path.abspath(os.path.expanduser(args.workdir))
     if args.config is not None:

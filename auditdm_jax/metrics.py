@@ -6,6 +6,8 @@ import time
 
 import numpy as np
 
+from auditdm_jax import io
+
 log = logging.getLogger(__name__)
 
 
@@ -17,17 +19,29 @@ def _scalar(value):
 
 
 class MetricWriter:
-  """Appends `{"step": s, "time": t, **scalars}` lines to `<workdir>/metrics.jsonl` and mirrors to TensorBoard."""
+  """Appends `{"step": s, "time": t, **scalars}` lines to `<workdir>/metrics.jsonl` and mirrors to TensorBoard.
 
-  def __init__(self, workdir, tensorboard=True, filename="metrics.jsonl"):
+  `after_step` (a run resumed from that step's checkpoint): the rows of later steps, logged before the stop and
+  about to be logged again, are dropped first (TensorBoard: purged).
+  """
+
+  def __init__(self, workdir, tensorboard=True, filename="metrics.jsonl", after_step=None):
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, filename)
+    if after_step is not None and os.path.exists(self.path):
+      with open(self.path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+      kept = [line for line in lines if _step(line) is not None and _step(line) <= after_step]
+      if len(kept) < len(lines):
+        log.info("dropping %d metric rows past step %d from %s", len(lines) - len(kept), after_step, self.path)
+        io.write_text(self.path, "".join(line if line.endswith("\n") else line + "\n" for line in kept))
     self._file = open(self.path, "a", encoding="utf-8")
     self._tb = None
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        purge = {} if after_step is None else {"purge_step": after_step + 1}
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), **purge)
       except ImportError:
         log.info("tensorboardX not installed: metrics go to %s only", self.path)
 
@@ -52,6 +66,14 @@ class MetricWriter:
 
   def __exit__(self, *exc):
     self.close()
+
+
+def _step(line):
+  """The step of a metrics.jsonl line; None for a line torn by a kill mid-write."""
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError, TypeError):
+    return None
 
 
 def read(path):

@@ -1,4 +1,7 @@
 """Checkpoint I/O: HF key layouts, padded vocab, errors naming the key, big_vision .npz, sharded placement."""
+import os
+import stat
+
 import jax
 import ml_dtypes
 import numpy as np
@@ -214,6 +217,13 @@ def test_convert_command_roundtrip(tiny, tmp_path):
   assert back_cfg.llm == cfg.llm
   bf16 = jax.tree.map(lambda x: np.asarray(x).astype(ml_dtypes.bfloat16), params)
   _assert_same(back, bf16)
+  umask = os.umask(0)
+  os.umask(umask)
+  for name in ("model.safetensors", "config.json"):  # Readable as the umask says, not private (0600).
+    assert stat.S_IMODE(os.stat(os.path.join(out, name)).st_mode) == 0o666 & ~umask, name
+  with pytest.raises(SystemExit) as e:  # Weights are floats: an int dtype would write zeros.
+    main.main(["convert", "--src", npz, "--dst", str(tmp_path / "i8.npz"), "--dtype", "int8"])
+  assert e.value.code == 2 and not os.path.exists(tmp_path / "i8.npz")
 
 
 def test_sharded_export(tiny, tmp_path):

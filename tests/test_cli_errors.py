@@ -126,6 +126,10 @@ CASES = [
      "port 99999 is not in 0-65535", None),
     (["serve-answers", "--variant", "paligemma2_tiny", "--tokenizer", "{root}/none.model", "--port", "0"], 1,
      "sentencepiece model not found", "{root}/none.model"),
+    (["serve-answers", "--variant", "paligemma2_tiny", "--tokenizer", "{root}/truncated.npz", "--port", "0"], 1,
+     "cannot read the sentencepiece model", "truncated.npz"),
+    (["serve-answers", "--variant", "paligemma2_tiny", "--tokenizer", "{root}/none.model", "--max-batch-size", "0"],
+     1, "max_batch_size >= 1", None),
     # A workdir that cannot be made; a command that needs one.
     (["show-config", "--config", TOY, "--workdir", "{root}/a_file/run"], 2, "Not a directory", "a_file"),
     (["finetune"], 2, "--workdir is required", None),

@@ -34,12 +34,16 @@ def test_load_with_arg_and_overrides():
   assert c.lr == pytest.approx(3e-6) and isinstance(c.lr, float)
   assert c.input.batch_size == 32 and isinstance(c.input.batch_size, int)
   assert c.schedule.warmup_percent == pytest.approx(0.2)
+  c = config_lib.resolve(TOY, ["input.batch_size=1e3", "lr=1"])
+  assert c.input.batch_size == 1000 and type(c.input.batch_size) is int and c.lr == 1.0
 
 
 @pytest.mark.parametrize("item, pattern", [
     ("lrr=1", "unknown config key 'lrr'"),
     ("input.bs=1", "unknown config key 'input.bs'"),
     ("input.batch_size=many", "input.batch_size: expected int"),
+    ("input.batch_size=2.5", "input.batch_size: expected int"),  # Not truncated to 2.
+    ("input.batch_size=True", "input.batch_size: expected int"),
     ("input=3", "is a config block"),
     ("lr", "not of the form key=value"),
     ("tags=5", "expected a tuple"),

@@ -2,6 +2,7 @@
 resumed, and re-evaluated from its checkpoint with `auditdm evaluate`."""
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -114,7 +115,7 @@ def setup(tmp_path_factory):
   return root, f"{CONFIG}:{arg}"
 
 
-def test_finetune_evaluate_resume(setup):
+def test_finetune_evaluate_resume(setup, capsys):
   root, spec = setup
   workdir = str(root / "run")
   assert main_lib.main(["finetune", "--workdir", workdir, "--config", spec, "--config.total_steps=4"]) == 0
@@ -148,3 +149,41 @@ def test_finetune_evaluate_resume(setup):
   assert got == want
   read = lambda d: sorted(open(os.path.join(d, "vqav2_val.predictions.jsonl")).read().splitlines())
   assert read(out) == read(os.path.join(workdir, "evals", "step_0000006"))
+
+  # Stopped between checkpoint 6 and its eval, with rows logged past the checkpoint (one torn by the kill): the
+  # rerun runs the missing eval, drops those rows and prints the final metrics; a finished rerun prints them too.
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  shutil.rmtree(os.path.join(workdir, "evals", "step_0000006"))
+  kept = [r for r in metrics_lib.read(metrics_path) if not (r["step"] == 6 and "vqav2_val/acc" in r)]
+  with open(metrics_path, "w") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in kept) + json.dumps({"step": 7, "loss": 1.0}) + '\n{"step": 8, "lo')
+  capsys.readouterr()
+  for _ in range(2):
+    assert main_lib.main(["finetune", "--workdir", workdir, "--config", spec, "--config.total_steps=6"]) == 0
+    assert json.loads(capsys.readouterr().out) == want
+  rows = metrics_lib.read(metrics_path)
+  assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+  assert [r["step"] for r in rows if "vqav2_val/acc" in r] == [2, 4, 6]
+  # Fewer steps than the workdir's checkpoint: refused, not "resumed" to an empty loop.
+  assert main_lib.main(["finetune", "--workdir", workdir, "--config", spec, "--config.total_steps=4",
+                        "--resume-with-changes"]) == 1
+  assert "past this config's 4 steps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("evals.vqav2_val.data.split=validaton", "Unknown split 'validaton'"),
+    ("evals.vqav2_val.data.split=validation[:0]", "no data"),
+    ("evals.vqav2_val.type=nope", "unknown evaluator type 'nope'"),
+    ("evals.vqav2_val.batch_size=0", "evals.vqav2_val.batch_size must be an integer >= 1"),
+    ("input.batch_size=0", "input.batch_size must be an integer >= 1"),
+    ("grad_accum_steps=3", "grad_accum_steps must be an integer >= 1 dividing input.batch_size 8"),
+    ("total_steps=-3", "total_steps must be >= 0"),
+    ("model.llm.vocab_size=50", "tokenizer has"),
+])
+def test_bad_finetune_config_fails_before_the_workdir_is_claimed(setup, capsys, override, message):
+  root, spec = setup
+  workdir = str(root / "never")
+  assert main_lib.main(["finetune", "--workdir", workdir, "--config", spec, f"--config.{override}"]) == 2
+  err = capsys.readouterr().err
+  assert message in err and len(err.strip().splitlines()) == 1, err
+  assert not os.path.exists(workdir)

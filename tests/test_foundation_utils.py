@@ -33,6 +33,13 @@ def test_metric_writer_jsonl_and_tensorboard(tmp_path):
   assert [r["step"] for r in rows] == [1, 2]
   assert rows[0]["loss"] == 2.5 and rows[0]["lr"] == 1e-3
   assert os.listdir(tmp_path / "tensorboard")
+  # Resumed from step 1's checkpoint after a kill that tore a line: rows past step 1 are dropped, then appended.
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 3, "lo')
+  with metrics.MetricWriter(str(tmp_path), after_step=1) as w:
+    w.write(2, loss=1.0)
+  rows = metrics.read(str(tmp_path / "metrics.jsonl"))
+  assert [(r["step"], r["loss"]) for r in rows] == [(1, 2.5), (2, 1.0)]
 
 
 @pytest.mark.parametrize("env, expected", [

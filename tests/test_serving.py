@@ -4,6 +4,7 @@ import base64
 import concurrent.futures
 import contextlib
 import io
+import json
 import socket
 import threading
 import time
@@ -157,7 +158,13 @@ MALFORMED = {
     "huge max_tokens": (_body(max_tokens=10**9), "`max_tokens` must be in [1, 32]", 400),
     "temperature a string": (_body(temperature="hot"), "`temperature` must be a finite number", 400),
     "negative temperature": (_body(temperature=-1), "`temperature` must be in", 400),
-    "n > 1": (_body(n=2), "`n` must be 1", 400),
+    "n > 1": (_body(n=2), "`n` must be the integer 1", 400),
+    "n true": (_body(n=True), "`n` must be the integer 1", 400),
+    "model null": (_body(model=None), "`model` must be a non-empty string", 400),
+    "lone surrogate": (json.dumps(_body(messages=_content({"type": "image_url", "image_url": {"url": _png_url()}},
+                                                          {"type": "text", "text": "\ud800 what?"}))).encode(),
+                       "not valid Unicode", 400),
+    "too deep": (b"[" * 50_000 + b"]" * 50_000, "not valid JSON", 400),
     "stream": (_body(stream=True), "`stream` is not supported", 400),
     "unknown field": (_body(logit_bias={}), "unknown field(s) ['logit_bias']", 400),
     "question too long": (_body(messages=_content({"type": "image_url", "image_url": {"url": _png_url()}},
@@ -193,6 +200,8 @@ def test_bearer_token_is_required(malformed_server):
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
     assert r.headers["www-authenticate"] == "Bearer"
   assert client.get(url + "/v1/models").status_code == 401
+  unknown = client.get(url + "/v1/completions")
+  assert unknown.status_code == 404 and unknown.json()["error"]["code"] == 404
   assert client.get(url + "/healthz").json()["model"] == "tiny"
 
 

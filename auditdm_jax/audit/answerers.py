@@ -12,7 +12,9 @@ mode.
 import base64
 import collections
 import concurrent.futures
+import json
 import logging
+import os
 import threading
 import time
 
@@ -20,11 +22,13 @@ import numpy as np
 from PIL import Image
 
 from auditdm_jax import decode
+from auditdm_jax import httpserve
 from auditdm_jax import images as images_lib
 from auditdm_jax.models import tokenizer as tokenizer_lib
 
 log = logging.getLogger(__name__)
 
+TOKEN_ENV = "AUDITDM_ANSWERS_TOKEN"  # `auditdm serve-answers`'s bearer token: HttpAnswerer's default api_key.
 # Asking for a short answer makes free-form chat models comparable with VQA-style exact match.
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 
@@ -52,16 +56,18 @@ class HttpAnswerer:
   retried with exponential backoff (honouring Retry-After, each wait at most `max_backoff`), so a server restarting
   within the retry window loses nothing; an item that still fails after `retries` comes back as None. `stats`
   counts requests, retries and failures (items given up on). `instruction` is appended to each question on its own
-  line ("" sends the question alone, as `auditdm serve-answers` expects: it formats prompts itself).
+  line ("" sends the question alone, as `auditdm serve-answers` expects: it formats prompts itself). `api_key`
+  defaults to $AUDITDM_ANSWERS_TOKEN, the token `auditdm serve-answers` reads.
   """
 
   def __init__(self, name, base_url, model, api_key=None, max_tokens=16, temperature=0.0, instruction=SHORT_ANSWER,
                concurrency=8, timeout=60.0, retries=3, backoff=0.5, max_backoff=30.0, client=None):
     import httpx  # pylint: disable=g-import-not-at-top
     self.name, self.model = name, model
-    self.url = base_url.rstrip("/") + "/chat/completions"
+    self.url = httpserve.check_url(base_url).rstrip("/") + "/chat/completions"
     self.max_tokens, self.temperature, self.instruction = max_tokens, temperature, instruction
     self.concurrency, self.retries, self.backoff, self.max_backoff = concurrency, retries, backoff, max_backoff
+    api_key = api_key or os.environ.get(TOKEN_ENV)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     self._client = client or httpx.Client(timeout=timeout, headers=headers)
     self._retryable = (httpx.TimeoutException, httpx.TransportError)
@@ -85,12 +91,13 @@ class HttpAnswerer:
     }
 
   def _one(self, image, question):
-    body = self.request_body(image, question)
+    # Encoded here, ASCII-escaped: text a UTF-8 encoder refuses (a lone surrogate) reaches the server, which names it.
+    body = json.dumps(self.request_body(image, question))
     for attempt in range(self.retries + 1):
       wait = min(self.max_backoff, self.backoff * 2 ** attempt)
       try:
         self._count("requests")
-        resp = self._client.post(self.url, json=body)
+        resp = self._client.post(self.url, content=body, headers={"content-type": "application/json"})
         if resp.status_code == 200:
           return message_text(resp.json())
         if resp.status_code != 429 and resp.status_code < 500:

@@ -10,13 +10,11 @@ layouts transformers has used). Writing .npz also writes `<dst>.json`: our VLM c
 import json
 import logging
 import os
-import zipfile
 
 import jax
 import ml_collections
 import ml_dtypes
 import numpy as np
-import safetensors
 
 from auditdm_jax import errors
 from auditdm_jax import io
@@ -24,6 +22,7 @@ from auditdm_jax.models import checkpoints
 from auditdm_jax.models import vlm
 
 HELP = "convert PaliGemma2 / Gemma3 checkpoints: HF safetensors dir <-> our .npz (big_vision names)"
+DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}  # Weights are floats.
 log = logging.getLogger(__name__)
 
 
@@ -32,7 +31,7 @@ def add_arguments(parser):
   parser.add_argument("--dst", required=True, help="output .npz file or HF directory")
   parser.add_argument("--variant", help="VLM variant of a .npz source (default: read <src>.json)")
   parser.add_argument("--res", type=int, help="image resolution of a .npz source given by --variant")
-  parser.add_argument("--dtype", help="dtype of the written params, e.g. bfloat16 (default: keep)")
+  parser.add_argument("--dtype", choices=sorted(DTYPES), help="dtype of the written params (default: keep)")
 
 
 def _kind(path):
@@ -52,10 +51,10 @@ def _npz_config(args):
 def run(args):
   src, dst = os.path.expanduser(args.src), os.path.expanduser(args.dst)
   args.src = src
-  dtype = {"bfloat16": ml_dtypes.bfloat16}.get(args.dtype, args.dtype and np.dtype(args.dtype))
+  dtype = DTYPES[args.dtype] if args.dtype else None
   # Conversion is host work: keep the params in host memory, not on an accelerator.
   on_host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-  try:
+  with checkpoints.reading(src):
     if _kind(src) == "hf":
       cfg = checkpoints.config_from_hf(src)
       abstract = vlm.abstract_params(cfg)
@@ -64,9 +63,6 @@ def run(args):
       cfg = _npz_config(args)
       abstract = vlm.abstract_params(cfg)
       params = checkpoints.load_npz(src, abstract, shardings=jax.tree.map(lambda _: on_host, abstract))
-  except (OSError, ValueError, KeyError, zipfile.BadZipFile, safetensors.SafetensorError) as e:
-    # Truncated or foreign files fail deep in numpy / safetensors with messages that do not name the file.
-    raise errors.InputError(f"cannot read the checkpoint: {type(e).__name__}: {e}", src) from e
   log.info("loaded %s (%s, %d params)", src, cfg.variant, sum(x.size for x in jax.tree.leaves(params)))
   if _kind(dst) == "npz":
     if dtype is not None:

@@ -20,18 +20,23 @@ def add_arguments(parser):
   parser.add_argument("--step", type=int, default=None, help="checkpoint step in a finetune workdir (default latest)")
 
 
+def check_config(config):
+  if not config.get("evals"):
+    raise ValueError("the config has no evals (config.evals: {name: dict(type, data, pp_fn, batch_size)})")
+  sft.check_evals(config)
+
+
 def load_checkpoint_params(config, path, step=None):
   """Params from a finetune workdir (orbax), a big_vision .npz or a HF directory, placed on the config's mesh."""
   cfg = sft.model_config(config)
   if os.path.isdir(os.path.join(path, "checkpoints")):
     abstract = vlm.abstract_params(cfg)
     shardings = sharding.param_shardings(abstract, sharding.make_mesh(config.get("mesh")))
-    ckpt = checkpoint_lib.Checkpointer(path, handle_sigterm=False)
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(2, "no checkpoint in the finetune workdir", os.path.join(path, "checkpoints"))
-    params = ckpt.restore(step, params=checkpoint_lib.abstract(abstract, shardings))["params"]
-    ckpt.close()
+    with checkpoint_lib.Checkpointer(path, handle_sigterm=False) as ckpt:
+      step = ckpt.latest_step() if step is None else step
+      if step is None:
+        raise FileNotFoundError(2, "no checkpoint in the finetune workdir", os.path.join(path, "checkpoints"))
+      params = ckpt.restore(step, params=checkpoint_lib.abstract(abstract, shardings))["params"]
     return cfg, params, step
   config = config.copy_and_resolve_references()
   config.model_init = path

@@ -10,6 +10,10 @@ DEFAULT_CONFIG = "configs/paligemma2/transfers/tiny.py"
 CONFIG_KEYS = ("model", "input", "tokenizer")
 
 
+def check_config(config):
+  sft.check_config(config)
+
+
 def run(args):
   distributed.initialize()
   results = sft.train(args.config, args.workdir)

@@ -12,6 +12,7 @@ import logging
 import os
 
 from auditdm_jax import httpserve
+from auditdm_jax.audit import answerers
 from auditdm_jax.models import tokenizer as tokenizer_lib
 from auditdm_jax.models.loading import load_vlm
 from auditdm_jax.serving import chat
@@ -19,7 +20,7 @@ from auditdm_jax.serving import model as model_lib
 from auditdm_jax.serving import server
 
 HELP = "serve a PaliGemma2 / Gemma3 model (HF dir, .npz or tiny random) as an OpenAI-compatible chat endpoint"
-TOKEN_ENV = "AUDITDM_ANSWERS_TOKEN"
+TOKEN_ENV = answerers.TOKEN_ENV
 log = logging.getLogger(__name__)
 
 
@@ -48,16 +49,16 @@ def run(args):
     llm = json.loads(args.llm)
   except ValueError as e:
     raise SystemExit(f"auditdm serve-answers: --llm is not valid JSON: {e}") from None
+  settings = server.Settings(  # Checked: a bad limit fails now, before the port and the model.
+      model_name=args.name or args.variant, host=args.host, port=args.port, token=os.environ.get(TOKEN_ENV) or None,
+      max_queue=args.max_queue, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
+      request_timeout_s=args.timeout_s, limits=chat.Limits(max_tokens=args.max_tokens))
   sock = httpserve.bind(args.host, args.port)  # A busy port fails now, not after loading the model.
   tokenizer = tokenizer_lib.Tokenizer(args.tokenizer)
   cfg, params = load_vlm(dict(variant=args.variant, res=args.res, init=args.init, llm=llm), seed=args.seed)
   prompt_len = args.prompt_len or 64 + cfg.get("mm_tokens_per_image", 0)
   answer_model = model_lib.AnswerModel(cfg, params, tokenizer, prompt_len=prompt_len,
                                        max_batch_size=args.max_batch_size)
-  settings = server.Settings(
-      model_name=args.name or args.variant, host=args.host, port=args.port, token=os.environ.get(TOKEN_ENV) or None,
-      max_queue=args.max_queue, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
-      request_timeout_s=args.timeout_s, limits=chat.Limits(max_tokens=args.max_tokens))
   log.info("serving %s (%s, %d px) at http://%s:%d/v1", settings.model_name, cfg.variant, cfg.res, args.host,
            sock.getsockname()[1])
   httpserve.serve(server.create_app(settings, answer_model), settings.host, settings.port, settings.token,

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import collections
 import io as _io
+import json
 import logging
 import os
 import random
@@ -18,6 +19,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from auditdm_jax import httpserve
 from auditdm_jax import images as images_lib
 from auditdm_jax.imagegen import cache as cache_lib
 from auditdm_jax.imagegen import normalize_seeds, to_rgb_array
@@ -63,7 +65,7 @@ class FluxHTTPGenerator:
                edit_steps=28, edit_guidance=2.5, edit_area=512 * 512, transport=None):
     if concurrency < 1 or max_retries < 0:
       raise ValueError(f"need concurrency >= 1 and max_retries >= 0, got {concurrency}, {max_retries}")
-    self.url, self.token = url.rstrip("/"), token or os.environ.get(TOKEN_ENV)
+    self.url, self.token = httpserve.check_url(url, "service URL").rstrip("/"), token or os.environ.get(TOKEN_ENV)
     self.cache = cache_lib.ImageCache(cache_dir) if cache_dir else None
     self.concurrency, self.max_retries = concurrency, max_retries
     self.backoff_s, self.max_backoff_s, self.timeout_s = backoff_s, max_backoff_s, timeout_s
@@ -99,6 +101,7 @@ class FluxHTTPGenerator:
       try:
         array = to_rgb_array(image)
       except ValueError as e:
+        self.stats["failures"] += 1
         items.append(GenerationError(f"bad source image: {e}"))
         continue
       png = images_lib.png_bytes(array, compress_level=1)
@@ -142,10 +145,11 @@ class FluxHTTPGenerator:
     try:
       async with semaphore:
         png = await self._post(client, f"/v1/{mode}", payload)
-      image = _decode(png)
     except GenerationError as e:
       self.stats["failures"] += 1
       return e
+    try:
+      image = _decode(png)
     except Exception as e:  # pylint: disable=broad-except
       self.stats["failures"] += 1
       return GenerationError(f"the service returned an unreadable image: {e}")
@@ -163,12 +167,16 @@ class FluxHTTPGenerator:
     for attempt in range(self.max_retries + 1):
       self.stats["requests"] += 1
       try:
-        response = await client.post(path, json=payload)
+        # ASCII-escaped JSON: text a UTF-8 encoder refuses (a lone surrogate) reaches the service, which names it.
+        response = await client.post(path, content=json.dumps(payload), headers={"content-type": "application/json"})
       except (httpx.TimeoutException, httpx.TransportError) as e:
         last, status, wait = f"{type(e).__name__}: {e}", None, self._backoff(attempt)
       else:
         if response.status_code == 200:
-          return base64.b64decode(response.json()["image"])
+          try:
+            return base64.b64decode(response.json()["image"])
+          except (ValueError, KeyError, TypeError) as e:
+            raise GenerationError(f"the service returned an unreadable image: {e!r}", 200, attempt + 1) from None
         last, status = f"HTTP {response.status_code}: {_message(response)}", response.status_code
         if status not in RETRY_STATUS:
           raise GenerationError(f"{self.url}{path} rejected the request ({last})", status, attempt + 1)

@@ -7,8 +7,8 @@ Endpoints (JSON in, JSON out; images travel as base64 PNG):
   GET  /healthz      liveness + loaded modes (no auth)
   GET  /metrics      Prometheus text; `?format=json` for JSON (counts, latencies, batch sizes, queue depth)
 Answers: 200 {image, height, width, seed, mode}; 400 malformed request (message names the field); 401 bad or
-missing bearer token; 429 queue full (Retry-After); 503 mode not loaded / shutting down; 504 request timeout;
-500 pipeline failure. A request without height/width gets the default size clipped to --max-side / max_pixels.
+missing bearer token; 404 unknown route; 405 wrong method; 413 body too large; 429 queue full (Retry-After); 503
+mode not loaded / shutting down; 504 request timeout; 500 pipeline failure. Errors are JSON {"error": message}. A request without height/width gets the default size clipped to --max-side / max_pixels.
 
 A request's job is cancelled when its client disconnects or its timeout passes: dropped from the queue, or, once
 running, its pipeline call is interrupted at the next denoising step when every job of the batch is gone. One
@@ -60,6 +60,10 @@ class Settings:
   default_edit_guidance: float = 2.5  # FLUX.1-Kontext-dev's default.
   default_size: int = 1024
   edit_area: int = 1024 * 1024  # Kontext was trained around 1 megapixel.
+  max_body_bytes: int = 48 << 20  # An edit's base64 source (max_image_bytes) and its fields; beyond it 413.
+
+  def __post_init__(self):
+    httpserve.check_queue(self.max_queue, self.max_batch_size, self.batch_wait_ms / 1000, self.request_timeout_s)
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -156,6 +160,10 @@ class Metrics:
         self.latency_total[mode] += seconds
 
   def batch(self, mode, size, seconds):
+    """A micro-batch that made `size` images in `seconds`; one whose every job failed is not counted (the mean
+    batch size is of batches that made images)."""
+    if not size:
+      return
     with self._lock:
       self.images[mode] += size
       self.batches[mode] += 1
@@ -240,32 +248,6 @@ class LocalBackend:
 
 # ------------------------------------------------------------------------------------------------------- app
 
-CLIENT_GONE = 499  # Logged for requests whose client disconnected (nginx's code); never sent.
-
-
-class _ClientGone(Exception):
-  pass
-
-
-async def _unless_gone(request, coroutine, timeout_s, poll_s=0.2):
-  """Awaits `coroutine`, cancelling it when the client disconnects (_ClientGone) or after `timeout_s`
-  (asyncio.TimeoutError)."""
-  task = asyncio.ensure_future(coroutine)
-  deadline = time.monotonic() + timeout_s
-  try:
-    while True:
-      remaining = deadline - time.monotonic()
-      if remaining <= 0:
-        raise asyncio.TimeoutError
-      done, _ = await asyncio.wait({task}, timeout=min(poll_s, remaining))
-      if done:
-        return task.result()
-      if await request.is_disconnected():
-        raise _ClientGone
-  finally:
-    task.cancel()  # A no-op once done.
-
-
 def create_app(settings, multiples, backend, metrics=None):
   """The FastAPI app.
 
@@ -289,6 +271,7 @@ def create_app(settings, multiples, backend, metrics=None):
 
   authorized = functools.partial(httpserve.authorized, token=settings.token)
   error = httpserve.error_response
+  httpserve.route_errors(app, error)
 
   async def handle(request, mode):
     start, status = time.perf_counter(), 500
@@ -296,25 +279,22 @@ def create_app(settings, multiples, backend, metrics=None):
       if not authorized(request):
         status = 401
         return error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
-      try:
-        body = await request.json()
-      except ValueError:
-        raise InvalidRequest("the body is not valid JSON") from None
+      body = await httpserve.read_json(request, settings.max_body_bytes)
       if mode not in multiples:
         raise Unavailable(f"no {mode} pipeline is loaded (start the service with --"
                           f"{'flux' if mode == 'generate' else 'kontext'}-dir)")
       job = await asyncio.to_thread(PARSERS[mode], body, settings, multiples[mode])
-      png = await _unless_gone(request, app.state.backend.submit(job), settings.request_timeout_s)
+      png = await httpserve.unless_gone(request, app.state.backend.submit(job), settings.request_timeout_s)
       status = 200
       return responses.JSONResponse({"image": base64.b64encode(png).decode("ascii"), "height": job.height,
                                      "width": job.width, "seed": job.seed, "mode": mode})
-    except _ClientGone:
-      status = CLIENT_GONE
+    except httpserve.ClientGone:
+      status = httpserve.CLIENT_GONE
       return error(status, "the client disconnected")
     except asyncio.TimeoutError:
       status = 504
       return error(504, f"no result within the request timeout of {settings.request_timeout_s} s")
-    except (InvalidRequest, QueueFull, Unavailable) as e:
+    except (InvalidRequest, httpserve.TooLarge, QueueFull, Unavailable) as e:
       status = httpserve.status_of(e)
       return error(status, str(e), **({"Retry-After": "1"} if status in (429, 503) else {}))
     except Exception as e:  # pylint: disable=broad-except

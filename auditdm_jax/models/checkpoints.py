@@ -7,18 +7,21 @@ Loading walks our param shapes (from `jax.eval_shape`, nothing allocated) and bu
 (one layer at a time for stacked leaves), so devices receive only their shard and the host never holds the model.
 Export writes one safetensors shard at a time.
 """
+import contextlib
 import dataclasses
 import glob
 import json
 import logging
 import os
 import re
+import zipfile
 from typing import Callable
 
 import jax
 import ml_dtypes
 import numpy as np
 
+from auditdm_jax import errors
 from auditdm_jax import io
 from auditdm_jax.models import gemma
 from auditdm_jax.models import variants
@@ -345,6 +348,19 @@ def _fit_vocab(ours, value, shape):
   return value
 
 
+@contextlib.contextmanager
+def reading(path):
+  """Names `path` in the error of a checkpoint that cannot be read: truncated or foreign files fail deep in numpy,
+  zipfile or safetensors with messages that do not (InputError "cannot read the checkpoint: ...")."""
+  import safetensors  # pylint: disable=g-import-not-at-top
+  try:
+    yield
+  except errors.InputError:
+    raise
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, safetensors.SafetensorError) as e:
+    raise errors.InputError(f"cannot read the checkpoint: {type(e).__name__}: {e}", path) from e
+
+
 def load_npz(path, abstract_params, shardings=None):
   """Loads a big_vision .npz (names like ours, "params/" prefix optional, layers scanned or not) into our params;
   also a big_vision tensorstore checkpoint (`is_big_vision_ts`, see `TensorstoreCheckpoint`).
@@ -468,6 +484,7 @@ def _write_shard(path, i, tensors):
   from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
   tmp = os.path.join(path, f".shard-{i:05d}.safetensors.tmp")
   save_file(tensors, tmp, metadata={"format": "pt"})
+  io.usual_permissions(tmp)
   return tmp, sorted(tensors)
 
 

@@ -13,6 +13,7 @@ import tempfile
 import numpy as np
 import sentencepiece as spm
 
+from auditdm_jax import errors
 from auditdm_jax import io
 
 LOC_TOKENS = tuple(f"<loc{i:04d}>" for i in range(1024))
@@ -38,8 +39,12 @@ class Tokenizer:
     if not os.path.isfile(self.path):
       raise FileNotFoundError(2, "sentencepiece model not found", self.path)
     self.sp = spm.SentencePieceProcessor()
-    if not self.sp.Load(self.path):
-      raise ValueError(f"cannot load sentencepiece model {model_path!r}")
+    try:
+      loaded = self.sp.Load(self.path)
+    except RuntimeError as e:  # A truncated or foreign file: sentencepiece cannot parse it.
+      raise errors.InputError(f"cannot read the sentencepiece model: {e}", self.path) from None
+    if not loaded:
+      raise errors.InputError("cannot read the sentencepiece model", self.path)
     self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
     self.pad_id = max(self.sp.pad_id(), 0)  # Gemma's pad is 0; -1 means "none" in sentencepiece.
     self.vocab_size = self.sp.GetPieceSize()

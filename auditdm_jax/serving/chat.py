@@ -100,8 +100,8 @@ def parse_messages(messages, limits):
 def parse_request(body, limits):
   """A chat-completions body -> ChatJob; InvalidRequest naming the bad field."""
   httpserve.check_fields(body, FIELDS)
-  if body.get("n", 1) != 1:
-    raise InvalidRequest(f"`n` must be 1, got {body['n']!r}")
+  if (n := body.get("n", 1)) != 1 or type(n) is not int:  # pylint: disable=unidiomatic-typecheck
+    raise InvalidRequest(f"`n` must be the integer 1, got {n!r}")
   if body.get("stream", False) is not False:
     raise InvalidRequest("`stream` is not supported (answers are short); leave it out or false")
   if "max_tokens" in body and "max_completion_tokens" in body:
@@ -132,7 +132,8 @@ def models_list(model):
 
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               413: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable", 504: "timeout"}
+               405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
+               499: "client_closed_request", 503: "service_unavailable", 504: "timeout"}
 
 
 def error_body(status, message):

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from auditdm_jax import decode
 from auditdm_jax import evaluators
+from auditdm_jax import io as io_lib
 from auditdm_jax import metrics as metrics_lib
 from auditdm_jax import progress
 from auditdm_jax import sharding
@@ -80,10 +81,11 @@ def load_params(config, cfg, model, mesh, rng):
       tokens = jnp.full((1, cfg.mm_tokens_per_image), cfg.image_token_id, jnp.int32)
     init = jax.jit(lambda r: model.init(r, images, tokens, tokens)["params"], out_shardings=shardings)
     return init(rng), shardings
-  if os.path.isdir(init_path) and not checkpoints.is_big_vision_ts(init_path):
-    _, params = checkpoints.load_vlm_hf(init_path, cfg, shardings)
-  else:
-    params = checkpoints.load_npz(init_path, abstract, shardings)
+  with checkpoints.reading(init_path):
+    if os.path.isdir(init_path) and not checkpoints.is_big_vision_ts(init_path):
+      _, params = checkpoints.load_vlm_hf(init_path, cfg, shardings)
+    else:
+      params = checkpoints.load_npz(init_path, abstract, shardings)
   return params, shardings
 
 
@@ -155,14 +157,75 @@ def evaluate(config, params, outdir, cfg=None, step=None):
   return results
 
 
+def check_config(config):
+  """Checks what `train` would otherwise find only at its first step or first eval (ValueError naming the key):
+  batch size, steps, gradient accumulation, the tokenizer against the model's vocabulary, and the evals
+  (`check_evals`)."""
+  batch = config.input.get("batch_size")
+  if type(batch) is not int or batch < 1:  # pylint: disable=unidiomatic-typecheck
+    raise ValueError(f"input.batch_size must be an integer >= 1, got {batch!r}")
+  accum = config.get("grad_accum_steps") or 1
+  if type(accum) is not int or accum < 1 or batch % accum:  # pylint: disable=unidiomatic-typecheck
+    raise ValueError(f"grad_accum_steps must be an integer >= 1 dividing input.batch_size {batch}, got {accum!r}")
+  if not (config.get("total_steps") or 0) >= 0:
+    raise ValueError(f"total_steps must be >= 0 (0: from total_epochs), got {config.total_steps}")
+  if not config.get("total_steps") and not (config.get("total_epochs") or 0) > 0:
+    raise ValueError(f"give total_steps >= 1 or total_epochs > 0, got {config.get('total_steps')!r} and "
+                     f"{config.get('total_epochs')!r}")
+  vocab = model_config(config).llm.vocab_size
+  tok = tokenizer_lib.Tokenizer(config.tokenizer)
+  if tok.vocab_size > vocab:
+    raise ValueError(f"tokenizer has {tok.vocab_size} pieces but the model's vocab is {vocab}")
+  check_evals(config)
+
+
+def check_evals(config):
+  """Each eval of `config.evals`: its type and arguments, batch size, schedule and data (a split that exists and
+  holds examples); ValueError naming the key."""
+  for name, ev in (config.get("evals") or {}).items():
+    for key, lo in (("batch_size", 1), ("every_steps", 0), ("max_decode_len", 1)):
+      value = ev.get(key, lo)
+      if type(value) is not int or value < lo:  # pylint: disable=unidiomatic-typecheck
+        raise ValueError(f"evals.{name}.{key} must be an integer >= {lo}, got {value!r}")
+    if "data" not in ev or "type" not in ev:
+      raise ValueError(f"evals.{name} needs `type` and `data`")
+    _, n = tfds_input.raw_dataset(dict(ev["data"]))
+    if not n:
+      raise ValueError(f"evals.{name}: its data {dict(ev['data'])} has no examples")
+  make_evaluators(config, lambda params, batch, max_decode_len: [], None)  # Types and their arguments.
+
+
+def _due_evals(evals_cfg, step, steps):
+  return [n for n, e in evals_cfg.items() if step == steps or (e.get("every_steps") and step % e["every_steps"] == 0)]
+
+
+def _eval_dir(workdir, step):
+  return os.path.join(workdir, "evals", f"step_{step:07d}")
+
+
+def _recorded_evals(workdir, step, names):
+  """({metric: value} the evals `names` wrote at `step`, [the names that did not finish there])."""
+  results, missing = {}, []
+  for name in names:
+    path = os.path.join(_eval_dir(workdir, step), f"{name}.metrics.json")
+    if os.path.exists(path):
+      results.update(io_lib.read_json(path))
+    else:
+      missing.append(name)
+  return results, missing
+
+
 def train(config, workdir):
-  """Fine-tunes per `config` in `workdir` (resuming from its latest checkpoint); returns the final eval metrics."""
+  """Fine-tunes per `config` in `workdir` (resuming from its latest checkpoint); returns the final eval metrics.
+
+  Resuming also runs the evals due at the checkpoint's step that did not finish before the stop, drops the
+  metric rows logged past it (they are logged again), and on a finished workdir returns the last evals' metrics.
+  """
+  check_config(config)
   # Config -> mesh.
   cfg = model_config(config)
   model = vlm.get_model(cfg)
   tok = tokenizer_lib.Tokenizer(config.tokenizer)
-  if tok.vocab_size > cfg.llm.vocab_size:
-    raise ValueError(f"tokenizer has {tok.vocab_size} pieces but the model's vocab is {cfg.llm.vocab_size}")
   mesh = sharding.make_mesh(config.get("mesh"))
   rng = jax.random.key(config.get("seed", 0))
 
@@ -175,56 +238,65 @@ def train(config, workdir):
   tx, schedule_fn = optim.make_optimizer(config, total_steps=steps)
   ckpt = checkpoint_lib.Checkpointer(workdir, save_every_steps=config.get("ckpt_every_steps"),
                                      keep=config.get("keep_ckpts") or 2)
-  start, data_state = 0, None
-  if ckpt.latest_step() is None:
-    params, shardings = load_params(config, cfg, model, mesh, jax.random.fold_in(rng, 0))
-    opt_state = step_lib.init_opt_state(tx, params, mesh, shardings)
-  else:
-    abstract = vlm.abstract_params(cfg)
-    shardings = sharding.param_shardings(abstract, mesh)
-    opt_abstract = checkpoint_lib.abstract(jax.eval_shape(tx.init, abstract),
-                                           step_lib.opt_state_shardings(tx, abstract, mesh, shardings))
-    restored = ckpt.restore_latest(params=checkpoint_lib.abstract(abstract, shardings), opt_state=opt_abstract)
-    params, opt_state, start, data_state = (restored["params"], restored["opt_state"], restored["step"],
-                                            restored["data_state"])
-    log.info("resumed at step %d", start)
+  with ckpt:  # Closing waits for the saves in flight, also when a step or an eval fails.
+    start, data_state = 0, None
+    if ckpt.latest_step() is None:
+      params, shardings = load_params(config, cfg, model, mesh, jax.random.fold_in(rng, 0))
+      opt_state = step_lib.init_opt_state(tx, params, mesh, shardings)
+    else:
+      if ckpt.latest_step() > steps:
+        raise ValueError(f"the workdir's latest checkpoint is at step {ckpt.latest_step()}, past this config's "
+                         f"{steps} steps ({ckpt.directory}); give a new workdir or at least as many steps")
+      abstract = vlm.abstract_params(cfg)
+      shardings = sharding.param_shardings(abstract, mesh)
+      opt_abstract = checkpoint_lib.abstract(jax.eval_shape(tx.init, abstract),
+                                             step_lib.opt_state_shardings(tx, abstract, mesh, shardings))
+      restored = ckpt.restore_latest(params=checkpoint_lib.abstract(abstract, shardings), opt_state=opt_abstract)
+      params, opt_state, start, data_state = (restored["params"], restored["opt_state"], restored["step"],
+                                              restored["data_state"])
+      log.info("resumed at step %d", start)
 
-  # update_fn.
-  update_fn = step_lib.make_train_step(
-      make_loss_fn(model, float(config.get("label_smoothing") or 0.0), deterministic=False), tx, mesh=mesh,
-      param_shardings=shardings, schedule_fn=schedule_fn, grad_accum_steps=config.get("grad_accum_steps") or 1,
-      trainable=optim.trainable_mask(params, config))
-  train_input = tfds_input.TrainInput(sources, config.input.pp, config.input.batch_size, seed=config.get("seed", 0),
-                                      shuffle_buffer=config.input.get("shuffle_buffer") or 10_000, state=data_state)
+    # update_fn.
+    update_fn = step_lib.make_train_step(
+        make_loss_fn(model, float(config.get("label_smoothing") or 0.0), deterministic=False), tx, mesh=mesh,
+        param_shardings=shardings, schedule_fn=schedule_fn, grad_accum_steps=config.get("grad_accum_steps") or 1,
+        trainable=optim.trainable_mask(params, config))
+    train_input = tfds_input.TrainInput(sources, config.input.pp, config.input.batch_size,
+                                        seed=config.get("seed", 0),
+                                        shuffle_buffer=config.input.get("shuffle_buffer") or 10_000, state=data_state)
 
-  predictor = Predictor(cfg, tok)
-  writer = metrics_lib.MetricWriter(workdir)
-  evals_cfg = dict(config.get("evals") or {})
-  results = {}
-  log_every = config.get("log_every_steps") or 10
-  t0 = time.time()
-  for step in progress.track(range(start + 1, steps + 1), initial=start, desc="SFT", unit="step"):
-    batch = {k: v for k, v in next(train_input).items() if k in MODEL_KEYS}
-    params, opt_state, m = update_fn(params, opt_state, sharding.shard_batch(batch, mesh),
-                                     jax.random.fold_in(rng, step))
-    if step % log_every == 0 or step == steps:
-      m = jax.device_get(m)
-      writer.write(step, **m, steps_per_sec=log_every / max(time.time() - t0, 1e-9))
-      log.info("step %d/%d loss %.4f", step, steps, float(m["loss"]))
+    predictor = Predictor(cfg, tok)
+    evals_cfg = dict(config.get("evals") or {})
+    with metrics_lib.MetricWriter(workdir, after_step=start) as writer:
+
+      def run_evals(step, names):
+        evs = make_evaluators(config, predictor, _eval_dir(workdir, step))
+        results = {}
+        for name in names:
+          metrics = evs[name].run(params)
+          writer.write(step, **metrics)
+          results.update(metrics)
+        return results
+
+      results, missing = _recorded_evals(workdir, start, _due_evals(evals_cfg, start, steps) if start else [])
+      if missing:  # Stopped between the checkpoint and its evals.
+        log.info("running the evals due at step %d that did not finish before the stop: %s", start, missing)
+        results.update(run_evals(start, missing))
+      log_every = config.get("log_every_steps") or 10
       t0 = time.time()
-    ckpt.maybe_save(step, params=params, opt_state=opt_state, rng=rng, data_state=train_input.state(),
-                    force=step == steps)
-    if ckpt.preempted:
-      break
-    due = [n for n, e in evals_cfg.items() if step == steps or (e.get("every_steps") and
-                                                                 step % e["every_steps"] == 0)]
-    if due:
-      outdir = os.path.join(workdir, "evals", f"step_{step:07d}")
-      evs = make_evaluators(config, predictor, outdir)
-      for name in due:
-        metrics = evs[name].run(params)
-        writer.write(step, **metrics)
-        results.update(metrics)
-  writer.close()
-  ckpt.close()  # Raises Preempted after a SIGTERM / Ctrl-C save.
+      for step in progress.track(range(start + 1, steps + 1), initial=start, desc="SFT", unit="step"):
+        batch = {k: v for k, v in next(train_input).items() if k in MODEL_KEYS}
+        params, opt_state, m = update_fn(params, opt_state, sharding.shard_batch(batch, mesh),
+                                         jax.random.fold_in(rng, step))
+        if step % log_every == 0 or step == steps:
+          m = jax.device_get(m)
+          writer.write(step, **m, steps_per_sec=log_every / max(time.time() - t0, 1e-9))
+          log.info("step %d/%d loss %.4f", step, steps, float(m["loss"]))
+          t0 = time.time()
+        ckpt.maybe_save(step, params=params, opt_state=opt_state, rng=rng, data_state=train_input.state(),
+                        force=step == steps)
+        if ckpt.preempted:
+          break  # Leaving the `with` raises Preempted; the resumed run runs this step's evals.
+        if due := _due_evals(evals_cfg, step, steps):
+          results = run_evals(step, due)
   return results
