@@ -3,8 +3,8 @@
 Every module in `auditdm_jax/commands/` is one subcommand (file `train_auditor.py` -> `auditdm train-auditor`): a
 registry by module name, as big_vision's. A command module defines `HELP` (one line, a string literal), optionally
 `DEFAULT_CONFIG` (a config spec relative to the repository), `CONFIG_KEYS` (a tuple literal: the top-level keys its
-config must have), `check_config(config)` (raises on a bad value; both are checked before the workdir is claimed),
-`DEFAULT_WORKDIR`, `WORKDIR_REQUIRED`, `add_arguments(parser)` and `config_spec(args)` (the spec to resolve, when a
+config must have), `check_config(config)` and `check_args(args)` (raise on a bad config value or flag; all are
+checked before the workdir is claimed), `DEFAULT_WORKDIR`, `WORKDIR_REQUIRED`, `add_arguments(parser)` and `config_spec(args)` (the spec to resolve, when a
 flag picks it), and `run(args)`, where `args.config` is the resolved ConfigDict (or None) and `args.workdir` exists
 and holds the resolved `config.json` (claimed by that config: see auditdm_jax/workdir.py).
 
@@ -155,6 +155,8 @@ def _prepare(module, args, overrides, commands):
       module.check_config(args.config)
   elif overrides:
     raise config_lib.ConfigError(f"--config.* overrides given but `{args.command}` takes no --config")
+  if hasattr(module, "check_args"):
+    module.check_args(args)
   if args.workdir:
     args.workdir = os.path.abspath(os.path.expanduser(args.workdir))
     if args.config is not None:

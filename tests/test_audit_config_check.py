@@ -42,6 +42,14 @@ def test_shipped_configs_pass(spec):
     ("rectify.lr=0", "config rectify.lr must be > 0"),
     ("rectify.steps=0", "config rectify.steps must be an int >= 1"),
     ("rectify.balance_answers=0", "rectify.balance_answers must be an int >= 1"),
+    ("rectify.log_every=0", "config rectify.log_every must be an int >= 1"),
+    ("log_every=0", "config log_every must be an int >= 1"),
+    ("lr=nan", "config lr must be > 0, got nan"),
+    ("lr=-1", "config lr must be > 0, got -1.0"),
+    # The world's own check (shapes: the weakness spec), before anything trains or loads.
+    ("system.weakness=countin:shape=star", "unknown skill 'countin'"),
+    ("system.weakness=counting:shape=star+shape=circle", "`shape` is given twice"),
+    ("system.weakness=color:color=red", "no color question of the shapes world falls in this slice"),
 ])
 def test_bad_value_fails_naming_it(override, message):
   with pytest.raises(ValueError, match=re.escape(message)):

@@ -100,8 +100,14 @@ CASES = [
     (["iterate", "--config.iterations=0", "--workdir", "{root}/k6"], 2, "config iterations must be an int >= 1", None),
     (["demo-pretrain", "--config.base.steps=0", "--workdir", "{root}/k5"], 2, "config base.steps must be an int >= 1",
      None),
-    (["sweep", "--workdir", "{root}/s0", "--seeds", "0,one"], 1, "a comma-separated list of integers, got '0,one'",
+    (["sweep", "--workdir", "{root}/s0", "--seeds", "0,one"], 2, "a comma-separated list of integers, got '0,one'",
      None),
+    (["sweep", "--workdir", "{root}/s0", "--seeds=-1"], 2, "seeds must be >= 0, got [-1]", None),
+    (["sweep", "--workdir", "{root}/s0", "--weaknesses", "counting:shape=star,countin:shape=star"], 2,
+     "unknown skill 'countin'", None),
+    # A weakness spec with a typo fails before the workdir is claimed (so --overwrite deletes nothing).
+    (["demo", "--config", "configs/audit/demo.py:weakness=countin:shape=star", "--workdir", "{root}/k7",
+      "--overwrite"], 2, "unknown skill 'countin'", None),
     # A bad reward or mode fails before the demo pretrains anything.
     (["demo", "--config", "configs/audit/demo.py:diversity=-1", "--workdir", "{root}/d1"], 2,
      "diversity must be >= 0", None),
@@ -153,7 +159,8 @@ def test_bad_inputs_give_one_line_errors_and_leave_workdirs_untouched(inputs, ca
       assert path.format(**inputs) in lines[0], (argv, lines[0])
     assert {k: _snapshot(inputs[k]) for k in before} == before, argv
   assert not os.path.exists(os.path.join(inputs["root"], "x"))
-  assert not any(os.path.exists(os.path.join(inputs["root"], k)) for k in ("k1", "k2", "k3", "k4", "k5", "k6", "d1", "s1"))  # Never claimed.
+  never_claimed = ("k1", "k2", "k3", "k4", "k5", "k6", "k7", "d1", "s0", "s1")
+  assert not any(os.path.exists(os.path.join(inputs["root"], k)) for k in never_claimed)
 
 
 def test_resume_with_changes_keeps_data_and_overwrite_starts_over(tmp_path, capsys):

@@ -119,7 +119,7 @@ def train(config, workdir, system=None):
   restored = ckpt.restore_latest(params=params, opt_state=opt_state)
   if restored is not None:
     params, opt_state, rng, start = restored["params"], restored["opt_state"], restored["rng"], restored["step"]
-  writer = metrics_lib.MetricWriter(workdir)
+  writer = metrics_lib.MetricWriter(workdir, after_step=start)  # Rows logged past the checkpoint are redone.
 
   for step in progress.track(range(start, config.total_steps), initial=start, desc="GRPO", unit="step"):
     t_step = time.perf_counter()

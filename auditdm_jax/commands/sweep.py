@@ -17,6 +17,10 @@ def check_config(config):
   config_check.check(config, config_check.ALL)
 
 
+def check_args(args):
+  sweep.seeds_and_weaknesses(args.seeds, args.weaknesses, args.config.system.weakness)
+
+
 def add_arguments(parser):
   parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
   parser.add_argument("--weaknesses", default=None,
@@ -24,8 +28,7 @@ def add_arguments(parser):
 
 
 def run(args):
-  seeds = sweep.parse_list(args.seeds, int)
-  weaknesses = sweep.parse_list(args.weaknesses) if args.weaknesses else [args.config.system.weakness]
+  seeds, weaknesses = sweep.seeds_and_weaknesses(args.seeds, args.weaknesses, args.config.system.weakness)
   result = sweep.run(args.config, args.workdir, seeds, weaknesses)
   print(sweep.markdown(result, sweep.SUMMARY))
   print(f"written: {args.workdir}/sweep.json, {args.workdir}/sweep.md, {args.workdir}/sweep_summary.md")

@@ -60,6 +60,17 @@ def parse_list(text, convert=str):
   return items
 
 
+def seeds_and_weaknesses(seeds, weaknesses, default_weakness):
+  """The runs' seeds (integers >= 0) and weaknesses (`--weaknesses`, else the config's), each spec checked."""
+  seeds = parse_list(seeds, int)
+  if min(seeds) < 0:
+    raise ValueError(f"seeds must be >= 0, got {seeds}")
+  weaknesses = parse_list(weaknesses) if weaknesses else [default_weakness]
+  for weakness in weaknesses:
+    tasks.check_weakness(weakness)
+  return seeds, weaknesses
+
+
 def slug(weakness):
   return re.sub(r"[^a-z0-9]+", "_", ",".join(tasks.weakness_specs(weakness))).strip("_")
 

@@ -180,9 +180,15 @@ def weakness_label(spec):
   return f"{tasks.parse_weakness(spec)[0]} (planted weakness {spec})"
 
 
+def check_config(sc):
+  """The values of `config.system` the world alone knows (`audit.config_check` calls it before the workdir is
+  claimed): the planted weakness spec."""
+  tasks.check_weakness(sc.weakness)
+
+
 def build(sc, workdir, target_npz=None):
   """The System for `config.system` (sc); `target_npz` replaces the target's weights (refinement iterations)."""
-  tasks.check_weakness(sc.weakness)  # A bad spec fails before any model is loaded.
+  check_config(sc)  # A bad spec fails before any model is loaded.
   tok_path = os.path.join(sc.models_dir, "tokenizer.model")
   if not os.path.exists(tok_path):  # E.g. configs/audit/demo.py outside `auditdm demo`, which fills models_dir in.
     raise FileNotFoundError(2, "no shapes-world demo models: pass --config.system.models_dir=W/pretrain of an "

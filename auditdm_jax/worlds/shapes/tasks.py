@@ -224,6 +224,8 @@ def parse_weakness(spec):
     if not eq or key not in _CONDITIONS or value not in _CONDITIONS[key]:
       allowed = "; ".join(f"{k}={'|'.join(v)}" for k, v in _CONDITIONS.items())
       raise ValueError(f"weakness {spec!r}: bad condition {item!r} (allowed: {allowed})")
+    if key in conds:
+      raise ValueError(f"weakness {spec!r}: `{key}` is given twice (one value per condition)")
     conds[key] = value
   return skill, conds
 
