@@ -83,6 +83,25 @@ def test_missing_manual_files_error(tmp_path):
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "manual2")))
 
 
+@pytest.mark.parametrize("name, damage, message", [
+    ("vqav2", lambda m: (m / "v2_mscoco_val2014_annotations.json").write_text('{"annotations": [{"quest'),
+     "invalid JSON"),
+    ("vqav2", lambda m: (m / "v2_mscoco_val2014_annotations.json").write_text('{"foo": []}'),
+     "malformed annotations: KeyError: 'annotations'"),
+    ("chartqa", lambda m: (m / "val" / "val_human.json").write_text('[{"imgname": "human0.png", "query": "q"}]'),
+     "malformed annotations: KeyError: 'label'"),
+])
+def test_malformed_annotations_name_the_file(tmp_path, name, damage, message):
+  from auditdm_jax import errors  # pylint: disable=g-import-not-at-top
+  manual = tmp_path / "manual"
+  getattr(data_fixtures, f"write_{name}")(str(manual))
+  damage(manual)
+  builder = tfds.builder(name, data_dir=str(tmp_path / "data"))
+  with pytest.raises(errors.InputError, match=message) as e:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+  assert str(e.value.path).startswith(str(manual)), e.value.path
+
+
 def test_refcoco_flat_transform():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from auditdm_jax.data.builders import catalog  # pylint: disable=g-import-not-at-top

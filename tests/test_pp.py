@@ -44,6 +44,16 @@ def test_bad_arguments_are_clear():
     pp.get_preprocess_fn('masked_concat(["a", "b"], mask_ar=[0])')
   with pytest.raises(pp.PPError, match="key 'question' not in example"):
     run('strfmt("q {question}")', {"x": "1"})
+  with pytest.raises(pp.PPError, match="bad arguments for pp op 'strfmt"):
+    pp.get_preprocess_fn('strfmt("{a")')
+  with pytest.raises(pp.PPError, match="Python literals"):
+    pp.get_preprocess_fn("keep({[1]: 2})")
+  with pytest.raises(pp.PPError, match="named once each"):
+    pp.get_preprocess_fn('resize(4, key="a", key="b")')
+  with pytest.raises(pp.PPError, match="must hold 4 finite coordinates"):
+    run("bbox_to_loc", {"bbox": [0.1, 0.2, 0.3]})
+  with pytest.raises(tf.errors.InvalidArgumentError, match="must hold 4 finite coordinates"):
+    run("bbox_to_loc", {"bbox": [float("nan"), 0.2, 0.3, 0.4]})
 
 
 def test_image_ops():
@@ -65,6 +75,11 @@ def test_strfmt_choice_keep_drop_copy():
   assert out["suffix"] in (b"a", b"b", b"c")
   assert "x" not in out and out["y"] == 1.0
   assert sorted(run('keep("id", "question")', data)) == ["id", "question"]
+  # keep leaves the example's `_rng`: a later choice draws the same answer as without the keep.
+  rng = {"_rng": np.array([5, 9], np.int64)}
+  picks = [run(f'{ops}choice(inkey="answers", outkey="a")', dict(data, **rng))["a"]
+           for ops in ('keep("answers")|', "")]
+  assert picks[0] == picks[1]
 
 
 def test_choice_is_deterministic_given_rng():

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 import data_fixtures
@@ -60,7 +61,10 @@ def test_jsonl_errors_name_file_and_line(tmp_path):
            ('{"image": "x.png", "q": {"nested": 1}}\n', "unsupported value", 1),
            ('{"image": "x.png", "q": "a"}\n{"image": "y.png", "q": "b"', "invalid JSON", 2),
            ('{"image": "x.png", "q": "a"}\n[1, 2]\n', "must be a JSON object", 2),
-           ('{"q": "a"}\n', "no 'image' path", 1)]
+           ('{"q": "a"}\n', "no 'image' path", 1),
+           ('{"image": "", "q": "a"}\n', "no 'image' path", 1),
+           ('{"image": "x.png", "q": [1]}\n{"image": "y.png", "q": ["b"]}\n', r"is list\[str\], the first row", 2),
+           ('{"image": "x.png", "n": 1}\n{"image": "y.png", "n": 1180591620717411303424}\n', "unsupported value", 2)]
   for text, message, line in cases:
     bad.write_text(text)
     with pytest.raises(jsonl_source.SourceError, match=message) as e:
@@ -158,5 +162,23 @@ def test_bad_sources():
     tfds_input.TrainInput([{"jsonl": "a", "name": "b"}], "", 2, process_index=0, process_count=1).dataset()
   with pytest.raises(ValueError, match="not divisible"):
     tfds_input.TrainInput([{"jsonl": "a"}], "", 3, process_index=0, process_count=2)
-  with pytest.raises(ValueError, match="weights"):
-    tfds_input.TrainInput([{"jsonl": "a", "weight": 0}], "", 2, process_index=0, process_count=1)
+  for weights in ([0], [float("nan"), 1.0], [float("inf"), 1.0], ["abc"], [-1.0, 2.0]):
+    with pytest.raises(ValueError, match="weights must be"):
+      tfds_input.TrainInput([{"jsonl": "a", "weight": w} for w in weights], "", 2, process_index=0, process_count=1)
+
+
+def test_jsonl_empty_lists_bom_and_remote_paths(tmp_path):
+  (tmp_path / "x.png").write_bytes(b"png")
+  path = tmp_path / "rows.jsonl"
+  path.write_text('\ufeff{"image": "x.png", "tags": []}\n{"image": "x.png", "tags": [1, 2]}\n', encoding="utf-8")
+  ds, n = jsonl_source.jsonl_dataset(str(path))  # A BOM, and [] beside a list of numbers: one list[num] column.
+  rows = list(ds)
+  assert n == 2 and rows[1]["tags"].numpy().tolist() == [1.0, 2.0] and rows[0]["tags"].shape == (0,)
+  # A file on another filesystem: images relative to it, not to the working directory.
+  tf.io.gfile.makedirs("ram://remote/imgs")
+  with tf.io.gfile.GFile("ram://remote/imgs/0.png", "wb") as f:
+    f.write(b"png")
+  with tf.io.gfile.GFile("ram://remote/x.jsonl", "w") as f:
+    f.write('{"image": "imgs/0.png", "q": "a"}\n')
+  ds, n = jsonl_source.jsonl_dataset("ram://remote/x.jsonl")
+  assert n == 1 and next(iter(ds))["image"].numpy() == b"png"  # The bytes of ram://remote/imgs/0.png.

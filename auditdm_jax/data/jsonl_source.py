@@ -33,6 +33,8 @@ def read_jsonl(path, with_lines=False, allow_empty=False):
   rows = []
   with tf.io.gfile.GFile(path) as f:
     for lineno, line in enumerate(f, 1):
+      if lineno == 1:
+        line = line.removeprefix("\ufeff")  # A byte-order mark (files saved by some Windows editors).
       if line.strip():
         try:
           row = json.loads(line)
@@ -50,11 +52,13 @@ def _kind(value):
   if isinstance(value, bool):
     return "bool"
   if isinstance(value, int):
-    return "int"
+    return "int" if -2**63 <= value < 2**63 else None  # int64, as tf stores it.
   if isinstance(value, float):
     return "float"
   if isinstance(value, str):
     return "str"
+  if isinstance(value, list) and not value:
+    return "list"  # Empty: either list kind, as the column's other rows say.
   if isinstance(value, list) and all(isinstance(v, str) for v in value):
     return "list[str]"
   if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
@@ -72,15 +76,19 @@ def _columns(rows, lines, path):
       kind = _kind(row[k])
       if kind is None:
         raise SourceError(f"field {k!r} has unsupported value {row[k]!r}", path, line)
-      # Ints widen to float when a column mixes them.
-      if kinds.setdefault(k, kind) != kind and {kinds[k], kind} != {"int", "float"}:
-        raise SourceError(f"field {k!r} is {kind}, the first row has {kinds[k]}", path, line)
-      if {kinds[k], kind} == {"int", "float"}:
+      have = kinds.setdefault(k, kind)
+      if have == kind or (kind == "list" and have.startswith("list")):
+        continue
+      if {have, kind} == {"int", "float"}:  # Ints widen to float when a column mixes them.
         kinds[k] = "float"
+      elif have == "list" and kind.startswith("list["):
+        kinds[k] = kind
+      else:
+        raise SourceError(f"field {k!r} is {kind}, the first row has {have}", path, line)
   cols = {}
   for k in keys:
     values = [r[k] for r in rows]
-    if kinds[k] == "list[str]":
+    if kinds[k] in ("list[str]", "list"):
       cols[k] = tf.ragged.constant(values, dtype=tf.string)
     elif kinds[k] == "list[num]":
       cols[k] = tf.ragged.constant(values, dtype=tf.float32)
@@ -94,13 +102,14 @@ def _with_images(numbered, path, image_key, on_missing_image):
   """Rows with their image path made absolute; rows whose image file is missing are skipped (counted) or raise."""
   if on_missing_image not in ON_MISSING_IMAGE:
     raise ValueError(f"on_missing_image must be one of {ON_MISSING_IMAGE}, got {on_missing_image!r}")
-  base = os.path.dirname(os.path.abspath(path))
+  # Relative to the JSONL file; a remote one (gs://, ram://...) keeps its scheme.
+  base = os.path.dirname(path if "://" in path else os.path.abspath(path))
   kept, missing = [], []
   for line, row in numbered:
-    if not isinstance(row.get(image_key), str):
+    if not isinstance(row.get(image_key), str) or not row[image_key].strip():
       raise SourceError(f"row has no {image_key!r} path", path, line)
     row[image_key] = os.path.join(base, row[image_key])
-    if tf.io.gfile.exists(row[image_key]):
+    if tf.io.gfile.exists(row[image_key]) and not tf.io.gfile.isdir(row[image_key]):
       kept.append((line, row))
     elif on_missing_image == "error":
       raise SourceError(f"image file not found: {row[image_key]}", path, line)

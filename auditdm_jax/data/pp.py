@@ -51,10 +51,13 @@ def parse_op(text):
     raise PPError(f"cannot parse pp op {text!r}: {e.msg}") from None
   if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
     raise PPError(f"pp op {text!r} is not of the form name(args)")
+  names = [k.arg for k in node.keywords]
+  if None in names or len(set(names)) < len(names):
+    raise PPError(f"pp op {text!r}: keyword arguments must be named once each (no ** either)")
   try:
     args = tuple(ast.literal_eval(a) for a in node.args)
     kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
-  except ValueError:
+  except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # E.g. {[1]: 2}: a literal, unhashable.
     raise PPError(f"pp op {text!r}: arguments must be Python literals") from None
   return node.func.id, args, kwargs
 
@@ -66,7 +69,9 @@ def get_op(text):
     raise PPError(f"unknown pp op {name!r} in {text!r}; registered ops: {', '.join(registered())}")
   try:
     return _REGISTRY[name](*args, **kwargs)
-  except TypeError as e:
+  except PPError:
+    raise
+  except (TypeError, ValueError) as e:  # E.g. a missing argument, or strfmt's template "{a".
     raise PPError(f"bad arguments for pp op {text!r}: {e}") from None
 
 
@@ -318,11 +323,12 @@ def get_tolen(length, key="text", pad_value=0):
 
 @register("keep")
 def get_keep(*keys):
+  """Keeps `keys` (and the private `_` keys, e.g. `_rng`, which a later `choice` draws from)."""
   def op(data):
     missing = [k for k in keys if k not in data]
     if missing:
       raise PPError(f"keep: keys {missing} not in example; keys: {sorted(data)}")
-    return {k: data[k] for k in keys}
+    return {k: v for k, v in data.items() if k in keys or k.startswith("_")}
   return op
 
 
@@ -355,7 +361,13 @@ def get_setdefault(key, value):
 def get_bbox_to_loc(key="bbox", outkey="loc", bins=1024):
   """A [4] normalised (y1, x1, y2, x2) box -> the string "<locYYYY><locXXXX><locYYYY><locXXXX>" (PaliGemma)."""
   def op(data):
-    box = tf.clip_by_value(tf.cast(_need(data, key, "bbox_to_loc"), tf.float32), 0.0, 1.0)
+    box = tf.reshape(tf.cast(_need(data, key, "bbox_to_loc"), tf.float32), [-1])
+    need = f"bbox_to_loc: {key!r} must hold 4 finite coordinates (y1, x1, y2, x2)"
+    if box.shape[0] not in (None, 4):
+      raise PPError(f"{need}, got shape {box.shape}")
+    with tf.control_dependencies([tf.debugging.assert_equal(tf.size(box), 4, message=need)]):
+      box = tf.debugging.assert_all_finite(tf.ensure_shape(box, [4]), need)
+    box = tf.clip_by_value(box, 0.0, 1.0)
     ids = tf.cast(tf.round(box * (bins - 1)), tf.int32)
     data[outkey] = tf.strings.reduce_join(tf.strings.join(["<loc", tf.strings.as_string(ids, width=4, fill="0"), ">"]))
     return data

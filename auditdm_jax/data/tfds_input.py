@@ -136,9 +136,12 @@ class TrainInput:
     if batch_size % process_count:
       raise ValueError(f"batch size {batch_size} is not divisible by the process count {process_count}")
     self.sources = [dict(s) for s in sources]
-    self.weights = [float(_get(s, "weight", 1.0)) for s in self.sources]
-    if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
-      raise ValueError(f"source weights must be >= 0 with a positive sum, got {self.weights}")
+    weights = [_get(s, "weight", 1.0) for s in self.sources]
+    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
+      raise ValueError(f"source weights must be numbers, got {weights}")
+    self.weights = [float(w) for w in weights]
+    if not all(0 <= w < float("inf") for w in self.weights) or sum(self.weights) <= 0:  # NaN fails 0 <= w.
+      raise ValueError(f"source weights must be finite and >= 0 with a positive sum, got {self.weights}")
     self.pp, self.seed = pp, seed
     self.local_batch_size = batch_size // process_count
     self.shuffle_buffer, self.prefetch = shuffle_buffer, prefetch

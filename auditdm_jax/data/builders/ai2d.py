@@ -42,6 +42,7 @@ class Ai2d(tfds.core.GeneratorBasedBuilder):
     return {"train": self._generate_examples(qdir, idir, test_ids, False),
             "test": self._generate_examples(qdir, idir, test_ids, True)}
 
+  @common.names_source
   def _generate_examples(self, question_dir, image_dir, test_ids, test):
     for name in sorted(tf.io.gfile.listdir(question_dir)):
       if not name.endswith(".json"):

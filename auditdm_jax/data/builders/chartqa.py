@@ -38,12 +38,14 @@ class Chartqa(tfds.core.GeneratorBasedBuilder):
       for kind in ("human", "augmented"):
         name = f"{folder}/{folder}_{kind}.json"
         if common.exists(dl_manager, name):
-          splits[f"{folder}_{kind}"] = self._generate_examples(
-              common.manual_path(dl_manager, name), common.manual_path(dl_manager, folder, "png"), f"{folder}_{kind}")
+          images = common.manual_path(dl_manager, folder, "png", instructions=self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+          splits[f"{folder}_{kind}"] = self._generate_examples(common.manual_path(dl_manager, name), images,
+                                                               f"{folder}_{kind}")
     if not splits:
       common.manual_path(dl_manager, "train/train_human.json", instructions=self.MANUAL_DOWNLOAD_INSTRUCTIONS)
     return splits
 
+  @common.names_source
   def _generate_examples(self, annotations, image_dir, prefix):
     for i, d in enumerate(common.load_json(annotations)):
       key = f"{prefix}_{i}"

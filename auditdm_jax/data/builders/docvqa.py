@@ -51,6 +51,7 @@ class Docvqa(tfds.core.GeneratorBasedBuilder):
       common.manual_path(dl_manager, "train", instructions=self.MANUAL_DOWNLOAD_INSTRUCTIONS)
     return splits
 
+  @common.names_source
   def _generate_examples(self, annotations, folder):
     for d in common.load_json(annotations)["data"]:
       yield d["questionId"], {

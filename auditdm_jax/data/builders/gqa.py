@@ -40,6 +40,7 @@ class Gqa(tfds.core.GeneratorBasedBuilder):
       need(FILES["train"])
     return splits
 
+  @common.names_source
   def _generate_examples(self, questions, image_dir):
     for qid, q in common.load_json(questions).items():
       yield qid, {

@@ -9,6 +9,7 @@ multiple_choice_answer (empty in OK-VQA), answer_type, question_type.
 """
 import tensorflow_datasets as tfds
 
+from auditdm_jax.data.builders import common
 from auditdm_jax.data.builders import vqav2
 
 INSTRUCTIONS = __doc__.split("\n", 1)[1]  # the layout part of the module docstring
@@ -30,5 +31,6 @@ class Okvqa(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     return vqav2.vqa_split_generators(self, dl_manager, SUBSETS, QUESTIONS, ANNOTATIONS)
 
+  @common.names_source
   def _generate_examples(self, questions, annotations, image_dir):
     yield from vqav2.vqa_examples(questions, annotations, image_dir)

@@ -88,5 +88,6 @@ class Vqav2(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     return vqa_split_generators(self, dl_manager, SUBSETS, QUESTIONS, ANNOTATIONS)
 
+  @common.names_source
   def _generate_examples(self, questions, annotations, image_dir):
     yield from vqa_examples(questions, annotations, image_dir)
