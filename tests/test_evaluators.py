@@ -74,6 +74,7 @@ def test_cider_equals_pycocoevalcap():
   assert score == pytest.approx(want, rel=1e-12)
   np.testing.assert_allclose(scores, want_scores, rtol=1e-12)
   assert cider.tokenize("A man, riding a horse-drawn cart (on a beach).") == "a man riding a horse-drawn cart on a beach"
+  assert cider.tokenize("\"Quoted\" sign: 3.5 cm, 1,000 m. The end.") == "quoted sign 3.5 cm 1,000 m the end"
 
 
 def test_refcoco_parsing_and_iou():

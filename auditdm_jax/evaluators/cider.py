@@ -11,13 +11,14 @@ import re
 
 from auditdm_jax.evaluators import common
 
-_PUNCT_TOKENS = {"''", "'", "``", "`", "(", ")", "[", "]", "{", "}", "-lrb-", "-rrb-", "-lcb-", "-rcb-", ".",
+_PUNCT_TOKENS = {"''", "'", "``", "`", '"', "(", ")", "[", "]", "{", "}", "-lrb-", "-rrb-", "-lcb-", "-rcb-", ".",
                  "?", "!", ",", ":", "-", "--", "...", ";"}
 
 
 def tokenize(text):
-  """Lower-cased words with punctuation split off and dropped (approximating the PTB tokenizer + filter)."""
-  text = re.sub(r"([.,!?;:\"()\[\]{}]|--|-(?=\s|$)|(?<=\s)-)", r" \1 ", text.lower())
+  """Lower-cased words with punctuation split off and dropped (approximating the PTB tokenizer + filter; numbers
+  such as 3.5 and 1,000 stay one token, as PTB keeps them)."""
+  text = re.sub(r"((?<!\d)[.,]|[.,](?!\d)|[!?;:\"()\[\]{}]|--|-(?=\s|$)|(?<=\s)-)", r" \1 ", text.lower())
   return " ".join(t for t in text.split() if t not in _PUNCT_TOKENS)
 
 

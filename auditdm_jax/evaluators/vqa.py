@@ -2,7 +2,8 @@
 
 Normalisation follows the official VQA evaluation script (vqaEval.py): punctuation handling, number words to
 digits, articles dropped, missing apostrophes of contractions restored. It is applied to the prediction and to
-every human answer.
+every human answer, always: vqaEval.py skips it when the ten humans gave one identical string (there "Yes." scores 0
+against ten "yes", here 1), a quirk this does not reproduce; model answers without punctuation score alike.
 """
 import re
 
