@@ -19,6 +19,12 @@ PARITY_CONFIGS = {
     "gemma3_w96": ("gemma3_4b", dict(_SHRUNK, width=96, head_dim=16)),
     "gemma2_w2560": ("gemma2_9b", dict(_SHRUNK, width=2560)),
     "gemma3_w2560": ("gemma3_4b", dict(_SHRUNK, width=2560)),
+    # No window at all (every layer global); odd head counts and sizes, a pattern that does not divide the depth.
+    "gemma2_nowindow": ("gemma2_tiny", dict(sliding_window=None, depth=3)),
+    "gemma3_nowindow": ("gemma3_tiny", dict(sliding_window=None, depth=3)),
+    "gemma3_odd": ("gemma3_tiny", dict(width=48, num_heads=3, num_kv_heads=1, head_dim=24, depth=7, vocab_size=203,
+                                       attn_pattern=("local", "local", "global"), sliding_window=5,
+                                       query_pre_attn_scalar=32)),
 }
 
 
@@ -90,3 +96,9 @@ def test_params_from_hf_errors():
   big["model.language_model.embed_tokens.weight"] = np.concatenate([emb, emb[:64]])
   got = gemma.params_from_hf(big, cfg, prefix="model.language_model.")
   np.testing.assert_array_equal(got["embedder"]["input_embedding"], emb)
+
+
+def test_gemma3_attention_softcap_has_no_transformers_equivalent():
+  """transformers' Gemma3 drops attn_logit_softcapping: exporting such a config would change its outputs."""
+  with pytest.raises(ValueError, match="ignores attn_logit_softcapping"):
+    gemma.hf_text_config(gemma.get_config("gemma3_tiny", attn_softcap=20.0))

@@ -152,3 +152,36 @@ def test_resume_after_sigterm_preemption(tmp_path, straight_run):
   resumed = _run(tmp_path / "pre", tmp_path / "resumed.npz", "--save_every", "100")
   assert "RESUMED" in resumed.stdout and "RESUMED 3\n" not in resumed.stdout
   _assert_same_params(straight_run, _load(tmp_path / "resumed.npz"))
+
+
+def _cut_short(step_dir):
+  """Truncates the larger files of a checkpoint's params, as a full disk or a failed copy leaves them."""
+  damaged = 0
+  for root, _, files in os.walk(step_dir / "params"):
+    for name in files:
+      path = os.path.join(root, name)
+      if os.path.getsize(path) > 100:
+        with open(path, "r+b") as f:
+          f.truncate(os.path.getsize(path) // 2)
+        damaged += 1
+  assert damaged
+
+
+def test_an_unreadable_latest_checkpoint_is_set_aside_and_an_earlier_one_restored(tmp_path):
+  params = {"w": np.arange(600, dtype=np.float32).reshape(20, 30)}
+  with checkpoint.Checkpointer(tmp_path, save_every_steps=2, keep=3, async_save=False) as ckpt:
+    for s in (2, 4):
+      ckpt.maybe_save(s, params={"w": params["w"] + s}, rng=jax.random.PRNGKey(s))
+  _cut_short(tmp_path / "checkpoints" / "4")
+  with checkpoint.Checkpointer(tmp_path, save_every_steps=2, async_save=False) as ckpt:
+    out = ckpt.restore_latest(params=params)
+    assert out["step"] == 2 and ckpt.all_steps() == [2]
+    np.testing.assert_array_equal(out["params"]["w"], params["w"] + 2)
+    assert ckpt.maybe_save(4, params=params, rng=jax.random.PRNGKey(4)) and ckpt.all_steps() == [2, 4]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4", "4.unreadable"]
+  # When no checkpoint can be read, the latest's error is raised and nothing is set aside.
+  _cut_short(tmp_path / "checkpoints" / "2")
+  _cut_short(tmp_path / "checkpoints" / "4")
+  with checkpoint.Checkpointer(tmp_path) as ckpt, pytest.raises(ValueError, match="checkpoint 4 does not fit"):
+    ckpt.restore_latest(params=params)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4", "4.unreadable"]

@@ -645,11 +645,15 @@ def params_to_hf(params, cfg, prefix="model."):
 
 def hf_text_config(cfg):
   """kwargs for transformers Gemma2Config / Gemma3TextConfig matching our config."""
+  if cfg.family == "gemma3" and cfg.attn_softcap:
+    raise ValueError("transformers' Gemma3 ignores attn_logit_softcapping: a Gemma3 config with attn_softcap "
+                     f"({cfg.attn_softcap}) has no transformers equivalent")
   kw = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.width, intermediate_size=cfg.mlp_dim,
             num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads,
             num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
             query_pre_attn_scalar=cfg.query_pre_attn_scalar, rms_norm_eps=cfg.norm_eps,
-            hidden_activation="gelu_pytorch_tanh", sliding_window=cfg.sliding_window,
+            # Without a window every layer is full attention; transformers still wants a positive one (unused).
+            hidden_activation="gelu_pytorch_tanh", sliding_window=cfg.sliding_window or 4096,
             final_logit_softcapping=cfg.final_softcap, attn_logit_softcapping=cfg.attn_softcap,
             layer_types=[f"{'sliding' if k == 'local' else 'full'}_attention" for k in attn_kinds(cfg)])
   if cfg.family == "gemma3":

@@ -172,12 +172,39 @@ class Checkpointer:
             "rng": _rng_from_json(meta["rng"]), "data_state": meta["data_state"], "metadata": meta["metadata"]}
 
   def restore_latest(self, *, params, opt_state=None):
-    """`restore` of the latest checkpoint, or None when there is none (fresh start)."""
-    step = self.latest_step()
-    if step is None:
-      return None
-    log.info("resuming from checkpoint %d in %s", step, self.directory)
-    return self.restore(step, params=params, opt_state=opt_state)
+    """`restore` of the latest checkpoint that can be read, or None when there is none (fresh start).
+
+    Later checkpoints that cannot be read (files cut short or damaged on disk) are set aside as
+    `<step>.unreadable` with a warning, so the run redoes their steps and saves them anew; when none can be
+    read, the latest's error is raised (e.g. a model of another shape, which no checkpoint fits).
+    """
+    steps, first_error = sorted(self.all_steps(), reverse=True), None
+    for step in steps:
+      log.info("resuming from checkpoint %d in %s", step, self.directory)
+      try:
+        restored = self.restore(step, params=params, opt_state=opt_state)
+      except InputError as e:
+        first_error = first_error or e
+        continue
+      self._set_aside([s for s in steps if s > step], first_error)
+      return restored
+    if first_error is not None:
+      raise first_error
+    return None
+
+  def _set_aside(self, steps, error):
+    if not steps:
+      return
+    log.warning("checkpoints %s cannot be read (%s); set aside as <step>.unreadable, resuming from an earlier one",
+                steps, error)
+    if jax.process_index() == 0:
+      for step in steps:
+        path = os.path.join(self.directory, str(step))
+        aside = f"{path}.unreadable"
+        os.replace(path, aside if not os.path.exists(aside) else f"{aside}.{time.time():.0f}")
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("checkpoints set aside")
+    self._mngr.reload()
 
   def wait(self):
     """Blocks until pending async saves are on disk."""
