@@ -124,7 +124,8 @@ CASES = [
     (["rectify", "--workdir", "{root}/r3"], 1, "generated dataset not found", None),
     (["report", "--records", "{root}/records.jsonl", "--out", "{root}/r.html"], 1, "invalid JSON", "records.jsonl:2"),
     # Checkpoints: a missing directory, a truncated .npz, garbage safetensors.
-    (["convert", "--src", "{root}/nope", "--dst", "{root}/x.npz"], 1, "cannot read the checkpoint", "{root}/nope"),
+    (["convert", "--src", "{root}/nope", "--dst", "{root}/x.npz"], 1, "no such checkpoint file or directory",
+     "{root}/nope"),
     (["convert", "--src", "{root}/truncated.npz", "--dst", "{root}/x"], 1, "BadZipFile", "truncated.npz"),
     (["convert", "--src", "{root}/garbage_hf", "--dst", "{root}/x.npz"], 1, "SafetensorError", "garbage_hf"),
     # Servers: a port out of range fails before anything loads; so does a missing tokenizer file.

@@ -51,6 +51,8 @@ def _npz_config(args):
 def run(args):
   src, dst = os.path.expanduser(args.src), os.path.expanduser(args.dst)
   args.src = src
+  if not os.path.exists(src):
+    raise FileNotFoundError(2, "no such checkpoint file or directory", src)
   dtype = DTYPES[args.dtype] if args.dtype else None
   # Conversion is host work: keep the params in host memory, not on an accelerator.
   on_host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
