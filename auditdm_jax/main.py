@@ -4,9 +4,10 @@ Every module in `auditdm_jax/commands/` is one subcommand (file `train_auditor.p
 registry by module name, as big_vision's. A command module defines `HELP` (one line, a string literal), optionally
 `DEFAULT_CONFIG` (a config spec relative to the repository), `CONFIG_KEYS` (a tuple literal: the top-level keys its
 config must have), `check_config(config)` and `check_args(args)` (raise on a bad config value or flag; all are
-checked before the workdir is claimed), `DEFAULT_WORKDIR`, `WORKDIR_REQUIRED`, `add_arguments(parser)` and `config_spec(args)` (the spec to resolve, when a
-flag picks it), and `run(args)`, where `args.config` is the resolved ConfigDict (or None) and `args.workdir` exists
-and holds the resolved `config.json` (claimed by that config: see auditdm_jax/workdir.py).
+checked before the workdir is claimed), `DEFAULT_WORKDIR`, `WORKDIR_REQUIRED`, `add_arguments(parser)` and
+`config_spec(args)` (the spec to resolve, when a flag picks it), and `run(args)`, where `args.config` is the
+resolved ConfigDict (or None) and `args.workdir` exists and holds the resolved `config.json` (claimed by that
+config: see auditdm_jax/workdir.py).
 
 Only the module of the command being run is imported, so a command imports what it needs at module level. The
 listing (`auditdm --help`, a missing or unknown command) reads each `HELP` from the module's source instead.

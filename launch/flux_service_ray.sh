@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # FLUX image service on Ray Serve: NUM_REPLICAS GPU replicas (one GPU each) behind one HTTP endpoint.
 # Single node: just run it. Multi node: `ray start --head` here, `ray start --address=HEAD:6379` on the others, then
-# run this on the head (serve joins the running cluster). Needs `pip install 'auditdm_jax[ray]'`.
+# run this on the head (serve joins the running cluster). Needs `pip install -e '.[service,ray]'`.
 # Usage: FLUX_DIR=... KONTEXT_DIR=... NUM_REPLICAS=16 launch/flux_service_ray.sh [--port 8000 --max-batch-size 4 ...]
 # The model directories must exist at the same path on every node (shared filesystem or a copy per node).
 set -euo pipefail

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Every figure of the README's "Measured: the demo" on this machine: its four sweeps over seeds 0-2, JOBS demo runs
-# at a time. Each seed's models (tokenizer, base, references, auditor) are trained once, by the seed's first run,
+# The README's "Measured: the demo" on this machine: its five sweeps over seeds 0-2 (the table, comparison, image
+# mode, three at once, the two drawn weaknesses), JOBS demo runs at a time. Each seed's models (tokenizer, base, references, auditor) are trained once, by the seed's first run,
 # and copied to the other sweeps; each sweep command then runs once more to write its tables (finished runs are
 # read back, not rerun). Rerunning the script resumes where it stopped.
 # Usage: [ROOT=runs/figures] [JOBS=3] [SEEDS="0 1 2"] [CONFIG=configs/audit/demo.py] launch/readme_figures.sh
 #   CONFIG=configs/audit/demo.py:fast SEEDS=0 runs the same plan with the tiny models (a quarter of an hour).
-# Tables: $ROOT/<sweep>/sweep_summary.md and sweep.md; logs: $ROOT/logs/.
+# Tables: $ROOT/<sweep>/sweep_summary.md and sweep.md; logs: $ROOT/logs/. The seeds 3 and 4 rows (models trained
+# from scratch): auditdm sweep --workdir $ROOT/seeds34 --seeds 3 --weaknesses counting:shape=star,existence:color=red
+# and --seeds 4 --weaknesses counting:shape=star,color:shape=star (docs/shapes_world.md).
 set -euo pipefail -f  # -f: a bracketed weakness list is no file pattern
 ROOT=${ROOT:-runs/figures}
 JOBS=${JOBS:-3}
@@ -17,6 +19,7 @@ SWEEPS=(
   "comparison|||comparison:shape=triangle"
   "edit_question|mode=edit_question||existence:shape=triangle"
   "three_at_once|diversity=1.0|--config.system.eval_batches=16|[counting:shape=star,binding:color=red,existence:shape=triangle]"
+  "drawn|||existence:color=red color:shape=star"  # python -m auditdm_jax.tools.draw_weaknesses (README)
 )
 mkdir -p "$ROOT/logs"
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # TPU VM pod: copy the repo to every worker, install, and run the same command on all hosts at once.
 # jax.distributed initialises itself from the TPU metadata (TPU_WORKER_HOSTNAMES) on every worker.
-# Usage: TPU_NAME=my-pod ZONE=us-central2-b launch/tpu_pod.sh train-auditor --config configs/audit/gemma3_4b.py --workdir gs://bucket/run1
+# Usage: TPU_NAME=my-pod ZONE=us-central2-b launch/tpu_pod.sh train-auditor --config configs/audit/paper.py --workdir gs://bucket/run1
 set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}"
 REMOTE_DIR=${REMOTE_DIR:-auditdm_jax}

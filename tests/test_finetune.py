@@ -52,6 +52,9 @@ def test_transfer_configs_have_table1_values():
     assert config_lib.load(f"configs/paligemma2/transfers/{task}.py").model.res == 448
   c = config_lib.load("configs/paligemma2/transfers/vqav2.py:extra_jsonl=/g.jsonl,extra_weight=0.5")
   assert [d.get("weight") for d in c.input.data] == [1.0, 0.5] and c.input.data[1]["jsonl"] == "/g.jsonl"
+  for task in ("cococap", "refcoco"):  # Generated {question, answer} rows do not fit them: refused, not ignored.
+    with pytest.raises(config_lib.ConfigError, match="unknown config argument 'extra_jsonl'"):
+      config_lib.load(f"configs/paligemma2/transfers/{task}.py:extra_jsonl=/g.jsonl")
 
 
 def test_chartqa_llm_dropout_tiny_train_step():
@@ -173,6 +176,7 @@ def test_finetune_evaluate_resume(setup, capsys):
 @pytest.mark.parametrize("override, message", [
     ("evals.vqav2_val.data.split=validaton", "Unknown split 'validaton'"),
     ("evals.vqav2_val.data.split=validation[:0]", "no data"),
+    ("evals.vqav2_val.data.data_dir=/nonexistent/tfds", "evals.vqav2_val: cannot open its data"),
     ("evals.vqav2_val.type=nope", "unknown evaluator type 'nope'"),
     ("evals.vqav2_val.batch_size=0", "evals.vqav2_val.batch_size must be an integer >= 1"),
     ("input.batch_size=0", "input.batch_size must be an integer >= 1"),

@@ -3,7 +3,8 @@ a bad value fails at once in one line, not minutes into a run or silently (a `re
 original data a negative weight).
 
 Stages: "rollout" (mode, reward, max_words, the system's sizes and sampling, the world's own check), "train" (GRPO:
-steps, logging interval, learning rate, group size, loss, optimizer and schedule), "generate" and "rectify" (their sections). `ALL` is the whole loop's.
+steps, logging interval, learning rate, group size, loss, optimizer and schedule), "generate" and "rectify" (their
+sections). `ALL` is the whole loop's.
 """
 import importlib
 

@@ -82,10 +82,13 @@ def base_config(task, arg_spec):
   return c
 
 
-def common_args(arg, **task_defaults):
-  """Parses the shared config arg: res, tokenizer, data_dir, model_init, variant, extra_jsonl, extra_weight."""
-  spec = dict(res=448, tokenizer="paligemma_tokenizer.model", data_dir="", model_init="", variant="paligemma2_3b",
-              extra_jsonl="", extra_weight=1.0)
+def common_args(arg, qa=True, **task_defaults):
+  """Parses the shared config arg: res, tokenizer, data_dir, model_init, variant, and for question-answer tasks
+  (`qa`; not captioning or referring expressions, which generated {question, answer} rows do not fit)
+  extra_jsonl, extra_weight (`add_extra_jsonl`)."""
+  spec = dict(res=448, tokenizer="paligemma_tokenizer.model", data_dir="", model_init="", variant="paligemma2_3b")
+  if qa:
+    spec.update(extra_jsonl="", extra_weight=1.0)
   spec.update(task_defaults)
   return config_lib.parse_arg(arg, **spec)
 

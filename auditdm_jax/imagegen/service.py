@@ -6,9 +6,10 @@ Endpoints (JSON in, JSON out; images travel as base64 PNG):
                      ratio at about `area` pixels (default Settings.edit_area)
   GET  /healthz      liveness + loaded modes (no auth)
   GET  /metrics      Prometheus text; `?format=json` for JSON (counts, latencies, batch sizes, queue depth)
-Answers: 200 {image, height, width, seed, mode}; 400 malformed request (message names the field); 401 bad or
-missing bearer token; 404 unknown route; 405 wrong method; 413 body too large; 429 queue full (Retry-After); 503
-mode not loaded / shutting down; 504 request timeout; 500 pipeline failure. Errors are JSON {"error": message}. A request without height/width gets the default size clipped to --max-side / max_pixels.
+Answers: 200 {image, height, width, seed, mode}; 400 malformed request (message names the field); 401 bad or missing
+bearer token; 404 unknown route; 405 wrong method; 413 body too large; 429 queue full (Retry-After); 503 mode not
+loaded / shutting down; 504 request timeout; 500 pipeline failure. Errors are JSON {"error": message}. A request
+without height/width gets the default size clipped to --max-side / max_pixels.
 
 A request's job is cancelled when its client disconnects or its timeout passes: dropped from the queue, or, once
 running, its pipeline call is interrupted at the next denoising step when every job of the batch is gone. One

@@ -176,7 +176,20 @@ def check_config(config):
   tok = tokenizer_lib.Tokenizer(config.tokenizer)
   if tok.vocab_size > vocab:
     raise ValueError(f"tokenizer has {tok.vocab_size} pieces but the model's vocab is {vocab}")
+  for i, source in enumerate(config.input.data):
+    _count_examples(source, f"input.data[{i}]")
   check_evals(config)
+
+
+def _count_examples(source, what):
+  """Examples in `source`; a ValueError naming `what` when it has none or cannot be opened (TFDS asserts)."""
+  try:
+    _, n = tfds_input.raw_dataset(dict(source))
+  except AssertionError as e:  # E.g. "Dataset vqav2: could not find data in <data_dir>".
+    raise ValueError(f"{what}: cannot open its data {dict(source)}: {e}") from None
+  if not n:
+    raise ValueError(f"{what}: its data {dict(source)} has no examples")
+  return n
 
 
 def check_evals(config):
@@ -189,9 +202,7 @@ def check_evals(config):
         raise ValueError(f"evals.{name}.{key} must be an integer >= {lo}, got {value!r}")
     if "data" not in ev or "type" not in ev:
       raise ValueError(f"evals.{name} needs `type` and `data`")
-    _, n = tfds_input.raw_dataset(dict(ev["data"]))
-    if not n:
-      raise ValueError(f"evals.{name}: its data {dict(ev['data'])} has no examples")
+    _count_examples(ev["data"], f"evals.{name}")
   make_evaluators(config, lambda params, batch, max_decode_len: [], None)  # Types and their arguments.
 
 

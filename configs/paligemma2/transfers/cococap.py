@@ -25,7 +25,7 @@ def add_eval(c, arg):
 
 
 def get_config(arg=None):
-  arg = t.common_args(arg)
+  arg = t.common_args(arg, qa=False)
   c = t.base_config("cococap", arg)
   training_data(c, arg)
   add_eval(c, arg)

@@ -31,7 +31,7 @@ def add_eval(c, arg):
 
 
 def get_config(arg=None):
-  arg = t.common_args(arg, dataset="ref_coco/refcoco_unc", mask_decoder="")
+  arg = t.common_args(arg, qa=False, dataset="ref_coco/refcoco_unc", mask_decoder="")
   c = t.base_config("refcoco", arg)
   training_data(c, arg)
   add_eval(c, arg)
