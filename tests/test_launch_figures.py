@@ -36,19 +36,20 @@ def test_the_plan(tmp_path):
   assert all(c[c.index("--weaknesses") + 1] == "counting:shape=star" for c in first)
   runs = [c for c in calls if "," not in c[c.index("--seeds") + 1]]
   key = lambda c: (c[c.index("--workdir") + 1], c[c.index("--seeds") + 1], c[c.index("--weaknesses") + 1])
-  assert len(runs) == 2 * 6 and len({key(c) for c in runs}) == len(runs)  # Every run once: 3 + 1 + 1 + 1 per seed.
-  for name in ("comparison", "edit_question", "three_at_once"):
+  assert len(runs) == 2 * 8 and len({key(c) for c in runs}) == len(runs)  # Every run once: 3+1+1+1+2 per seed.
+  for name in ("comparison", "edit_question", "three_at_once", "drawn"):
     for seed in (0, 1):  # Copies of the seed's models, made by the first sweep.
       assert (root / name / f"seed{seed}" / "pretrain" / "models_of_sweep").exists()
-  tables = calls[-4:]
+  tables = calls[-5:]
   assert [c[c.index("--workdir") + 1] for c in tables] == [str(root / n) for n in (
-      "sweep", "comparison", "edit_question", "three_at_once")]
+      "sweep", "comparison", "edit_question", "three_at_once", "drawn")]
   assert tables[0][-1] == "counting:shape=star,binding:color=red,spatial:relation=left"
   assert tables[2][tables[2].index("--config") + 1] == "configs/audit/demo.py:fast,mode=edit_question"
   assert "--config.system.eval_batches=16" in tables[3]
   assert tables[3][-1] == "[counting:shape=star,binding:color=red,existence:shape=triangle]"
+  assert tables[4][-1] == "existence:color=red,color:shape=star"
   assert all(c[c.index("--seeds") + 1] == "0,1" for c in tables)
-  assert out.stdout.count("table of") == 4
+  assert out.stdout.count("table of") == 5
 
 
 def test_a_failed_run_stops_it_and_names_its_log(tmp_path):
