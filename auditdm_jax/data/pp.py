@@ -57,7 +57,7 @@ def parse_op(text):
   try:
     args = tuple(ast.literal_eval(a) for a in node.args)
     kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
-  except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # E.g. {[1]: 2}: a literal, unhashable.
+  except (ValueError, TypeError, SyntaxError, RecursionError):  # E.g. {[1]: 2}: a literal, unhashable.
     raise PPError(f"pp op {text!r}: arguments must be Python literals") from None
   return node.func.id, args, kwargs
 
