@@ -178,9 +178,9 @@ def test_finetune_evaluate_resume(setup, capsys):
     ("evals.vqav2_val.data.split=validation[:0]", "no data"),
     ("evals.vqav2_val.data.data_dir=/nonexistent/tfds", "evals.vqav2_val: cannot open its data"),
     ("evals.vqav2_val.type=nope", "unknown evaluator type 'nope'"),
-    ("evals.vqav2_val.batch_size=0", "evals.vqav2_val.batch_size must be an integer >= 1"),
-    ("input.batch_size=0", "input.batch_size must be an integer >= 1"),
-    ("grad_accum_steps=3", "grad_accum_steps must be an integer >= 1 dividing input.batch_size 8"),
+    ("evals.vqav2_val.batch_size=0", "config evals.vqav2_val.batch_size must be an int >= 1"),
+    ("input.batch_size=0", "config input.batch_size must be an int >= 1"),
+    ("grad_accum_steps=3", "grad_accum_steps must divide input.batch_size 8"),
     ("total_steps=-3", "total_steps must be >= 0"),
     ("model.llm.vocab_size=50", "tokenizer has"),
 ])

@@ -26,6 +26,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from auditdm_jax import config as config_lib
 from auditdm_jax import decode
 from auditdm_jax import evaluators
 from auditdm_jax import io as io_lib
@@ -161,12 +162,12 @@ def check_config(config):
   """Checks what `train` would otherwise find only at its first step or first eval (ValueError naming the key):
   batch size, steps, gradient accumulation, the tokenizer against the model's vocabulary, and the evals
   (`check_evals`)."""
-  batch = config.input.get("batch_size")
-  if type(batch) is not int or batch < 1:  # pylint: disable=unidiomatic-typecheck
-    raise ValueError(f"input.batch_size must be an integer >= 1, got {batch!r}")
-  accum = config.get("grad_accum_steps") or 1
-  if type(accum) is not int or accum < 1 or batch % accum:  # pylint: disable=unidiomatic-typecheck
-    raise ValueError(f"grad_accum_steps must be an integer >= 1 dividing input.batch_size {batch}, got {accum!r}")
+  config_lib.check_count(config.input, "batch_size", "input.")
+  if config.get("grad_accum_steps"):
+    config_lib.check_count(config, "grad_accum_steps")
+    if config.input.batch_size % config.grad_accum_steps:
+      raise ValueError(f"grad_accum_steps must divide input.batch_size {config.input.batch_size}, got "
+                       f"{config.grad_accum_steps}")
   if not (config.get("total_steps") or 0) >= 0:
     raise ValueError(f"total_steps must be >= 0 (0: from total_epochs), got {config.total_steps}")
   if not config.get("total_steps") and not (config.get("total_epochs") or 0) > 0:
@@ -196,10 +197,9 @@ def check_evals(config):
   """Each eval of `config.evals`: its type and arguments, batch size, schedule and data (a split that exists and
   holds examples); ValueError naming the key."""
   for name, ev in (config.get("evals") or {}).items():
-    for key, lo in (("batch_size", 1), ("every_steps", 0), ("max_decode_len", 1)):
-      value = ev.get(key, lo)
-      if type(value) is not int or value < lo:  # pylint: disable=unidiomatic-typecheck
-        raise ValueError(f"evals.{name}.{key} must be an integer >= {lo}, got {value!r}")
+    for key, low in (("batch_size", 1), ("every_steps", 0), ("max_decode_len", 1)):
+      if key in ev or key == "batch_size":
+        config_lib.check_count(ev, key, f"evals.{name}.", low)
     if "data" not in ev or "type" not in ev:
       raise ValueError(f"evals.{name} needs `type` and `data`")
     _count_examples(ev["data"], f"evals.{name}")
