@@ -125,3 +125,21 @@ def test_posed_matches_truth():
   assert not shapes_system.posed(IMAGE, "What color is the circle?")
   assert not shapes_system.posed(IMAGE, "Paint it black?")
   assert not shapes_system.posed(np.zeros_like(IMAGE), "How many stars are there?")  # Not a rendered scene.
+
+
+def test_truth_parses_each_image_content_once():
+  """A rollout asks about each image G times (posed, then truth): the scene is parsed once per content, and an
+  image whose pixels differ is parsed again, never served another image's scene."""
+  shapes_system._scene_of.cache_clear()
+  copies = [IMAGE.copy() for _ in range(4)]
+  assert [shapes_system.truth(im, "How many circles are there?") for im in copies] == ["2"] * 4
+  assert shapes_system.posed(copies[0], "What color is the star?")
+  info = shapes_system._scene_of.cache_info()
+  assert (info.misses, info.hits) == (1, 4)
+  recoloured = shapes.render(shapes.Scene(SCENE.objects[1:]), 48)
+  assert shapes_system.truth(recoloured, "How many circles are there?") == "1"
+  assert shapes_system.truth(IMAGE.astype(np.float32), "How many circles are there?") == "2"  # Keyed by dtype.
+  broken = IMAGE.copy()
+  broken[:8] = 0
+  assert shapes_system.truth(broken, "How many circles are there?") is None
+  assert shapes_system._scene_of.cache_info().misses == 4

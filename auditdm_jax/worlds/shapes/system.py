@@ -9,6 +9,7 @@ or refers to no/several objects: unanswerable).
 Models come from `auditdm demo-pretrain` as `<models_dir>/<name>/{params.npz,
 model_config.json,meta.json}` plus `<models_dir>/tokenizer.model`.
 """
+import functools
 import json
 import os
 
@@ -38,11 +39,25 @@ def load_model(models_dir, name, npz=None):
   return loaded[0], loaded[1], npz or os.path.join(directory, "params.npz")
 
 
+@functools.lru_cache(maxsize=256)
+def _scene_of(dtype, shape, data):
+  """The scene of an image given by its bytes (None: not a rendered scene). Keyed by content: a rollout asks about
+  each source image G times, and both `posed` and `truth` look at it, so most parses are repeats."""
+  try:
+    return shapes.parse_image(np.frombuffer(data, dtype).reshape(shape))
+  except ValueError:
+    return None
+
+
 def truth(image, question):
   """Ground-truth answer of `question` about a rendered shapes image; None when unanswerable."""
+  image = np.ascontiguousarray(image)
+  scene = _scene_of(image.dtype.str, image.shape, image.tobytes())
+  if scene is None:
+    return None
   try:
-    return lang.answer(question, shapes.parse_image(np.asarray(image)))
-  except ValueError:  # LanguageError (parse/reference), or an image that is not a rendered scene.
+    return lang.answer(question, scene)
+  except ValueError:  # LanguageError: outside the language, or a reference that is ambiguous or missing.
     return None
 
 
