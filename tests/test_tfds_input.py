@@ -2,6 +2,8 @@
 import json
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,9 @@ from PIL import Image
 import data_fixtures
 from auditdm_jax.data import jsonl_source
 from auditdm_jax.data import tfds_input
+from auditdm_jax.models import tokenizer as tokenizer_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PP = ('decode|resize(4)|value_range(-1, 1)|strfmt("answer en {question}", outkey="prefix")'
       '|choice(inkey="answers", outkey="suffix")|keep("image", "prefix", "suffix")')
@@ -116,6 +121,20 @@ def test_train_input_deterministic_and_resumes_exactly_with_mixing(files):
   assert 0.6 < frac_b < 0.9
   other_seed = _take(tfds_input.TrainInput(sources, PP, 4, seed=4, process_index=0, process_count=1), 12)
   assert not _same(first, other_seed)
+
+
+def test_a_running_input_does_not_hang_the_exit(files, tmp_path):
+  """A mixture whose pp calls Python (the tok op), still running at exit, hung the interpreter (2 runs of 3)."""
+  tok = str(tmp_path / "tok.model")
+  tokenizer_lib.train(tok, [f"A{i} B{i}" for i in range(10)] * 20, vocab_size=40, special=())
+  pp = f'decode|tok(key="question", model="{tok}")|keep("image", "question")'
+  script = (f"from auditdm_jax.data import tfds_input\n"
+            f"inp = tfds_input.TrainInput([dict(jsonl={files['a']!r}), dict(jsonl={files['b']!r})], {pp!r}, 64)\n"
+            f"print(sum(next(inp)['question'].shape[0] for _ in range(3)))\n")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO] + sys.path))
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env,
+                       check=True)
+  assert out.stdout.split() == ["192"]
 
 
 def test_mix_counts_match_the_stream(files):

@@ -16,5 +16,5 @@ def check_config(config):
 
 def run(args):
   distributed.initialize()
-  results = sft.train(args.config, args.workdir)
+  results = sft.train(args.config, args.workdir, checked=True)  # main ran check_config before the workdir.
   print(json.dumps(results, indent=2, sort_keys=True))

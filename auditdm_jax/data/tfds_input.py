@@ -12,7 +12,9 @@ seed, repeated, preprocessed, and the sources are interleaved by a seeded statel
 Its state is the number of examples this process has consumed; `TrainInput(..., state=s)` resumes exactly by
 skipping that many raw (undecoded) examples in each source, so no image is decoded twice.
 """
+import atexit
 import logging
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -26,6 +28,22 @@ from auditdm_jax.data import pp as pp_lib
 log = logging.getLogger(__name__)
 
 _MIX_BLOCK = 4096  # mixing choices are drawn in blocks of this many examples
+_RUNNING = weakref.WeakSet()  # The numpy iterators of tf.data pipelines, until they finish or are closed.
+
+
+def _iterate(ds):
+  """`iter(tfds.as_numpy(ds))`, closed at interpreter exit if it is still running (`_close_running`)."""
+  it = iter(tfds.as_numpy(ds))
+  _RUNNING.add(it)
+  return it
+
+
+@atexit.register
+def _close_running():
+  """Stops the pipelines still running when the interpreter exits (a script's TrainInput, or one a traceback
+  keeps alive): one whose pp calls Python (`tok`) can otherwise hang the exit for ever."""
+  for it in list(_RUNNING):
+    it.close()
 
 
 def _process():
@@ -181,7 +199,7 @@ class TrainInput:
 
   def __next__(self):
     if self._iter is None:
-      self._iter = iter(tfds.as_numpy(self.dataset()))
+      self._iter = _iterate(self.dataset())
     batch = next(self._iter)
     self.consumed += self.local_batch_size
     return batch
@@ -206,7 +224,7 @@ def eval_batches(source, pp, batch_size, process_index=None, process_count=None)
   # padded_batch: variable-length fields (e.g. a list of reference answers) are padded with "" / 0.
   ds = ds.padded_batch(local).prefetch(2).with_options(_options())
   yielded = 0
-  for batch in tfds.as_numpy(ds):
+  for batch in _iterate(ds):
     valid = len(next(iter(batch.values())))
     yield _pad(batch, local, valid), valid
     yielded += 1

@@ -226,13 +226,15 @@ def _recorded_evals(workdir, step, names):
   return results, missing
 
 
-def train(config, workdir):
+def train(config, workdir, checked=False):
   """Fine-tunes per `config` in `workdir` (resuming from its latest checkpoint); returns the final eval metrics.
 
   Resuming also runs the evals due at the checkpoint's step that did not finish before the stop, drops the
   metric rows logged past it (they are logged again), and on a finished workdir returns the last evals' metrics.
+  `checked`: the caller already ran `check_config` (which opens every source to count it).
   """
-  check_config(config)
+  if not checked:
+    check_config(config)
   # Config -> mesh.
   cfg = model_config(config)
   model = vlm.get_model(cfg)
