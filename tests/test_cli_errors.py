@@ -113,6 +113,10 @@ CASES = [
      "diversity must be >= 0", None),
     (["sweep", "--config", "configs/audit/demo.py:mode=edits", "--workdir", "{root}/s1", "--seeds", "0",
       "--weaknesses", "counting:shape=star"], 2, "unknown rollout mode 'edits'", None),
+    # An auditor trained in another rollout mode (question) than generate's (edit) is refused before the workdir.
+    (["generate", "--config", "configs/audit/demo.py:mode=edit", "--config.generate.auditor_workdir={aud}",
+      "--workdir", "{root}/g1"], 2, "auditor trained in mode 'question', not this config's mode 'edit'",
+     "{aud}/config.json"),
     # README's train-auditor / generate lines without demo models: a clear error, not a tokenizer NOT_FOUND.
     (["train-auditor", "--config", DEMO, "--workdir", "{aud}"], 1, "no shapes-world demo models", "tokenizer.model"),
     (["generate", "--config", DEMO, "--workdir", "{root}/gen"], 1, "no shapes-world demo models", "tokenizer.model"),
@@ -160,7 +164,7 @@ def test_bad_inputs_give_one_line_errors_and_leave_workdirs_untouched(inputs, ca
       assert path.format(**inputs) in lines[0], (argv, lines[0])
     assert {k: _snapshot(inputs[k]) for k in before} == before, argv
   assert not os.path.exists(os.path.join(inputs["root"], "x"))
-  never_claimed = ("k1", "k2", "k3", "k4", "k5", "k6", "k7", "d1", "s0", "s1")
+  never_claimed = ("k1", "k2", "k3", "k4", "k5", "k6", "k7", "d1", "s0", "s1", "g1")
   assert not any(os.path.exists(os.path.join(inputs["root"], k)) for k in never_claimed)
 
 

@@ -60,6 +60,7 @@ def check(config, stages=ALL):
     config_lib.check_count(config.generate, "samples_per_source", "generate.")
     if config.generate.keep not in generate.KEEP:
       config_lib.fail("generate.keep", f"one of {generate.KEEP}", config.generate.keep)
+    generate.check_auditor_mode(config)
   if "rectify" in stages:
     rc = config.rectify
     config_lib.check_number(rc, "mix", "rectify.", lambda m: 0 <= m <= 1, "in [0, 1] (the generated data's share)")

@@ -28,6 +28,7 @@ from auditdm_jax import progress
 from auditdm_jax.audit import divergence
 from auditdm_jax.audit import rollout
 from auditdm_jax.audit import trainer
+from auditdm_jax.errors import InputError
 from auditdm_jax.train import checkpoint as checkpoint_lib
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,19 @@ def consolidate(root, num_shards):
           lines.append(json.dumps(rec, sort_keys=True) + "\n")
   io_lib.write_text(os.path.join(root, "data.jsonl"), "".join(lines))
   return len(lines)
+
+
+def check_auditor_mode(config):
+  """Refuses an auditor (`generate.auditor_workdir`, a `train-auditor` workdir: its config.json) trained in another
+  rollout mode than `config.mode`: GRPO trained that mode's actions only, so the others would still be the
+  initial auditor's. Workdirs without a config.json (the demo's, iterate's) are not checked."""
+  workdir = config.generate.auditor_workdir
+  path = os.path.join(workdir, "config.json") if workdir else ""
+  trained = io_lib.read_json(path).get("mode") if os.path.isfile(path) else None
+  if trained not in (None, config.mode):
+    raise InputError(f"generate.auditor_workdir holds an auditor trained in mode {trained!r}, not this config's "
+                     f"mode {config.mode!r}: pass --config.mode={trained}, or train an auditor in mode "
+                     f"{config.mode!r}", path)
 
 
 def load_auditor(system, auditor_workdir):
