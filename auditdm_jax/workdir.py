@@ -84,6 +84,12 @@ def _read_json(path):
     raise InputError(f"not valid JSON: {e.msg}", path, e.lineno) from None
 
 
+def recorded_config(workdir):
+  """The config (a dict) a CLI command recorded in `workdir`, None when there is none."""
+  path = os.path.join(workdir, config_lib.CONFIG_NAME)
+  return _read_json(path) if os.path.exists(path) else None
+
+
 def claim(workdir, config, command=None, on_change="refuse"):
   """Makes `workdir` the home of `config` (writes config.json and workdir.json); returns the config.json path.
 
@@ -95,8 +101,8 @@ def claim(workdir, config, command=None, on_change="refuse"):
     raise ValueError(f"on_change must be one of {ON_CHANGE}, got {on_change!r}")
   _on_change = on_change
   cfg_path = os.path.join(workdir, config_lib.CONFIG_NAME)
-  if os.path.exists(cfg_path):
-    old = _read_json(cfg_path)
+  old = recorded_config(workdir)
+  if old is not None:
     if digest(old) != digest(config):
       if on_change == "refuse":
         raise WorkdirMismatch(f"{workdir} was made by another config ({diff(old, config)}); {_HINT}", cfg_path)

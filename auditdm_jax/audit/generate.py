@@ -22,9 +22,11 @@ import os
 import jax
 import numpy as np
 
+from auditdm_jax import config as config_lib
 from auditdm_jax import images as images_lib
 from auditdm_jax import io as io_lib
 from auditdm_jax import progress
+from auditdm_jax import workdir as workdir_lib
 from auditdm_jax.audit import divergence
 from auditdm_jax.audit import rollout
 from auditdm_jax.audit import trainer
@@ -116,12 +118,11 @@ def check_auditor_mode(config):
   rollout mode than `config.mode`: GRPO trained that mode's actions only, so the others would still be the
   initial auditor's. Workdirs without a config.json (the demo's, iterate's) are not checked."""
   workdir = config.generate.auditor_workdir
-  path = os.path.join(workdir, "config.json") if workdir else ""
-  trained = io_lib.read_json(path).get("mode") if os.path.isfile(path) else None
+  trained = (workdir_lib.recorded_config(workdir) or {}).get("mode") if workdir else None
   if trained not in (None, config.mode):
     raise InputError(f"generate.auditor_workdir holds an auditor trained in mode {trained!r}, not this config's "
                      f"mode {config.mode!r}: pass --config.mode={trained}, or train an auditor in mode "
-                     f"{config.mode!r}", path)
+                     f"{config.mode!r}", os.path.join(workdir, config_lib.CONFIG_NAME))
 
 
 def load_auditor(system, auditor_workdir):
